@@ -1,0 +1,280 @@
+"""The Qwen2 / Llama decoder as a Flax linen module: one graph for sampling and training.
+
+Shapes: B batch, T new tokens, S cache slots, L layers, D hidden, H query heads,
+K key/value heads, G = H // K query heads per KV head, Dh head dim, F MLP width, V vocab.
+
+Every parameter is created with logical axis names (`vocab`, `embed`, `heads`, `kv_heads`,
+`head_dim`, `mlp`, and `layers` added by the layer scan); `corea_jax.parallel.sharding`
+maps them to mesh axes with one table of rules. The KV cache is an explicit pytree argument
+and result (`KVCache`), never module state.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from corea_jax.models.config import ModelConfig
+
+Array = jax.Array
+
+# Logical axis names of the KV cache arrays (k and v: [L, B, S, K, Dh]).
+CACHE_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
+_NEG_INF = float(np.finfo(np.float32).min)
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Keys and values of every layer, plus which slots hold real tokens.
+
+    k, v: [L, B, S, K, Dh] in the compute dtype.
+    valid: [B, S] bool, True where a slot holds a (non-padding) token.
+    index: [] int32, the next slot to write; all rows share it (batches are left-padded).
+    """
+
+    k: Array
+    v: Array
+    valid: Array
+    index: Array
+
+    @property
+    def max_length(self) -> int:
+        return self.k.shape[2]
+
+
+def init_cache(config: ModelConfig, batch_size: int, max_length: int) -> KVCache:
+    """An empty cache with `max_length` slots per row."""
+    shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
+    return KVCache(
+        k=jnp.zeros(shape, config.jnp_dtype),
+        v=jnp.zeros(shape, config.jnp_dtype),
+        valid=jnp.zeros((batch_size, max_length), bool),
+        index=jnp.zeros((), jnp.int32),
+    )
+
+
+def cache_logical_axes() -> KVCache:
+    """Logical axis names of each `KVCache` field (same pytree structure)."""
+    return KVCache(k=CACHE_AXES, v=CACHE_AXES, valid=("batch", "cache_length"), index=())
+
+
+# ------------------------------------------------------------------------------ RoPE
+
+
+def rope_inv_freq(config: ModelConfig) -> np.ndarray:
+    """Inverse frequencies [Dh/2], float32, computed as transformers does (incl. llama3 scaling)."""
+    dim = config.head_dim
+    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
+    inv_freq = (np.float32(1.0) / (np.float32(config.rope.theta) ** exponents)).astype(np.float32)
+    rope = config.rope
+    if rope.rope_type == "llama3":
+        old_len = np.float32(rope.original_max_position_embeddings)
+        low_wavelen = old_len / np.float32(rope.low_freq_factor)
+        high_wavelen = old_len / np.float32(rope.high_freq_factor)
+        wavelen = np.float32(2 * np.pi) / inv_freq
+        scaled = np.where(wavelen > low_wavelen, inv_freq / np.float32(rope.factor), inv_freq)
+        smooth = (old_len / wavelen - np.float32(rope.low_freq_factor)) / np.float32(
+            rope.high_freq_factor - rope.low_freq_factor)
+        smoothed = (1 - smooth) * scaled / np.float32(rope.factor) + smooth * scaled
+        is_medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        inv_freq = np.where(is_medium, smoothed, scaled).astype(np.float32)
+    return inv_freq
+
+
+def rope_tables(config: ModelConfig, positions: Array) -> tuple[Array, Array]:
+    """cos, sin: [B, T, Dh] float32 for integer positions [B, T]."""
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(config))
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+    """Rotates x [B, T, N, Dh] by the position tables (the `rotate_half` layout of HF)."""
+    cos = cos[:, :, None, :].astype(x.dtype)
+    sin = sin[:, :, None, :].astype(x.dtype)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
+
+
+# --------------------------------------------------------------------------- modules
+
+
+def _init(axes: tuple[str, ...], init=nn.initializers.normal(stddev=0.02)):
+    return nn.with_logical_partitioning(init, axes)
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param("scale", _init(("embed",), nn.initializers.ones), (x.shape[-1],),
+                           self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return scale.astype(self.dtype) * normed.astype(self.dtype)
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array, cos: Array, sin: Array, mask: Array, index: Array | None,
+                 layer_kv: tuple[Array, Array] | None):
+        """x [B, T, D]; mask [B, T, S] bool; layer_kv ([B, S, K, Dh] x2) or None (no cache)."""
+        cfg = self.config
+        dense = functools.partial(nn.DenseGeneral, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype)
+        q = dense(features=(cfg.num_heads, cfg.head_dim), use_bias=cfg.qkv_bias, name="q_proj",
+                  kernel_init=_init(("embed", "heads", "head_dim")),
+                  bias_init=_init(("heads", "head_dim"), nn.initializers.zeros))(x)
+        kv_dense = functools.partial(
+            dense, features=(cfg.num_kv_heads, cfg.head_dim), use_bias=cfg.qkv_bias,
+            kernel_init=_init(("embed", "kv_heads", "head_dim")),
+            bias_init=_init(("kv_heads", "head_dim"), nn.initializers.zeros))
+        k = kv_dense(name="k_proj")(x)
+        v = kv_dense(name="v_proj")(x)
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
+
+        if layer_kv is not None:
+            cache_k, cache_v = layer_kv
+            k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), index, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
+            k = nn.with_logical_constraint(k, CACHE_AXES[1:])
+            v = nn.with_logical_constraint(v, CACHE_AXES[1:])
+            new_kv = (k, v)
+        else:
+            new_kv = None
+
+        b, t = q.shape[:2]
+        groups = cfg.num_heads // cfg.num_kv_heads
+        q = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+        scores = scores * np.float32(cfg.head_dim**-0.5)
+        scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
+        probs = jax.nn.softmax(scores, axis=-1).astype(cfg.jnp_dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(cfg.jnp_dtype))
+        out = out.reshape(b, t, cfg.num_heads, cfg.head_dim)
+        out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
+        out = dense(features=cfg.hidden_size, axis=(-2, -1), use_bias=cfg.o_bias, name="o_proj",
+                    kernel_init=_init(("heads", "head_dim", "embed")),
+                    bias_init=_init(("embed",), nn.initializers.zeros))(out)
+        return out, new_kv
+
+
+class MLP(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        dense = functools.partial(nn.Dense, use_bias=False, dtype=cfg.jnp_dtype,
+                                  param_dtype=cfg.jnp_param_dtype)
+        up_init = _init(("embed", "mlp"))
+        gate = dense(cfg.intermediate_size, kernel_init=up_init, name="gate_proj")(x)
+        up = dense(cfg.intermediate_size, kernel_init=up_init, name="up_proj")(x)
+        hidden = nn.with_logical_constraint(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
+        return dense(cfg.hidden_size, kernel_init=_init(("mlp", "embed")), name="down_proj")(hidden)
+
+
+class DecoderLayer(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, cos, sin, mask, index, layer_kv):
+        cfg = self.config
+        norm = functools.partial(RMSNorm, cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype)
+        attn_out, new_kv = Attention(cfg, name="self_attn")(
+            norm(name="input_layernorm")(x), cos, sin, mask, index, layer_kv)
+        x = x + attn_out
+        x = x + MLP(cfg, name="mlp")(norm(name="post_attention_layernorm")(x))
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        return x, new_kv
+
+
+class Decoder(nn.Module):
+    """The causal LM: tokens -> float32 logits, optionally reading and extending a KV cache."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens: Array, positions: Array, token_mask: Array,
+                 cache: KVCache | None = None, *, return_hidden: bool = False):
+        """Runs T new tokens.
+
+        Args:
+          tokens: [B, T] int32 token ids.
+          positions: [B, T] int32 RoPE positions (0 at each row's first real token).
+          token_mask: [B, T] bool, False on padding.
+          cache: None (attend within `tokens` only) or a KVCache whose slots
+            [cache.index, cache.index + T) receive these tokens.
+          return_hidden: also return the final normed hidden states [B, T, D].
+
+        Returns:
+          (logits [B, T, V] float32, new cache or None) — plus hidden states if asked.
+        """
+        cfg = self.config
+        embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.jnp_dtype,
+                         param_dtype=cfg.jnp_param_dtype,
+                         embedding_init=_init(("vocab", "embed")), name="embed_tokens")
+        x = nn.with_logical_constraint(embed(tokens), ("batch", "length", "embed"))
+        cos, sin = rope_tables(cfg, positions)
+
+        t = tokens.shape[1]
+        if cache is None:
+            index = None
+            valid = token_mask
+            query_slot = jnp.arange(t)
+            layers_kv = None
+        else:
+            index = cache.index
+            valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, token_mask, index, axis=1)
+            query_slot = index + jnp.arange(t)
+            layers_kv = (cache.k, cache.v)
+        key_slot = jnp.arange(valid.shape[1])
+        mask = (key_slot[None, :] <= query_slot[:, None])[None] & valid[:, None, :]
+
+        layer_cls = DecoderLayer
+        if cfg.remat:
+            layer_cls = nn.remat(layer_cls, prevent_cse=False)
+        layers = nn.scan(
+            layer_cls,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
+            length=cfg.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(cfg, name="layers")
+        x, new_layers_kv = layers(x, cos, sin, mask, index, layers_kv)
+
+        x = RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype, name="norm")(x)
+        if cfg.tie_word_embeddings:
+            head = embed.embedding.T
+        else:
+            head = self.param("lm_head", _init(("embed", "vocab")),
+                              (cfg.hidden_size, cfg.vocab_size), cfg.jnp_param_dtype)
+        logits = jnp.einsum("btd,dv->btv", x, head.astype(cfg.jnp_dtype),
+                            preferred_element_type=jnp.float32)
+        logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+
+        new_cache = None
+        if cache is not None:
+            new_k, new_v = new_layers_kv
+            new_cache = KVCache(k=new_k, v=new_v, valid=valid, index=index + t)
+        if return_hidden:
+            return logits, new_cache, x
+        return logits, new_cache
+
+
+def positions_from_mask(token_mask: Array) -> Array:
+    """RoPE positions [B, T] for a left-padded batch: 0 at each row's first real token."""
+    positions = jnp.cumsum(token_mask.astype(jnp.int32), axis=-1) - 1
+    return jnp.maximum(positions, 0)

@@ -1,0 +1,57 @@
+"""Logical axis names -> mesh axes: every partitioning decision of corea_jax in one table.
+
+Parameters, activations and the KV cache carry logical names (see `models.decoder`);
+`LOGICAL_RULES` maps each to a mesh axis (or None: replicated). Mesh axes: `data` (batch),
+`fsdp` (parameters and batch), `tensor` (heads / MLP width / vocab).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("cache_length", None),
+    ("layers", None),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+)
+
+
+def make_mesh(shape: dict[str, int] | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh; axes left out have size 1. Sizes must multiply to the device count."""
+    devices = list(devices if devices is not None else jax.devices())
+    shape = dict(shape or {"data": len(devices)})
+    unknown = set(shape) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"mesh: unknown axis {sorted(unknown)}; expected axes from {MESH_AXES}")
+    sizes = [int(shape.get(axis, 1)) for axis in MESH_AXES]
+    total = 1
+    for s in sizes:
+        total *= s
+    if total != len(devices):
+        raise ValueError(f"mesh: axis sizes {dict(zip(MESH_AXES, sizes))} multiply to {total}, "
+                         f"but there are {len(devices)} devices")
+    import numpy as np
+
+    return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+
+
+def logical_to_sharding(axes_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
+    """Maps a pytree of logical axis-name tuples to NamedShardings on `mesh`."""
+    def one(axes):
+        spec = nn.logical_to_mesh_axes(axes, rules)
+        return NamedSharding(mesh, spec if spec is not None else PartitionSpec())
+
+    return jax.tree.map(one, axes_tree, is_leaf=lambda x: isinstance(x, tuple))

@@ -1,0 +1,38 @@
+"""corea_jax: a JAX/Flax reimplementation of COREA (confidence-calibrated SLM/LLM cascades)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="corea_jax",
+    version="0.1.0",
+    description="COREA in JAX: confidence-calibrated small/large LM collaboration, trained with GRPO + RLCC.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["corea_jax", "corea_jax.*"]),
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "optax",
+        "orbax-checkpoint",
+        "transformers>=5.0",
+        "tokenizers",
+        "huggingface_hub",
+        "datasets",
+        "sentencepiece",
+        "absl-py",
+        "ml-collections",
+        "safetensors",
+        "gguf",
+        "math-verify",
+        "matplotlib",
+        "tqdm",
+        "tensorboardX",
+        "numpy",
+    ],
+    extras_require={
+        # torch is only the reference implementation in tests; pin the CPU wheel
+        # (an unpinned torch pulls a multi-GB CUDA build).
+        "dev": ["pytest", "hypothesis", "scikit-learn", "accelerate", "torch==2.13.0"],
+    },
+)

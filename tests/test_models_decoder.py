@@ -1,0 +1,110 @@
+"""The JAX decoder against transformers' PyTorch models (random weights), and its KV cache."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import corea_jax
+from corea_jax.models import init_cache
+from corea_jax.models.decoder import positions_from_mask
+from corea_jax.models.model import forward
+from tests.helpers import save_random_hf_model, torch_logits
+
+KINDS = ["qwen2", "qwen2_untied", "llama3"]
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def pair(request, tmp_path_factory):
+    """(HF torch model, corea_jax Model) with the same random weights."""
+    out = tmp_path_factory.mktemp(request.param)
+    hf_model = save_random_hf_model(request.param, out)
+    return request.param, hf_model, corea_jax.load_model(out)
+
+
+def test_config_read_from_hf(pair):
+    kind, hf_model, model = pair
+    cfg = model.config
+    assert cfg.model_type == ("llama" if kind == "llama3" else "qwen2")
+    assert cfg.qkv_bias == (kind != "llama3")
+    assert cfg.tie_word_embeddings == (kind == "qwen2")
+    assert ("lm_head" in model.params) == (kind != "qwen2")
+    if kind == "llama3":
+        assert cfg.rope.rope_type == "llama3" and cfg.rope.factor == 8.0
+
+
+def test_logits_match_transformers(pair):
+    kind, hf_model, model = pair
+    rng = np.random.default_rng(0)
+    # llama3 config: original context 32, so 96 tokens run past it into the scaled regime.
+    length = 96 if kind == "llama3" else 40
+    ids = rng.integers(0, model.config.vocab_size, size=(2, length))
+    ours = np.asarray(corea_jax.logits(model, ids))
+    ref = torch_logits(hf_model, ids)
+    assert ours.shape == ref.shape == (2, length, model.config.vocab_size)
+    assert ours.dtype == np.float32
+    assert np.abs(ours - ref).max() <= 1e-4
+
+
+def test_left_padding_matches_unpadded_rows(pair):
+    kind, hf_model, model = pair
+    rng = np.random.default_rng(1)
+    ids = rng.integers(3, model.config.vocab_size, size=(2, 24))
+    mask = np.ones_like(ids)
+    mask[1, :7] = 0  # row 1 is left-padded by 7
+    ids[1, :7] = 0
+    ours = np.asarray(corea_jax.logits(model, ids, mask))
+    ref = torch_logits(hf_model, ids, mask)
+    assert np.abs(ours[mask == 1] - ref[mask == 1]).max() <= 1e-4
+    alone = np.asarray(corea_jax.logits(model, ids[1:, 7:]))
+    assert np.abs(ours[1, 7:] - alone[0]).max() <= 1e-4
+
+
+def test_kv_cache_prefill_then_decode_equals_full_forward(pair):
+    _, _, model = pair
+    cfg = model.config
+    rng = np.random.default_rng(2)
+    ids = jnp.asarray(rng.integers(3, cfg.vocab_size, size=(2, 20)), jnp.int32)
+    mask = jnp.ones(ids.shape, bool).at[0, :5].set(False)
+    full, _ = forward(cfg, model.params, ids, positions_from_mask(mask), mask)
+
+    cache = init_cache(cfg, batch_size=2, max_length=32)
+    positions = positions_from_mask(mask)
+    logits_pre, cache = forward(cfg, model.params, ids[:, :12], positions[:, :12], mask[:, :12], cache)
+    steps = [logits_pre]
+    for t in range(12, 20):
+        step, cache = forward(cfg, model.params, ids[:, t:t + 1], positions[:, t:t + 1],
+                              mask[:, t:t + 1], cache)
+        steps.append(step)
+    cached = jnp.concatenate(steps, axis=1)
+    assert int(cache.index) == 20
+    valid = np.asarray(mask)
+    assert np.abs(np.asarray(cached)[valid] - np.asarray(full)[valid]).max() <= 1e-4
+
+
+def test_params_carry_logical_axis_names():
+    from corea_jax.models import param_logical_axes
+
+    cfg = corea_jax.ModelConfig(model_type="qwen2", vocab_size=64, hidden_size=32,
+                                intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
+                                head_dim=8, max_position_embeddings=64, qkv_bias=True)
+    axes = param_logical_axes(cfg)
+    assert tuple(axes["embed_tokens"]["embedding"]) == ("vocab", "embed")
+    assert tuple(axes["layers"]["self_attn"]["q_proj"]["kernel"]) == ("layers", "embed", "heads", "head_dim")
+    assert tuple(axes["layers"]["self_attn"]["k_proj"]["kernel"]) == ("layers", "embed", "kv_heads", "head_dim")
+    assert tuple(axes["layers"]["mlp"]["down_proj"]["kernel"]) == ("layers", "mlp", "embed")
+    assert tuple(axes["lm_head"]) == ("embed", "vocab")
+    leaves = jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, tuple))
+    assert all(isinstance(a, tuple) and all(isinstance(n, str) for n in a) for a in leaves)
+
+
+def test_bfloat16_compute_keeps_float32_logits(pair):
+    _, _, model = pair
+    cfg16 = model.config.replace(param_dtype="bfloat16", dtype="bfloat16")
+    params16 = jax.tree.map(lambda p: p.astype(jnp.bfloat16), model.params)
+    ids = jnp.arange(10, dtype=jnp.int32)[None] + 3
+    mask = jnp.ones_like(ids, bool)
+    out16, _ = forward(cfg16, params16, ids, positions_from_mask(mask), mask)
+    out32, _ = forward(model.config, model.params, ids, positions_from_mask(mask), mask)
+    assert out16.dtype == jnp.float32
+    assert np.abs(np.asarray(out16) - np.asarray(out32)).max() < 0.1 * np.abs(np.asarray(out32)).max()
