@@ -1,0 +1,146 @@
+"""Tests for corea_jax.metrics against scikit-learn and plain-loop numpy references."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+from sklearn.metrics import brier_score_loss, roc_auc_score
+
+from corea_jax import metrics
+
+
+def _sample(seed: int, n: int = 2000, ties: bool = False):
+    rng = np.random.default_rng(seed)
+    conf = rng.uniform(0, 1, n)
+    if ties:  # verbalized confidences are coarse: 0.0, 0.1, ..., 1.0
+        conf = np.round(conf, 1)
+    correct = rng.uniform(size=n) < conf**1.5
+    return conf, correct
+
+
+def _ece_reference(conf, correct, n_bins):
+    """Equal-width bins by explicit comparisons, last bin closed."""
+    edges = np.linspace(0, 1, n_bins + 1)
+    total = 0.0
+    for b in range(n_bins):
+        last = b == n_bins - 1
+        in_bin = (conf >= edges[b]) & ((conf <= edges[b + 1]) if last else (conf < edges[b + 1]))
+        if in_bin.any():
+            total += in_bin.mean() * abs(correct[in_bin].mean() - conf[in_bin].mean())
+    return total
+
+
+def _adaptive_ece_reference(conf, correct, n_bins):
+    """Equal-mass bins by index arithmetic: the first N mod n_bins bins hold one more."""
+    order = np.argsort(conf, kind="stable")
+    n = conf.size
+    size, extra = divmod(n, n_bins)
+    start, total = 0, 0.0
+    for b in range(n_bins):
+        stop = start + size + (1 if b < extra else 0)
+        idx = order[start:stop]
+        if idx.size:
+            total += idx.size / n * abs(correct[idx].mean() - conf[idx].mean())
+        start = stop
+    return total
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("ties", [False, True])
+def test_brier_matches_sklearn(seed, ties):
+    conf, correct = _sample(seed, ties=ties)
+    assert metrics.brier(conf, correct) == pytest.approx(brier_score_loss(correct, conf), abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("ties", [False, True])
+def test_auroc_matches_sklearn_including_ties(seed, ties):
+    conf, correct = _sample(seed, ties=ties)
+    assert metrics.auroc(conf, correct) == pytest.approx(roc_auc_score(correct, conf), abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("n_bins", [1, 10, 15])
+@pytest.mark.parametrize("ties", [False, True])
+def test_ece_matches_reference(seed, n_bins, ties):
+    conf, correct = _sample(seed, ties=ties)
+    expected = _ece_reference(conf, correct.astype(float), n_bins)
+    assert metrics.ece(conf, correct, n_bins) == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("n", [7, 2000, 2003])
+@pytest.mark.parametrize("n_bins", [10, 15])
+def test_adaptive_ece_matches_reference(seed, n, n_bins):
+    conf, correct = _sample(seed, n=n)
+    expected = _adaptive_ece_reference(conf, correct.astype(float), n_bins)
+    assert metrics.adaptive_ece(conf, correct, n_bins) == pytest.approx(expected, abs=1e-9)
+
+
+def test_ece_by_hand():
+    # Bin [0.2, 0.3): conf 0.2, 0.25, acc 1/2 -> gap 0.275. Last bin: conf 1.0 and 0.95, acc 1 -> gap 0.025.
+    conf = [0.2, 0.25, 1.0, 0.95]
+    correct = [1, 0, 1, 1]
+    assert metrics.ece(conf, correct) == pytest.approx(0.5 * 0.275 + 0.5 * 0.025, abs=1e-12)
+
+
+def test_confidence_one_falls_in_the_last_bin_and_zero_in_the_first():
+    bins = metrics.calibration_bins([0.0, 1.0, 1.0, 0.5], [0, 1, 1, 1], n_bins=10)
+    assert bins.count.tolist() == [1, 0, 0, 0, 0, 1, 0, 0, 0, 2]
+    assert bins.accuracy[9] == 1.0 and bins.mean_confidence[9] == 1.0
+    assert math.isnan(bins.accuracy[3])
+
+
+def test_perfectly_calibrated_and_overconfident_samples():
+    conf = np.repeat([0.25, 0.75], 4)
+    correct = np.array([1, 0, 0, 0, 1, 1, 1, 0])
+    assert metrics.ece(conf, correct) == pytest.approx(0.0, abs=1e-12)
+    assert metrics.ece(np.full(8, 0.95), correct) == pytest.approx(0.95 - 0.5, abs=1e-12)
+
+
+def test_auroc_by_hand_and_single_class():
+    # Pairs (pos, neg): (0.9, 0.1) win, (0.9, 0.5) win, (0.5, 0.1) win, (0.5, 0.5) tie -> 3.5 / 4.
+    assert metrics.auroc([0.9, 0.5, 0.5, 0.1], [1, 1, 0, 0]) == pytest.approx(0.875, abs=1e-12)
+    assert math.isnan(metrics.auroc([0.2, 0.8], [1, 1]))
+    assert math.isnan(metrics.auroc([0.2, 0.8], [False, False]))
+
+
+@pytest.mark.parametrize("fn", [metrics.ece, metrics.adaptive_ece, metrics.brier, metrics.auroc])
+def test_validation_names_the_argument(fn):
+    with pytest.raises(ValueError, match="same length"):
+        fn([0.1, 0.2], [1])
+    with pytest.raises(ValueError, match="conf holds NaN"):
+        fn([0.1, float("nan")], [1, 0])
+    with pytest.raises(ValueError, match=r"conf must lie in \[0, 1\]"):
+        fn([0.1, 1.2], [1, 0])
+    with pytest.raises(ValueError, match="correct must hold"):
+        fn([0.1, 0.2], [1, 2])
+    with pytest.raises(ValueError, match="conf must be 1-D"):
+        fn([[0.1, 0.2]], [1, 0])
+    with pytest.raises(ValueError, match="empty"):
+        fn([], [])
+
+
+def test_bad_n_bins():
+    with pytest.raises(ValueError, match="n_bins"):
+        metrics.ece([0.5], [1], n_bins=0)
+    with pytest.raises(ValueError, match="n_bins"):
+        metrics.adaptive_ece([0.5], [1], n_bins=2.5)
+
+
+def test_reliability_diagram_writes_a_png_atomically(tmp_path):
+    conf, correct = _sample(0)
+    path = tmp_path / "reliability.png"
+    path.write_bytes(b"old")
+    returned = metrics.reliability_diagram(conf, correct, path, title="Calibrated")
+    assert returned == str(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert os.listdir(tmp_path) == ["reliability.png"]  # no temporary left behind
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_reliability_diagram_leaves_nothing_on_failure(tmp_path):
+    with pytest.raises(ValueError):
+        metrics.reliability_diagram([0.5, 2.0], [1, 0], tmp_path / "x.png")
+    assert os.listdir(tmp_path) == []
