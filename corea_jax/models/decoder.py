@@ -207,7 +207,8 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, tokens: Array, positions: Array, token_mask: Array,
-                 cache: KVCache | None = None, *, return_hidden: bool = False):
+                 cache: KVCache | None = None, *, return_hidden: bool = False,
+                 last_only: bool = False):
         """Runs T new tokens.
 
         Args:
@@ -217,6 +218,8 @@ class Decoder(nn.Module):
           cache: None (attend within `tokens` only) or a KVCache whose slots
             [cache.index, cache.index + T) receive these tokens.
           return_hidden: also return the final normed hidden states [B, T, D].
+          last_only: compute logits for the last position only ([B, 1, V]); a prefill
+            needs no more, and the LM head is its largest matmul.
 
         Returns:
           (logits [B, T, V] float32, new cache or None) — plus hidden states if asked.
@@ -255,6 +258,8 @@ class Decoder(nn.Module):
         )(cfg, name="layers")
         x, new_layers_kv = layers(x, cos, sin, mask, index, layers_kv)
 
+        if last_only:
+            x = x[:, -1:]
         x = RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype, name="norm")(x)
         if cfg.tie_word_embeddings:
             head = embed.embedding.T

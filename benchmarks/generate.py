@@ -1,0 +1,156 @@
+"""Generation throughput: corea_jax vs transformers `generate`, plus the machine's roofline.
+
+  python -m benchmarks.generate [--model=qwen2.5-coder-0.5b-instruct] [--batches=1,8,32]
+                                [--dtypes=float32,bfloat16] [--out=benchmarks/results/generate.json]
+
+Same prompts for both (GSM8K questions under the chat template, cut to exactly
+--prompt_tokens tokens), greedy, --new_tokens forced (EOS ignored). Throughput counts
+generated tokens over the whole call, prefill included, after one warm-up call (compilation
+excluded). Decode-only speed comes from the difference with a 1-new-token call. The roofline of
+one decode step is the larger of 2 x params x batch FLOPs over the measured `jnp.dot` peak and the
+weight + KV-cache bytes over the measured memory bandwidth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+_MODEL = flags.DEFINE_string("model", "qwen2.5-coder-0.5b-instruct", "fetch registry name")
+_BATCHES = flags.DEFINE_list("batches", ["1", "8", "32"], "batch sizes")
+_DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "dtypes")
+_PROMPT_TOKENS = flags.DEFINE_integer("prompt_tokens", 100, "prompt length")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 128, "forced new tokens")
+_SKIP_HF = flags.DEFINE_bool("skip_hf", False, "measure corea_jax only")
+_OUT = flags.DEFINE_string("out", None, "write the results as JSON here")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def machine_peaks() -> dict:
+    """Measured fp32/bf16 `jnp.dot` GFLOP/s (2048^2) and memory bandwidth GB/s (1 GiB read)."""
+    import jax
+    import jax.numpy as jnp
+
+    def best(fn, *args, repeats=5):
+        jax.block_until_ready(fn(*args))
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    n = 2048
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        a = jnp.ones((n, n), dtype)
+        out[f"dot_gflops_{dtype}"] = 2 * n**3 / best(jax.jit(jnp.dot), a, a) / 1e9
+    big = jnp.ones((1 << 28,), jnp.float32)  # 1 GiB
+    out["mem_gbps"] = big.nbytes / best(jax.jit(jnp.sum), big) / 1e9
+    return out
+
+
+def make_prompts(tokenizer, batch: int, length: int) -> list[list[int]]:
+    """`batch` chat-templated GSM8K questions, each cut or padded (with more text) to `length` tokens."""
+    questions = [json.loads(line)["question"] for line in
+                 (SHARED / "gsm8k" / "test.jsonl").read_text().splitlines()[:batch * 2]]
+    from corea_jax.generation import chat_token_ids
+
+    prompts = []
+    for i in range(batch):
+        ids = chat_token_ids(tokenizer, [{"role": "user", "content": " ".join(questions[i:i + 2])}])
+        prompts.append((ids * (length // len(ids) + 1))[-length:] if len(ids) < length else ids[-length:])
+    return prompts
+
+
+def time_corea(model, prompts, new_tokens) -> float:
+    import corea_jax
+    from corea_jax.generation import generate_tokens
+
+    sampling = corea_jax.SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
+    generate_tokens(model, prompts, sampling, batch_size=len(prompts), progress=False)
+    start = time.perf_counter()
+    generate_tokens(model, prompts, sampling, batch_size=len(prompts), progress=False)
+    return time.perf_counter() - start
+
+
+def time_hf(hf_model, prompts, new_tokens, pad_id) -> float:
+    import torch
+
+    ids = torch.tensor(prompts)
+    mask = torch.ones_like(ids)
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                  pad_token_id=pad_id)
+    with torch.inference_mode():
+        hf_model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        start = time.perf_counter()
+        hf_model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    return time.perf_counter() - start
+
+
+def main(argv):
+    del argv
+    import jax
+
+    import corea_jax
+    from corea_jax.models import fetch
+
+    peaks = machine_peaks()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"jax {jax.__version__} on {jax.devices()[0].platform}")
+    print(f"peaks: jnp.dot fp32 {peaks['dot_gflops_float32']:.0f} GFLOP/s, bf16 "
+          f"{peaks['dot_gflops_bfloat16']:.0f} GFLOP/s, memory {peaks['mem_gbps']:.1f} GB/s")
+    model_dir = fetch.fetch_model(_MODEL.value, fetch.default_model_dir(_MODEL.value))
+    rows = []
+    new = _NEW_TOKENS.value
+    for dtype in _DTYPES.value:
+        model = corea_jax.load_model(model_dir, dtype=dtype)
+        cfg = model.config
+        hf_model = None
+        if not _SKIP_HF.value:
+            import torch
+            from transformers import AutoModelForCausalLM
+
+            torch.set_num_threads(os.cpu_count())
+            hf_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
+        for batch in map(int, _BATCHES.value):
+            prompts = make_prompts(model.tokenizer, batch, _PROMPT_TOKENS.value)
+            ours = time_corea(model, prompts, new)
+            prefill = time_corea(model, prompts, 1)
+            step = (ours - prefill) / (new - 1)
+            bytes_per = 2 if dtype == "bfloat16" else 4
+            cache_bytes = (2 * cfg.num_layers * batch * (_PROMPT_TOKENS.value + new)
+                           * cfg.num_kv_heads * cfg.head_dim * bytes_per)
+            roof_flops = 2 * cfg.num_params * batch / (peaks[f"dot_gflops_{dtype}"] * 1e9)
+            roof_bytes = (cfg.num_params * bytes_per + cache_bytes) / (peaks["mem_gbps"] * 1e9)
+            roofline = max(roof_flops, roof_bytes)
+            row = dict(dtype=dtype, batch=batch, corea_tok_s=batch * new / ours,
+                       corea_decode_tok_s=batch / step, step_ms=step * 1e3,
+                       roofline_step_ms=roofline * 1e3, roofline_frac=roofline / step)
+            if hf_model is not None:
+                theirs = time_hf(hf_model, prompts, new, cfg.pad_token_id or 0)
+                row.update(hf_tok_s=batch * new / theirs, ratio=theirs / ours)
+            rows.append(row)
+            print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),
+                  flush=True)
+        del model, hf_model
+
+    print(f"\n{'dtype':9} {'batch':>5} {'corea tok/s':>12} {'decode tok/s':>13} {'HF tok/s':>9} "
+          f"{'ratio':>6} {'step ms':>8} {'roofline ms':>12} {'% roofline':>10}")
+    for r in rows:
+        print(f"{r['dtype']:9} {r['batch']:5d} {r['corea_tok_s']:12.1f} {r['corea_decode_tok_s']:13.1f} "
+              f"{r.get('hf_tok_s', float('nan')):9.1f} {r.get('ratio', float('nan')):6.2f} "
+              f"{r['step_ms']:8.1f} {r['roofline_step_ms']:12.1f} {100 * r['roofline_frac']:9.0f}%")
+    if _OUT.value:
+        Path(_OUT.value).parent.mkdir(parents=True, exist_ok=True)
+        Path(_OUT.value).write_text(json.dumps({"peaks": peaks, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,48 @@
+"""Next-token choice from logits: greedy, temperature, top-k and top-p, one function each.
+
+All functions take float32 logits [B, V] and return int32 tokens [B]. Settings are traced
+values (changing them does not recompile); only "greedy or not" and "filter or not" are static.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_NEG_INF = jnp.finfo(jnp.float32).min
+
+
+def greedy(logits: jax.Array) -> jax.Array:
+    """Most likely token [B]."""
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+def top_k_top_p_mask(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Boolean [B, V]: the tokens that top-k (k <= 0: off) and top-p (p = 1: off) allow.
+
+    Top-p keeps the smallest set of most likely tokens whose probability reaches p (the
+    most likely token is always kept). One descending sort serves both filters.
+    """
+    vocab = logits.shape[-1]
+    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+    rank = jnp.arange(vocab)
+    k = jnp.where(top_k > 0, top_k, vocab)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    # p = 1 must keep every token, even those whose float32 mass_before rounds up to 1.
+    keep_sorted = (rank[None, :] < k) & ((mass_before < top_p) | (top_p >= 1))
+    # The smallest logit still kept is the threshold in the unsorted vocabulary.
+    threshold = jnp.min(jnp.where(keep_sorted, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    return logits >= threshold
+
+
+def sample(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_k: jax.Array,
+           top_p: jax.Array, *, filtered: bool) -> jax.Array:
+    """Samples one token per row [B] from softmax(logits / temperature) (optionally filtered).
+
+    keys: [B] typed PRNG keys, one per row, so a row's samples do not depend on its batch.
+    """
+    scaled = logits / jnp.maximum(temperature, 1e-6)
+    if filtered:
+        scaled = jnp.where(top_k_top_p_mask(scaled, top_k, top_p), scaled, _NEG_INF)
+    return jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
