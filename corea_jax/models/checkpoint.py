@@ -149,14 +149,16 @@ def params_from_source(config: ModelConfig, source: TensorSource,
     params: dict = {}
     for name, path, shape, n_in in _param_table(config):
         if "{i}" in name:
-            array = np.stack([_to_ours(source.get(name.format(i=i)), shape, n_in)
-                              for i in range(config.num_layers)])
+            # Written in place: np.stack + astype held two more full copies at peak host memory.
+            array = np.empty((config.num_layers, *shape), dtype)
+            for i in range(config.num_layers):
+                array[i] = _to_ours(source.get(name.format(i=i)), shape, n_in)
         else:
-            array = _to_ours(source.get(name), shape, n_in)
+            array = _to_ours(source.get(name), shape, n_in).astype(dtype, copy=False)
         node = params
         for key in path[:-1]:
             node = node.setdefault(key, {})
-        node[path[-1]] = place(path, array.astype(dtype))
+        node[path[-1]] = place(path, array)
     return params
 
 

@@ -196,9 +196,11 @@ def _load_tokenizer(directory: Path):
 # ------------------------------------------------------------------------ export
 
 
-def save_hf(model: Model, out_dir: str | os.PathLike) -> Path:
+def save_hf(model: Model, out_dir: str | os.PathLike, *,
+            max_shard_bytes: int = checkpoint.MAX_SHARD_BYTES) -> Path:
     """Writes an HF directory (config.json, safetensors, tokenizer) that transformers and vLLM load.
 
+    Weights past `max_shard_bytes` are split into shards with a `model.safetensors.index.json`.
     The write is atomic per file; a shard set from an older export is replaced, not mixed.
     """
     out_dir = Path(out_dir)
@@ -209,7 +211,7 @@ def save_hf(model: Model, out_dir: str | os.PathLike) -> Path:
         (staging / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
         gen = {k: hf[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if hf[k] is not None}
         (staging / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
-        checkpoint.write_safetensors(config, model.params, staging)
+        checkpoint.write_safetensors(config, model.params, staging, max_shard_bytes=max_shard_bytes)
         if model.tokenizer is not None:
             model.tokenizer.save_pretrained(str(staging))
 
