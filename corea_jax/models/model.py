@@ -71,6 +71,14 @@ def param_logical_axes(config: ModelConfig) -> dict:
     return jax.tree.map(tuple, specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
 
 
+def param_shapes(config: ModelConfig) -> dict:
+    """Pytree of parameter ShapeDtypeStructs (no memory allocated)."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    abstract = jax.eval_shape(Decoder(config).init, jax.random.key(0), tokens, tokens,
+                              tokens.astype(bool))
+    return nn.meta.unbox(abstract["params"])
+
+
 def logits(model: Model, input_ids, attention_mask=None) -> jax.Array:
     """Next-token logits [B, T, V] (float32) for token ids [B, T].
 
@@ -131,9 +139,11 @@ def _placer(config: ModelConfig, mesh):
     dtype = config.jnp_param_dtype
     if mesh is None:
         return None
-    from corea_jax.parallel.sharding import logical_to_sharding
+    from corea_jax.parallel.sharding import check_divisible, logical_to_sharding
 
-    shardings = logical_to_sharding(param_logical_axes(config), mesh)
+    axes = param_logical_axes(config)
+    check_divisible(axes, param_shapes(config), mesh)
+    shardings = logical_to_sharding(axes, mesh)
 
     def place(path, array):
         node = shardings

@@ -55,3 +55,29 @@ def logical_to_sharding(axes_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
         return NamedSharding(mesh, spec if spec is not None else PartitionSpec())
 
     return jax.tree.map(one, axes_tree, is_leaf=lambda x: isinstance(x, tuple))
+
+
+def check_divisible(axes_tree: Any, shapes_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> None:
+    """Raises ValueError naming the array, its dimension and the mesh axis that does not divide it.
+
+    axes_tree: logical axis-name tuples; shapes_tree: the same structure with shapes (tuples of
+    ints, or anything with a `.shape`).
+    """
+    flat_axes = jax.tree_util.tree_flatten_with_path(axes_tree, is_leaf=lambda x: isinstance(x, tuple))[0]
+    flat_shapes = jax.tree.leaves(shapes_tree, is_leaf=lambda x: isinstance(x, tuple) or hasattr(x, "shape"))
+    for (path, axes), shape in zip(flat_axes, flat_shapes):
+        shape = tuple(getattr(shape, "shape", shape))
+        spec = nn.logical_to_mesh_axes(axes, rules)
+        for dim, (logical, mesh_axes) in enumerate(zip(axes, spec)):
+            if mesh_axes is None:
+                continue
+            names = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
+            size = 1
+            for name in names:
+                size *= mesh.shape[name]
+            if shape[dim] % size:
+                where = "/".join(str(getattr(k, "key", k)) for k in path)
+                raise ValueError(
+                    f"{where}: dimension {dim} ({logical!r}, size {shape[dim]}) is not divisible by "
+                    f"mesh axis {'x'.join(names)} of size {size}; pick a mesh whose "
+                    f"{'x'.join(names)} size divides {shape[dim]}")
