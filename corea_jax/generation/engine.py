@@ -246,14 +246,15 @@ def eos_token_ids(model) -> list[int]:
 
 
 def _mesh_context(model):
+    """Inside: the model's mesh is global and logical axis names map to it by the sharding rules."""
     if model.mesh is None:
         return contextlib.nullcontext()
     from corea_jax.parallel.sharding import LOGICAL_RULES
 
-    # No global mesh (jax.set_mesh): under one, flax's param shape check re-runs DenseGeneral's
-    # init, whose flat kernel fails its own 3-axis logical constraint. The params' shardings
-    # alone partition the jitted program.
-    return nn.logical_axis_rules(LOGICAL_RULES)
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(model.mesh))
+    stack.enter_context(nn.logical_axis_rules(LOGICAL_RULES))
+    return stack
 
 
 @dataclasses.dataclass

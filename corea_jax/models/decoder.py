@@ -123,6 +123,32 @@ class RMSNorm(nn.Module):
         return scale.astype(self.dtype) * normed.astype(self.dtype)
 
 
+class Projection(nn.Module):
+    """A linear map between named axes: `einsum(spec, x, kernel) (+ bias)`.
+
+    Written out (not DenseGeneral) so the kernel is created with its final multi-axis shape,
+    which keeps the logical axis names valid under a global mesh.
+    """
+
+    spec: str  # e.g. "btd,dhk->bthk"
+    shape: tuple[int, ...]
+    axes: tuple[str, ...]
+    bias_axes: tuple[str, ...] | None
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        kernel = self.param("kernel", _init(self.axes), self.shape, cfg.jnp_param_dtype)
+        y = jnp.einsum(self.spec, x.astype(cfg.jnp_dtype), kernel.astype(cfg.jnp_dtype))
+        if self.bias_axes is not None:
+            n = len(self.bias_axes)
+            bias = self.param("bias", _init(self.bias_axes, nn.initializers.zeros), self.shape[-n:],
+                              cfg.jnp_param_dtype)
+            y = y + bias.astype(cfg.jnp_dtype)
+        return y
+
+
 class Attention(nn.Module):
     config: ModelConfig
 
@@ -131,16 +157,16 @@ class Attention(nn.Module):
                  layer_kv: tuple[Array, Array] | None):
         """x [B, T, D]; mask [B, T, S] bool; layer_kv ([B, S, K, Dh] x2) or None (no cache)."""
         cfg = self.config
-        dense = functools.partial(nn.DenseGeneral, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype)
-        q = dense(features=(cfg.num_heads, cfg.head_dim), use_bias=cfg.qkv_bias, name="q_proj",
-                  kernel_init=_init(("embed", "heads", "head_dim")),
-                  bias_init=_init(("heads", "head_dim"), nn.initializers.zeros))(x)
-        kv_dense = functools.partial(
-            dense, features=(cfg.num_kv_heads, cfg.head_dim), use_bias=cfg.qkv_bias,
-            kernel_init=_init(("embed", "kv_heads", "head_dim")),
-            bias_init=_init(("kv_heads", "head_dim"), nn.initializers.zeros))
-        k = kv_dense(name="k_proj")(x)
-        v = kv_dense(name="v_proj")(x)
+        d, h, k_heads, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        qkv_bias = ("heads", "head_dim") if cfg.qkv_bias else None
+        kv_bias = ("kv_heads", "head_dim") if cfg.qkv_bias else None
+        q = Projection("btd,dhk->bthk", (d, h, hd), ("embed", "heads", "head_dim"), qkv_bias, cfg,
+                       name="q_proj")(x)
+        k = Projection("btd,dhk->bthk", (d, k_heads, hd), ("embed", "kv_heads", "head_dim"), kv_bias,
+                       cfg, name="k_proj")(x)
+        v = Projection("btd,dhk->bthk", (d, k_heads, hd), ("embed", "kv_heads", "head_dim"), kv_bias,
+                       cfg, name="v_proj")(x)
+        q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
         q = apply_rope(q, cos, sin)
         k = apply_rope(k, cos, sin)
 
@@ -164,9 +190,8 @@ class Attention(nn.Module):
         out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(cfg.jnp_dtype))
         out = out.reshape(b, t, cfg.num_heads, cfg.head_dim)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
-        out = dense(features=cfg.hidden_size, axis=(-2, -1), use_bias=cfg.o_bias, name="o_proj",
-                    kernel_init=_init(("heads", "head_dim", "embed")),
-                    bias_init=_init(("embed",), nn.initializers.zeros))(out)
+        out = Projection("bthk,hkd->btd", (h, hd, d), ("heads", "head_dim", "embed"),
+                         ("embed",) if cfg.o_bias else None, cfg, name="o_proj")(out)
         return out, new_kv
 
 
