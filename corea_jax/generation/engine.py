@@ -315,14 +315,25 @@ def _run_turn(model, cache: KVCache, chunks: list[list[int]], start_positions: n
                  np.asarray(start_positions) + mask.sum(axis=1))
 
 
-def _batches(rows: list, batch_size: int):
-    """Chunks of rows, each padded (with copies of its first row) to a power-of-two size."""
+def _batches(model, prompt_ids: list[list[int]], n: int, batch_size: int, desc: str,
+             progress: bool):
+    """Yields (rows, padded_rows) per device batch, inside the model's mesh context.
+
+    rows are (prompt index, sample index) pairs, longest prompts first so rows of similar
+    length share a batch and a length bucket; padded_rows repeats the first row up to a
+    power-of-two batch size (few compiled shapes). A tqdm bar counts finished rows.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size: expected an integer >= 1, found {batch_size}")
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        padded = min(batch_size, 1 << (len(chunk) - 1).bit_length())
-        yield chunk, chunk + [chunk[0]] * (padded - len(chunk))
+    rows = [(p, s) for p in range(len(prompt_ids)) for s in range(n)]
+    rows.sort(key=lambda r: -len(prompt_ids[r[0]]))
+    with tqdm(total=len(rows), desc=desc, unit="seq", disable=not progress) as bar, \
+            _mesh_context(model):
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            padded = min(batch_size, 1 << (len(chunk) - 1).bit_length())
+            yield chunk, chunk + [chunk[0]] * (padded - len(chunk))
+            bar.update(len(chunk))
 
 
 def generate_tokens(model, prompt_ids: list[list[int]], sampling: SamplingParams, *,
@@ -330,24 +341,17 @@ def generate_tokens(model, prompt_ids: list[list[int]], sampling: SamplingParams
                     ) -> list[list[tuple[list[int], list[float], bool]]]:
     """Token-level generation: per prompt, n tuples (token_ids, logprobs, hit_eos)."""
     _check_prompts(model.config, prompt_ids, sampling.max_new_tokens)
-    rows = [(p, s) for p in range(len(prompt_ids)) for s in range(sampling.n)]
-    # Longest prompts first: rows of similar length share a batch and a length bucket.
-    rows.sort(key=lambda r: -len(prompt_ids[r[0]]))
     results: list[list[Any]] = [[None] * sampling.n for _ in prompt_ids]
-    bar = tqdm(total=len(rows), desc="generate", unit="seq", disable=not progress)
-    with _mesh_context(model):
-        for chunk, padded in _batches(rows, batch_size):
-            chunks = [prompt_ids[p] for p, _ in padded]
-            cache = init_cache(model.config, len(padded),
-                               _bucket(max(map(len, chunks))) + _bucket(sampling.max_new_tokens))
-            turn = _run_turn(model, cache, chunks, np.zeros(len(padded), np.int32),
-                             [p * sampling.n + s for p, s in padded], sampling)
-            for b, (p, s) in enumerate(chunk):
-                n = int(turn.lengths[b])
-                results[p][s] = (turn.tokens[b, :n].tolist(), turn.logprobs[b, :n].tolist(),
-                                 bool(turn.hit_eos[b]))
-            bar.update(len(chunk))
-    bar.close()
+    for chunk, padded in _batches(model, prompt_ids, sampling.n, batch_size, "generate", progress):
+        chunks = [prompt_ids[p] for p, _ in padded]
+        cache = init_cache(model.config, len(padded),
+                           _bucket(max(map(len, chunks))) + _bucket(sampling.max_new_tokens))
+        turn = _run_turn(model, cache, chunks, np.zeros(len(padded), np.int32),
+                         [p * sampling.n + s for p, s in padded], sampling)
+        for b, (p, s) in enumerate(chunk):
+            n = int(turn.lengths[b])
+            results[p][s] = (turn.tokens[b, :n].tolist(), turn.logprobs[b, :n].tolist(),
+                             bool(turn.hit_eos[b]))
     return results
 
 
@@ -390,36 +394,31 @@ def generate_followup(model, conversations: Sequence[list[dict]], followup_suffi
     prompt_ids = _encode_prompts(tokenizer, list(conversations), raw=False)
     budget = sampling.max_new_tokens + followup_sampling.max_new_tokens + _SUFFIX_BUDGET
     _check_prompts(model.config, prompt_ids, budget)
-    rows = [(p, s) for p in range(len(prompt_ids)) for s in range(sampling.n)]
-    rows.sort(key=lambda r: -len(prompt_ids[r[0]]))
     results: list[list[Any]] = [[None] * sampling.n for _ in prompt_ids]
-    bar = tqdm(total=len(rows), desc="generate (2 turns)", unit="seq", disable=not progress)
-    with _mesh_context(model):
-        for chunk, padded in _batches(rows, batch_size):
-            row_ids = [p * sampling.n + s for p, s in padded]
-            chunks = [prompt_ids[p] for p, _ in padded]
-            cache = init_cache(model.config, len(padded), _bucket(max(map(len, chunks)))
-                               + _bucket(sampling.max_new_tokens) + _SUFFIX_BUDGET
-                               + _bucket(followup_sampling.max_new_tokens))
-            first = _run_turn(model, cache, chunks, np.zeros(len(padded), np.int32), row_ids, sampling)
-            firsts = [_completion(tokenizer, first, b, len(chunks[b]), sampling.stop)
-                      for b in range(len(padded))]
-            cache, pending, positions = _continue_cache(first)
-            suffixes = []
-            for b, (p, _) in enumerate(padded):
-                text = followup_suffix(tokenizer, conversations[p], firsts[b].text)
-                suffix = pending[b] + list(tokenizer(text, add_special_tokens=False)["input_ids"])
-                if len(suffix) > _SUFFIX_BUDGET:
-                    raise ValueError(f"followup_suffix: {len(suffix)} tokens, more than the "
-                                     f"{_SUFFIX_BUDGET} reserved for it")
-                suffixes.append(suffix)
-            second = _run_turn(model, cache, suffixes, positions, row_ids, followup_sampling)
-            for b, (p, s) in enumerate(chunk):
-                follow = _completion(tokenizer, second, b, int(positions[b]) + len(suffixes[b]),
-                                     followup_sampling.stop)
-                results[p][s] = (firsts[b], follow)
-            bar.update(len(chunk))
-    bar.close()
+    for chunk, padded in _batches(model, prompt_ids, sampling.n, batch_size, "generate (2 turns)",
+                                  progress):
+        row_ids = [p * sampling.n + s for p, s in padded]
+        chunks = [prompt_ids[p] for p, _ in padded]
+        cache = init_cache(model.config, len(padded), _bucket(max(map(len, chunks)))
+                           + _bucket(sampling.max_new_tokens) + _SUFFIX_BUDGET
+                           + _bucket(followup_sampling.max_new_tokens))
+        first = _run_turn(model, cache, chunks, np.zeros(len(padded), np.int32), row_ids, sampling)
+        firsts = [_completion(tokenizer, first, b, len(chunks[b]), sampling.stop)
+                  for b in range(len(padded))]
+        cache, pending, positions = _continue_cache(first)
+        suffixes = []
+        for b, (p, _) in enumerate(padded):
+            text = followup_suffix(tokenizer, conversations[p], firsts[b].text)
+            suffix = pending[b] + list(tokenizer(text, add_special_tokens=False)["input_ids"])
+            if len(suffix) > _SUFFIX_BUDGET:
+                raise ValueError(f"followup_suffix: {len(suffix)} tokens, more than the "
+                                 f"{_SUFFIX_BUDGET} reserved for it")
+            suffixes.append(suffix)
+        second = _run_turn(model, cache, suffixes, positions, row_ids, followup_sampling)
+        for b, (p, s) in enumerate(chunk):
+            follow = _completion(tokenizer, second, b, int(positions[b]) + len(suffixes[b]),
+                                 followup_sampling.stop)
+            results[p][s] = (firsts[b], follow)
     return results
 
 
