@@ -24,7 +24,7 @@ from corea_jax.models.config import ModelConfig
 Array = jax.Array
 
 # Logical axis names of the KV cache arrays (k and v: [L, B, S, K, Dh]).
-CACHE_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
+CACHE_AXES = ("layers", "batch", "kv_heads", "cache_length", "head_dim")
 _NEG_INF = float(np.finfo(np.float32).min)
 
 
@@ -32,7 +32,7 @@ _NEG_INF = float(np.finfo(np.float32).min)
 class KVCache:
     """Keys and values of every layer, plus which slots hold real tokens.
 
-    k, v: [L, B, S, K, Dh] in the compute dtype.
+    k, v: [L, B, K, S, Dh] in the compute dtype (each head's slots contiguous for attention).
     valid: [B, S] bool, True where a slot holds a (non-padding) token.
     index: [] int32, the next slot to write; all rows share it (batches are left-padded).
     """
@@ -44,12 +44,12 @@ class KVCache:
 
     @property
     def max_length(self) -> int:
-        return self.k.shape[2]
+        return self.k.shape[3]
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_length: int) -> KVCache:
     """An empty cache with `max_length` slots per row."""
-    shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
+    shape = (config.num_layers, batch_size, config.num_kv_heads, max_length, config.head_dim)
     return KVCache(
         k=jnp.zeros(shape, config.jnp_dtype),
         v=jnp.zeros(shape, config.jnp_dtype),
@@ -154,8 +154,13 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, cos: Array, sin: Array, mask: Array, index: Array | None,
-                 layer_kv: tuple[Array, Array] | None):
-        """x [B, T, D]; mask [B, T, S] bool; layer_kv ([B, S, K, Dh] x2) or None (no cache)."""
+                 cache_kv: tuple[Array, Array] | None, layer: Array):
+        """x [B, T, D]; mask [B, T, S] bool; cache_kv: every layer's ([L, B, K, S, Dh] x2) or None.
+
+        The new keys/values are written into the full cache in place (at `layer`, slots
+        [index, index + T)); threading the whole cache through the layer scan as a carry
+        avoids re-stacking it every step, which cost more than the matmuls on CPU.
+        """
         cfg = self.config
         d, h, k_heads, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         qkv_bias = ("heads", "head_dim") if cfg.qkv_bias else None
@@ -168,26 +173,30 @@ class Attention(nn.Module):
                        cfg, name="v_proj")(x)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
         q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
+        k = apply_rope(k, cos, sin).transpose(0, 2, 1, 3)  # [B, K, T, Dh]
+        v = v.transpose(0, 2, 1, 3)
 
-        if layer_kv is not None:
-            cache_k, cache_v = layer_kv
-            k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), index, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
+        if cache_kv is not None:
+            cache_k, cache_v = cache_kv
+            start = (layer, 0, 0, index, 0)
+            cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype)[None], start)
+            cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype)[None], start)
+            k = jax.lax.dynamic_index_in_dim(cache_k, layer, axis=0, keepdims=False)
+            v = jax.lax.dynamic_index_in_dim(cache_v, layer, axis=0, keepdims=False)
             k = nn.with_logical_constraint(k, CACHE_AXES[1:])
             v = nn.with_logical_constraint(v, CACHE_AXES[1:])
-            new_kv = (k, v)
+            new_kv = (cache_k, cache_v)
         else:
             new_kv = None
 
         b, t = q.shape[:2]
         groups = cfg.num_heads // cfg.num_kv_heads
         q = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+        scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
         scores = scores * np.float32(cfg.head_dim**-0.5)
         scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
         probs = jax.nn.softmax(scores, axis=-1).astype(cfg.jnp_dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(cfg.jnp_dtype))
+        out = jnp.einsum("bkgts,bksd->btkgd", probs, v.astype(cfg.jnp_dtype))
         out = out.reshape(b, t, cfg.num_heads, cfg.head_dim)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
         out = Projection("bthk,hkd->btd", (h, hd, d), ("heads", "head_dim", "embed"),
@@ -214,15 +223,16 @@ class DecoderLayer(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, cos, sin, mask, index, layer_kv):
+    def __call__(self, carry, cos, sin, mask, index, layer):
+        x, cache_kv = carry
         cfg = self.config
         norm = functools.partial(RMSNorm, cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype)
         attn_out, new_kv = Attention(cfg, name="self_attn")(
-            norm(name="input_layernorm")(x), cos, sin, mask, index, layer_kv)
+            norm(name="input_layernorm")(x), cos, sin, mask, index, cache_kv, layer)
         x = x + attn_out
         x = x + MLP(cfg, name="mlp")(norm(name="post_attention_layernorm")(x))
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        return x, new_kv
+        return (x, new_kv), None
 
 
 class Decoder(nn.Module):
@@ -281,7 +291,8 @@ class Decoder(nn.Module):
             length=cfg.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg, name="layers")
-        x, new_layers_kv = layers(x, cos, sin, mask, index, layers_kv)
+        (x, new_layers_kv), _ = layers((x, layers_kv), cos, sin, mask, index,
+                                       jnp.arange(cfg.num_layers))
 
         if last_only:
             x = x[:, -1:]
