@@ -12,12 +12,14 @@ from ml_collections import config_flags
 
 import corea_jax
 from corea_jax.models import fetch
+from launch import quiet_logs
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config file.")
 
 
 def main(argv):
     del argv
+    quiet_logs()
     config = _CONFIG.value
     model_dir = fetch.fetch_model(config.model, fetch.default_model_dir(config.model))
     model = corea_jax.load_model(model_dir, dtype=config.dtype)

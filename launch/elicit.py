@@ -15,6 +15,7 @@ import corea_jax
 from corea_jax import evaluation
 from corea_jax.confidence import SOURCES
 from corea_jax.models import fetch
+from launch import quiet_logs
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/elicit.py", "Elicitation config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
@@ -29,6 +30,7 @@ def _load_model(name: str, dtype: str):
 
 def main(argv):
     del argv
+    quiet_logs()
     config = _CONFIG.value
     import datasets
 
