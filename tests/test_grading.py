@@ -371,6 +371,7 @@ def test_grading_from_concurrent_threads():
     assert results == [True] * 8
 
 
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
 @pytest.mark.parametrize("method", ["spawn", "fork"])
 def test_grading_from_worker_processes(method):
     # fork: a daemonic multiprocessing.Pool worker (may not start multiprocessing children).
