@@ -74,7 +74,9 @@ def time_corea(model, prompts, new_tokens) -> float:
     from corea_jax.generation import generate_tokens
 
     sampling = corea_jax.SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
-    generate_tokens(model, prompts, sampling, batch_size=len(prompts), progress=False)
+    # Warm-up compiles the same program (same new-token bucket) in about half the steps.
+    warm = corea_jax.SamplingParams(max_new_tokens=new_tokens // 2 + 1, ignore_eos=True)
+    generate_tokens(model, prompts, warm, batch_size=len(prompts), progress=False)
     start = time.perf_counter()
     generate_tokens(model, prompts, sampling, batch_size=len(prompts), progress=False)
     return time.perf_counter() - start
@@ -87,8 +89,9 @@ def time_hf(hf_model, prompts, new_tokens, pad_id) -> float:
     mask = torch.ones_like(ids)
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                   pad_token_id=pad_id)
+    warm = dict(kwargs, max_new_tokens=4, min_new_tokens=4)
     with torch.inference_mode():
-        hf_model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        hf_model.generate(input_ids=ids, attention_mask=mask, **warm)
         start = time.perf_counter()
         hf_model.generate(input_ids=ids, attention_mask=mask, **kwargs)
     return time.perf_counter() - start

@@ -25,10 +25,8 @@ Message = dict[str, str]
 CHOICE_LETTERS = "ABCDE"
 
 _REASON = "Solve the problem step by step."
-_ANSWER = "Put your final answer inside \\boxed{}, for example \\boxed{42}."
-_CHOICE_ANSWER = (
-    "Put the letter of the correct option inside \\boxed{}, for example \\boxed{B}."
-)
+_ANSWER = "Put your final answer inside \\boxed{}."
+_CHOICE_ANSWER = "Put the letter of the correct option inside \\boxed{}."
 _CONFIDENCE = (
     "Then, on the last line, write how confident you are that your final answer is "
     "correct, in the form `Confidence: <number between 0 and 1>`. "
@@ -132,7 +130,9 @@ def build_messages(
     messages: list[Message] = []
     if cfg.system_prompt is not None:
         messages.append({"role": "system", "content": cfg.system_prompt})
-    messages.append({"role": "user", "content": f"{problem}\n\n{instruction(cfg)}"})
+    # Instruction (and worked example) first, the problem last: small models that saw the
+    # example last copied its ending ("Confidence: 0.9") instead of solving the problem.
+    messages.append({"role": "user", "content": f"{instruction(cfg)}\n\nProblem: {problem}"})
     return messages
 
 

@@ -81,7 +81,7 @@ def test_worked_example_can_be_turned_off():
 def test_build_messages_with_and_without_system_prompt():
     plain = prompts.build_messages(QUESTION)
     assert [m["role"] for m in plain] == ["user"]
-    assert plain[0]["content"].startswith(QUESTION + "\n\n")
+    assert plain[0]["content"].endswith("\n\nProblem: " + QUESTION)
     cfg = dataclasses.replace(prompts.get_prompt_config("corea"), system_prompt="You are a careful solver.")
     with_system = prompts.build_messages(QUESTION, cfg)
     assert with_system[0] == {"role": "system", "content": "You are a careful solver."}
