@@ -104,8 +104,8 @@ def test_unknown_preset_names_the_valid_ones():
 
 def test_render_applies_the_chat_template():
     text = prompts.build_prompt(_tokenizer(), QUESTION)
-    assert text.startswith("<|im_start|>user\n" + QUESTION)
-    assert text.endswith("<|im_end|>\n<|im_start|>assistant\n")
+    assert text.startswith("<|im_start|>user\nSolve the problem step by step.")
+    assert text.endswith("Problem: " + QUESTION + "<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_render_without_a_chat_template_raises():
