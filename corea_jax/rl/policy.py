@@ -1,0 +1,83 @@
+"""The policy model of a run and how its prompts and SFT targets are written.
+
+`build_model` gives a `corea_jax.Model` for config.model.name: "toy" (a tiny random-init
+decoder over `ToyTokenizer`), a `corea_jax.models.fetch` registry name, a local HF
+directory or .gguf file, or a hub id.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+
+from corea_jax import prompts
+from corea_jax.data.records import Record
+from corea_jax.data.toy import ToyTokenizer, num_answers, toy_model_config
+from corea_jax.generation import chat_token_ids
+from corea_jax.models.model import Model, init_params, load_model
+
+
+def build_model(config, mesh=None) -> Model:
+    """The initial policy (also the KL reference when kl_beta > 0)."""
+    name, dtype = config.model.name, config.model.dtype
+    if name == "toy":
+        arithmetic = config.data.arithmetic
+        tokenizer = ToyTokenizer(num_answers(arithmetic.max_operand, arithmetic.addend))
+        toy = config.model.toy
+        model_config = toy_model_config(tokenizer, hidden_size=toy.hidden_size, num_layers=toy.num_layers,
+                                        num_heads=toy.num_heads,
+                                        max_length=config.rollout.max_prompt_length
+                                        + config.rollout.max_new_tokens)
+        model_config = model_config.replace(dtype=dtype, param_dtype=dtype, remat=config.model.remat)
+        params = init_params(model_config, jax.random.key(config.seed))
+        if mesh is not None:
+            from corea_jax.models.model import param_logical_axes
+            from corea_jax.parallel.sharding import logical_to_sharding
+
+            params = jax.device_put(params, logical_to_sharding(param_logical_axes(model_config), mesh))
+        return Model(model_config, params, tokenizer, mesh)
+    from corea_jax.models import fetch
+
+    path = fetch.fetch_model(name, fetch.default_model_dir(name)) if name in fetch.REGISTRY else name
+    model = load_model(path, dtype=dtype, mesh=mesh)
+    if config.model.remat:
+        model.config = model.config.replace(remat=True)
+    return model
+
+
+BARE_PROMPT = "question"  # the question alone as the user turn, no format instruction
+
+
+def encode_prompt(model: Model, question: str, prompt_preset: str) -> list[int]:
+    """Prompt token ids: the toy encoding, or the chat template over the preset's messages
+    (`prompts.PROMPTS`, or "question" for the bare question)."""
+    if isinstance(model.tokenizer, ToyTokenizer):
+        return model.tokenizer.encode_question(question)
+    if prompt_preset == BARE_PROMPT:
+        return chat_token_ids(model.tokenizer, [{"role": "user", "content": question}])
+    messages = prompts.build_messages(question, prompts.get_prompt_config(prompt_preset))
+    return chat_token_ids(model.tokenizer, messages)
+
+
+_CALCULATOR = re.compile(r"<<[^<>]*>>")
+
+
+def sft_target_text(record: Record, task: str, confidence: float) -> str:
+    """The completion SFT teaches: the gold's reasoning (GSM8K), the boxed answer, the confidence."""
+    answer = record.answer
+    reasoning = ""
+    if task == "gsm8k" and "####" in answer:
+        reasoning, answer = answer.rsplit("####", 1)
+        reasoning = _CALCULATOR.sub("", reasoning).strip() + "\n"
+    return f"{reasoning}The final answer is \\boxed{{{answer.strip()}}}.\nConfidence: {confidence:g}"
+
+
+def sft_completion(model: Model, record: Record, task: str, confidence: float) -> list[int]:
+    """Token ids of the SFT target, ending with EOS."""
+    tokenizer = model.tokenizer
+    if isinstance(tokenizer, ToyTokenizer):
+        return tokenizer.encode_completion(record.answer, confidence)
+    ids = tokenizer(sft_target_text(record, task, confidence), add_special_tokens=False)["input_ids"]
+    eos = model.config.eos_token_ids[0] if model.config.eos_token_ids else tokenizer.eos_token_id
+    return list(ids) + ([int(eos)] if eos is not None else [])

@@ -1,0 +1,79 @@
+"""The train state (step, params, optimizer state) and the AdamW optimizer with its schedule."""
+
+from __future__ import annotations
+
+import functools
+import types
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything an update changes.
+
+    step: [] int32, completed training steps (rollout + updates); opt_state counts the
+    optimizer steps, which are more when a step makes several updates.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+
+def learning_rate_schedule(optim, total_updates: int) -> optax.Schedule:
+    """Linear warmup from 0 to `learning_rate`, then cosine / linear decay to
+    `learning_rate * final_lr_ratio` at `total_updates`, or constant."""
+    peak = optim.learning_rate
+    warmup = min(optim.warmup_steps, max(total_updates - 1, 0))
+    decay_steps = max(total_updates - warmup, 1)
+    end = peak * optim.final_lr_ratio
+    if optim.schedule == "cosine":
+        decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=optim.final_lr_ratio)
+    elif optim.schedule == "linear":
+        decay = optax.linear_schedule(peak, end, decay_steps)
+    elif optim.schedule == "constant":
+        decay = optax.constant_schedule(peak)
+    else:
+        raise ValueError(f"config.optim.schedule: expected one of {SCHEDULES}, found {optim.schedule!r}")
+    if not warmup:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+_OPTIM_FIELDS = ("learning_rate", "warmup_steps", "schedule", "final_lr_ratio", "weight_decay", "b1", "b2",
+                 "eps", "grad_clip")
+
+
+def make_optimizer(optim, total_updates: int) -> optax.GradientTransformation:
+    """Global-norm gradient clipping (0: off), then AdamW on the schedule.
+
+    The same settings give the same object: the optimizer is static in TrainState, so
+    equal settings then share compiled update steps.
+    """
+    if optim.schedule == "constant" and not optim.warmup_steps:
+        total_updates = 0  # the run length changes nothing
+    return _optimizer(tuple(optim[f] for f in _OPTIM_FIELDS), total_updates)
+
+
+@functools.lru_cache(maxsize=32)
+def _optimizer(settings: tuple, total_updates: int) -> optax.GradientTransformation:
+    optim = dict(zip(_OPTIM_FIELDS, settings))
+    schedule = learning_rate_schedule(types.SimpleNamespace(**optim), total_updates)
+    adamw = optax.adamw(schedule, b1=optim["b1"], b2=optim["b2"], eps=optim["eps"],
+                        weight_decay=optim["weight_decay"])
+    if optim["grad_clip"]:
+        return optax.chain(optax.clip_by_global_norm(optim["grad_clip"]), adamw)
+    return adamw
+
+
+def init_train_state(params, tx: optax.GradientTransformation) -> TrainState:
+    """Step 0; the optimizer state takes the params' shardings (zeros_like)."""
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), tx=tx)

@@ -1,0 +1,32 @@
+"""Train a policy with GRPO + RLCC (or SFT) from a config file.
+
+  python -m launch.train --config=configs/tiny.py --workdir=/tmp/tiny [--config.total_steps=3]
+
+A --workdir that holds checkpoints resumes. The run writes workdir/config.json,
+workdir/versions.json, workdir/metrics.jsonl (one JSON object per step), TensorBoard
+events under workdir/tensorboard and orbax checkpoints under workdir/checkpoints.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from corea_jax.rl import trainer
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (get_config()).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (resumes if it holds checkpoints).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.INFO)
+    try:
+        trainer.train(_CONFIG.value, _WORKDIR.value, log=logging.info)
+    except (ValueError, FileNotFoundError) as err:  # a bad config or dataset: say which, no traceback
+        raise app.UsageError(str(err)) from err
+
+
+if __name__ == "__main__":
+    app.run(main)

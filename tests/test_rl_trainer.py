@@ -1,0 +1,127 @@
+"""The training loop on the toy task: RLCC learns, SFT learns, minibatches + epochs + KL."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from corea_jax.rl import trainer
+from corea_jax.rl.metrics_writer import read_metrics
+from tests.helpers import REPO
+
+
+def tiny_config():
+    spec = importlib.util.spec_from_file_location("tiny_config", REPO / "configs" / "tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.log.tensorboard = False
+    config.checkpoint.every_steps = 1000
+    return config
+
+
+def _mean(rows, key):
+    return float(np.nanmean([np.nan if r[key] is None else r[key] for r in rows]))
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("toy_rlcc")
+    config = tiny_config()  # 300 steps, about 10 s after compiling
+    trainer.train(config, workdir, log=lambda _: None)
+    return read_metrics(workdir)
+
+
+def test_toy_rlcc_reward_rises_and_ece_falls(toy_run):
+    rows = toy_run
+    assert [r["step"] for r in rows] == list(range(1, 301))
+    first, last = rows[:10], rows[-20:]
+    # Seen over seeds 0-5: reward -0.75 -> 1.1 to 1.5 (of 1.5), ECE 0.43 -> 0.00 to 0.2,
+    # format 0.15 -> 1, accuracy 0.08 -> 0.75 to 1.
+    assert _mean(last, "reward_mean") > _mean(first, "reward_mean") + 1.0
+    assert _mean(last, "ece") < _mean(first, "ece") - 0.15
+    assert _mean(last, "format_rate") > 0.9 > 0.5 > _mean(first, "format_rate")
+    assert _mean(last, "accuracy") > _mean(first, "accuracy") + 0.4
+    for row in rows:
+        assert row["ratio_mean"] == 1.0 and row["clip_fraction"] == 0.0  # on-policy, one update
+        if row["groups_trained"]:  # else every group tied and was filtered: no update
+            assert row["sampler_logprob_gap"] < 1e-4
+        for key in ("loss", "reward_calibration", "brier", "entropy", "time_generation", "time_scoring",
+                    "time_update", "tokens_per_s", "mfu", "mfu_update", "zero_variance_groups", "lr"):
+            assert key in row
+
+
+def test_sft_teaches_the_answer_format(tmp_path):
+    config = tiny_config()
+    config.mode = "sft"
+    config.total_steps = 20
+    config.grpo.micro_batch_size = 4
+    trainer.train(config, tmp_path, log=lambda _: None)
+    rows = read_metrics(tmp_path)
+    assert rows[-1]["nll"] < 0.6 * rows[0]["nll"]
+    assert rows[0]["truncated_rate"] == 0.0
+
+
+def test_minibatches_epochs_and_kl(tmp_path):
+    config = tiny_config()
+    config.total_steps = 1
+    config.grpo.num_minibatches = 2
+    config.grpo.num_epochs = 2
+    config.grpo.kl_beta = 0.05
+    config.grpo.micro_batch_size = 8
+    config.grpo.filter_tied_groups = False
+    trainer.train(config, tmp_path, log=lambda _: None)
+    rows = read_metrics(tmp_path)
+    for row in rows:
+        # Old log-probs are recomputed by the trainer: the same graph as the sampler.
+        assert row["sampler_logprob_gap"] < 1e-4
+        assert row["ratio_mean"] != 1.0  # later updates move the policy off the sampler's
+        assert 0 < row["kl"] < 1 and np.isfinite(row["loss"])
+        assert row["groups_trained"] == 8
+
+
+def test_gsm8k_records_through_a_real_tokenizer(tmp_path):
+    """Real data end to end: GSM8K questions under SmolLM2's chat template and tokenizer,
+    sampled from a small random Llama, graded as GSM8K, one GRPO update."""
+    import shutil
+
+    from tests.fetched_models import SMOLLM2, fetched_dir
+    from tests.helpers import SHARED_DATA, save_random_hf_model
+
+    model_dir = tmp_path / "model"
+    save_random_hf_model("llama3", model_dir, vocab_size=49152, num_hidden_layers=2)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (fetched_dir(SMOLLM2) / name).exists():
+            shutil.copy(fetched_dir(SMOLLM2) / name, model_dir / name)
+    config = tiny_config()
+    config.model.name = str(model_dir)
+    config.data.source = str(SHARED_DATA / "gsm8k" / "train.jsonl")
+    config.data.limit = 16
+    config.data.prompt = "question"
+    config.total_steps = 1
+    config.rollout.prompts_per_step = 2
+    config.rollout.group_size = 2
+    config.rollout.max_prompt_length = 192
+    config.rollout.max_new_tokens = 8
+    config.grpo.micro_batch_size = 2
+    config.grpo.filter_tied_groups = False
+    trainer.train(config, tmp_path / "run", log=lambda _: None)
+    [row] = read_metrics(tmp_path / "run")
+    assert row["groups_trained"] == 2 and np.isfinite(row["loss"])
+    assert row["sampler_logprob_gap"] < 1e-3
+    assert row["response_length"] <= 8
+
+
+def test_sft_targets_are_formatted_gold_answers():
+    from corea_jax import grading
+    from corea_jax.data import Record
+    from corea_jax.rl.policy import sft_target_text
+
+    gold = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nAltogether 48+24 = <<48+24=72>>72.\n#### 72"
+    text = sft_target_text(Record("q", gold), "gsm8k", 0.9)
+    assert "<<" not in text and text.endswith("\\boxed{72}.\nConfidence: 0.9")
+    assert grading.format_ok(text) and grading.grade(text, gold, "gsm8k")
+    assert sft_target_text(Record("q", "\\frac{1}{2}"), "math", 0.5) == \
+        "The final answer is \\boxed{\\frac{1}{2}}.\nConfidence: 0.5"
