@@ -1,14 +1,15 @@
 """One GRPO step (rollout + update) on SmolLM2-135M-Instruct on CPU: corea_jax vs TRL's GRPOTrainer.
 
   python -m benchmarks.train_step [--prompts=8] [--group=8] [--new_tokens=128] [--steps=3]
-                                  [--trl_steps=2] [--skip_trl] [--skip_corea] [--out=benchmarks/results/train_step.json]
+                                  [--trl_steps=2] [--skip_trl] [--out=benchmarks/results/train_step.json]
 
 Same model (fp32), the same prompts (the first GSM8K train questions whose chat-templated
 prompt fits --max_prompt tokens, bare question as the user turn), G completions per prompt,
 temperature 1, every completion forced to --new_tokens tokens (corea_jax: ignore_eos; TRL:
 min_new_tokens), the same RLCC reward on both sides, one AdamW step over all prompts x G
-completions, no KL, no gradient checkpointing. corea_jax's first step compiles; the table
-reports the mean of the later ones (TRL's too: its first step warms up the allocator).
+completions in micro-batches of --micro_batch, no KL, no gradient checkpointing. TRL runs
+first, in a child process. corea_jax's first step compiles; the table reports the mean of
+the later ones (TRL's too: its first step warms up).
 
 MFU: model FLOPs (corea_jax.rl.flops: the matmul FLOPs the step needs, prompt once per
 group in the update, logits only where needed) over the measured fp32 `jnp.dot` peak
@@ -35,7 +36,7 @@ _MICRO = flags.DEFINE_integer("micro_batch", 16, "corea_jax completions per micr
 _STEPS = flags.DEFINE_integer("steps", 3, "corea_jax steps (the first compiles)")
 _TRL_STEPS = flags.DEFINE_integer("trl_steps", 2, "TRL steps")
 _SKIP_TRL = flags.DEFINE_bool("skip_trl", False, "measure corea_jax only")
-_SKIP_COREA = flags.DEFINE_bool("skip_corea", False, "measure TRL only")
+_TRL_OUT = flags.DEFINE_string("trl_out", None, "internal: run TRL only, write its timings here")
 _OUT = flags.DEFINE_string("out", None, "write the results as JSON here")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -108,7 +109,8 @@ def run_corea(data_path: str, peak: float) -> dict:
         trainer.train(corea_config(data_path, peak), workdir, log=print)
         rows = read_metrics(workdir)
     steady = rows[1:] or rows
-    mean = {k: sum(r[k] for r in steady) / len(steady) for k in (*TIMING, "mfu", "mfu_update", "model_tflops")}
+    keys = (*TIMING, "mfu", "mfu_update", "model_tflops")
+    mean = {k: sum(r[k] for r in steady) / len(steady) for k in keys}
     mean["first_step_s"] = rows[0]["time_step"]
     return mean
 
@@ -138,7 +140,9 @@ def run_trl(model_dir: Path, records: list[dict]) -> dict:
     config = GRPOConfig(
         output_dir=tempfile.mkdtemp(), use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
         optim="adamw_torch", learning_rate=1e-6, lr_scheduler_type="constant", max_grad_norm=1.0,
-        per_device_train_batch_size=prompts * group, gradient_accumulation_steps=1,
+        # Micro-batches of --micro_batch completions, accumulated into one optimizer step over
+        # all of them, as corea_jax does (a 64-row batch without checkpointing needs > 24 GB).
+        per_device_train_batch_size=_MICRO.value, gradient_accumulation_steps=prompts * group // _MICRO.value,
         num_generations=group, generation_batch_size=prompts * group,
         num_iterations=1, max_completion_length=_NEW_TOKENS.value, temperature=1.0, beta=0.0,
         loss_type="dapo", epsilon=0.2, epsilon_high=0.28,
@@ -164,6 +168,19 @@ def run_trl(model_dir: Path, records: list[dict]) -> dict:
     return {"time_step": sum(steady) / len(steady), "step_times": times, "total_s": total}
 
 
+def run_trl_process() -> dict:
+    """TRL in a child process: its memory never adds to JAX's (together they exceed 24 GB)."""
+    import subprocess
+    import sys
+
+    out = Path(tempfile.mkdtemp()) / "trl.json"
+    names = ("model", "prompts", "group", "new_tokens", "max_prompt", "micro_batch", "trl_steps")
+    args = [f"--{name}={flags.FLAGS[name].value}" for name in names]
+    subprocess.run([sys.executable, "-m", "benchmarks.train_step", f"--trl_out={out}", *args], check=True,
+                   cwd=Path(__file__).resolve().parents[1])
+    return json.loads(out.read_text())
+
+
 def main(argv):
     del argv
     import jax
@@ -180,10 +197,11 @@ def main(argv):
     data_path = data_dir / "questions.jsonl"
     data_path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
-    nan = float("nan")
-    corea = {k: nan for k in (*TIMING, "mfu", "mfu_update", "first_step_s")} if _SKIP_COREA.value \
-        else run_corea(str(data_path), peak)
-    trl = None if _SKIP_TRL.value else run_trl(model_dir, records)
+    if _TRL_OUT.value:  # the TRL child process
+        Path(_TRL_OUT.value).write_text(json.dumps(run_trl(model_dir, records)))
+        return
+    trl = None if _SKIP_TRL.value else run_trl_process()
+    corea = run_corea(str(data_path), peak)
 
     print(f"\nGRPO step: {_MODEL.value}, {_PROMPTS.value} prompts x G={_GROUP.value}, "
           f"{_NEW_TOKENS.value} new tokens each, prompts <= {_MAX_PROMPT.value} tokens, fp32, "

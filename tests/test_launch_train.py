@@ -51,7 +51,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
         time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     output, _ = process.communicate()
-    assert process.returncode == -signal.SIGKILL, f"the run ended before it could be killed:\n{output[-3000:]}"
+    assert process.returncode == -signal.SIGKILL, \
+        f"the run ended before it could be killed:\n{output[-3000:]}"
     killed_rows = read_metrics(run_dir)
     assert EVERY <= len(killed_rows) < STEPS
 
@@ -66,7 +67,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
         assert {"step", "loss", "reward_mean", "accuracy", "ece"} <= set(row)
     assert _without_timing(rows) == _without_timing(read_metrics(reference_dir))
 
-    state = init_train_state(jax.tree.map(np.zeros_like, reference.params), make_optimizer(config.optim, STEPS))
+    state = init_train_state(jax.tree.map(np.zeros_like, reference.params),
+                             make_optimizer(config.optim, STEPS))
     checkpointer = Checkpointer(run_dir)
     restored, meta = checkpointer.restore(state)
     checkpointer.close()
@@ -78,7 +80,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["total_steps"] == STEPS and saved["model"]["name"] == "toy"
-    assert {"jax", "flax", "optax", "orbax-checkpoint", "python"} <= set(json.loads((run_dir / "versions.json").read_text()))
+    versions = json.loads((run_dir / "versions.json").read_text())
+    assert {"jax", "flax", "optax", "orbax-checkpoint", "python"} <= set(versions)
     assert any((run_dir / "tensorboard").iterdir())
 
 

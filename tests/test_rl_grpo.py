@@ -146,10 +146,14 @@ def test_loss_gradient_wrt_params_matches_full_forward_reference(toy):
     np.testing.assert_allclose(np.asarray(base), np.asarray(full), atol=2e-5)
     batch["old_logprobs"] = base + jnp.where(batch["completion_mask"], 0.3 * jnp.sin(base * 7), 0.0)
     cfg = grpo.LossConfig(eps_low=0.2, eps_high=0.28, kl_beta=0.1, on_policy=False)
-    grads = jax.jit(jax.grad(lambda p: grpo.grpo_loss(p, batch, model_config=config, loss_config=cfg)[0]))(params)
+    def loss(p):
+        return grpo.grpo_loss(p, batch, model_config=config, loss_config=cfg)[0]
+
+    grads = jax.jit(jax.grad(loss))(params)
 
     def reference(p):
-        lp = _full_sequence_logprobs(config, p, jnp.repeat(prompt_tokens, G, 0), jnp.repeat(prompt_mask, G, 0),
+        lp = _full_sequence_logprobs(config, p, jnp.repeat(prompt_tokens, G, 0),
+                                     jnp.repeat(prompt_mask, G, 0),
                                      batch["completion_tokens"], batch["completion_mask"])
         return grpo.policy_objective(lp, batch, cfg)[0]
 

@@ -65,6 +65,7 @@ def toy_model_config(tokenizer: ToyTokenizer, hidden_size: int = 64, num_layers:
     return ModelConfig(
         model_type="qwen2", vocab_size=-(-len(tokenizer) // 8) * 8, hidden_size=hidden_size,
         intermediate_size=2 * hidden_size, num_layers=num_layers, num_heads=num_heads,
-        num_kv_heads=max(1, num_heads // 2), head_dim=hidden_size // num_heads, max_position_embeddings=max_length,
+        num_kv_heads=max(1, num_heads // 2), head_dim=hidden_size // num_heads,
+        max_position_embeddings=max_length,
         qkv_bias=True, tie_word_embeddings=False, bos_token_id=BOS, eos_token_ids=(EOS,),
         pad_token_id=PAD)

@@ -105,7 +105,8 @@ def policy_objective(logprobs: jax.Array, batch, cfg: LossConfig):
     else:
         kl = jnp.zeros_like(per_token)
     loss = jnp.sum(batch["weights"] * per_token)
-    clipped = ((ratio < 1.0 - cfg.eps_low) & (advantages < 0)) | ((ratio > 1.0 + cfg.eps_high) & (advantages > 0))
+    clipped = (((ratio < 1.0 - cfg.eps_low) & (advantages < 0))
+               | ((ratio > 1.0 + cfg.eps_high) & (advantages > 0)))
     m = mask.astype(jnp.float32)
     sg = jax.lax.stop_gradient
     sums = {

@@ -42,14 +42,20 @@ def completion_logits(config: ModelConfig, params, batch) -> jax.Array:
 
 
 def completion_logprobs(config: ModelConfig, params, batch, with_entropy: bool = False):
-    """log p(completion_tokens) [N, C] float32 (0 on padding), and the entropy [N, C] if asked."""
+    """log p(completion_tokens) [N, C] float32 (0 on padding), and the entropy [N, C] if asked.
+
+    log p = logit[token] - logsumexp(logits): no [N, C, V] log-softmax is materialised, and
+    the entropy (logsumexp - E_p[logit]) comes from the same pass over the logits.
+    """
     logits = completion_logits(config, params, batch)
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
     tokens = batch["completion_tokens"]
     mask = batch["completion_mask"]
-    token_logprobs = jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
-    token_logprobs = jnp.where(mask, token_logprobs, 0.0)
+    log_normalizer = jax.nn.logsumexp(logits, axis=-1)
+    target = jnp.take_along_axis(logits, tokens[..., None], axis=-1)[..., 0]
+    token_logprobs = jnp.where(mask, target - log_normalizer, 0.0)
     if not with_entropy:
         return token_logprobs
-    entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
-    return token_logprobs, jnp.where(mask, jax.lax.stop_gradient(entropy), 0.0)
+    logits, log_normalizer = jax.lax.stop_gradient((logits, log_normalizer))
+    probs = jnp.exp(logits - log_normalizer[..., None])
+    entropy = log_normalizer - jnp.sum(probs * logits, axis=-1)
+    return token_logprobs, jnp.where(mask, entropy, 0.0)

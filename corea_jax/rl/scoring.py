@@ -8,7 +8,8 @@ from corea_jax import metrics as calibration
 from corea_jax import rewards
 
 
-def decode_completions(tokenizer, completion_tokens: np.ndarray, completion_mask: np.ndarray) -> list[list[str]]:
+def decode_completions(tokenizer, completion_tokens: np.ndarray,
+                       completion_mask: np.ndarray) -> list[list[str]]:
     """[B][G] completion texts."""
     num_prompts, group = completion_mask.shape[:2]
     return [[tokenizer.decode(completion_tokens[b, g][completion_mask[b, g]].tolist(),

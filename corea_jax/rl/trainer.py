@@ -199,8 +199,8 @@ def _grpo_updates(state: TrainState, minibatches: list[dict], model: Model, conf
                 passes += 1
         if recompute_old:
             tokens = sum(float(jnp.sum(mb["completion_mask"])) for mb in minibatches)
-            gap = sum(float(jnp.sum(jnp.abs(mb["old_logprobs"] - mb["sampler_logprobs"]) * mb["completion_mask"]))
-                      for mb in minibatches) / max(tokens, 1.0)
+            gap = sum(float(jnp.sum(jnp.abs(mb["old_logprobs"] - mb["sampler_logprobs"])
+                                    * mb["completion_mask"])) for mb in minibatches) / max(tokens, 1.0)
         for _ in range(g.num_epochs):
             for mb in minibatches:
                 state, m = update_step(state, mb, model_config=model.config, loss_config=ctx.loss_config,
@@ -231,8 +231,8 @@ def _cost_metrics(model_config, config, roll: rollout.Rollout, keep: np.ndarray,
     gen_tokens = int(lengths.sum())
     rollout_f = flops.rollout_flops(model_config, int(prompt_lens.sum()) * r.group_size, gen_tokens,
                                     float(prompt_lens.mean()), float(lengths.mean()))
-    one_update = flops.update_flops(model_config, int(prompt_lens[keep].sum()) * chunks, int(lengths[keep].sum()),
-                                    float(prompt_lens.mean()), float(lengths.mean()))
+    one_update = flops.update_flops(model_config, int(prompt_lens[keep].sum()) * chunks,
+                                    int(lengths[keep].sum()), float(prompt_lens.mean()), float(lengths.mean()))
     update_f = (one_update * g.num_epochs + one_update / 3 * scoring_passes) if did_update else 0.0
     step_time, peak = t3 - t0, config.log.peak_flops
     return dict(
