@@ -2,6 +2,12 @@
 
   python -m benchmarks.generate [--model=qwen2.5-coder-0.5b-instruct] [--batches=1,8,32]
                                 [--dtypes=float32,bfloat16] [--out=benchmarks/results/generate.json]
+  python -m benchmarks.generate --architecture=qwen2.5-7b-instruct --dtypes=bfloat16  # on a GPU
+
+`--architecture` (a corea_jax.models.architectures name) measures a model of the real shapes
+with random weights on both sides (nothing to download; prompts are random token ids):
+throughput does not depend on the weights when EOS is ignored. On a GPU transformers runs
+there too (CUDA, its default attention).
 
 Same prompts for both (GSM8K questions under the chat template, cut to exactly
 --prompt_tokens tokens), greedy, --new_tokens forced (EOS ignored). Throughput counts
@@ -26,6 +32,8 @@ _BATCHES = flags.DEFINE_list("batches", ["1", "8", "32"], "batch sizes")
 _DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "dtypes")
 _PROMPT_TOKENS = flags.DEFINE_integer("prompt_tokens", 100, "prompt length")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 128, "forced new tokens")
+_ARCHITECTURE = flags.DEFINE_string("architecture", None,
+                                    "random weights of this architecture instead of --model")
 _SKIP_HF = flags.DEFINE_bool("skip_hf", False, "measure corea_jax only")
 _OUT = flags.DEFINE_string("out", None, "write the results as JSON here")
 
@@ -46,12 +54,13 @@ def machine_peaks() -> dict:
             times.append(time.perf_counter() - start)
         return min(times)
 
-    n = 2048
+    gpu = jax.devices()[0].platform == "gpu"
+    n = 8192 if gpu else 2048
     out = {}
     for dtype in ("float32", "bfloat16"):
         a = jnp.ones((n, n), dtype)
         out[f"dot_gflops_{dtype}"] = 2 * n**3 / best(jax.jit(jnp.dot), a, a) / 1e9
-    big = jnp.ones((1 << 28,), jnp.float32)  # 1 GiB
+    big = jnp.ones((1 << (30 if gpu else 28),), jnp.float32)  # 4 GiB on a GPU, else 1 GiB
     out["mem_gbps"] = big.nbytes / best(jax.jit(jnp.sum), big) / 1e9
     return out
 
@@ -82,18 +91,61 @@ def time_corea(model, prompts, new_tokens) -> float:
     return time.perf_counter() - start
 
 
+def random_prompts(vocab_size: int, batch: int, length: int) -> list[list[int]]:
+    import numpy as np
+
+    return np.random.default_rng(0).integers(0, vocab_size, (batch, length)).tolist()
+
+
+def load_models(dtype: str):
+    """(corea_jax Model, transformers model or None) for --model or --architecture."""
+    import jax
+
+    import corea_jax
+    from corea_jax.models import fetch
+
+    if _ARCHITECTURE.value:
+        from corea_jax.models.architectures import architecture
+        from corea_jax.models.model import init_params
+
+        config = architecture(_ARCHITECTURE.value, dtype=dtype)
+        model = corea_jax.Model(config=config, params=init_params(config, jax.random.key(0)))
+    else:
+        model_dir = fetch.fetch_model(_MODEL.value, fetch.default_model_dir(_MODEL.value))
+        model = corea_jax.load_model(model_dir, dtype=dtype)
+    if _SKIP_HF.value:
+        return model, None
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.set_num_threads(os.cpu_count())
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if _ARCHITECTURE.value:
+        hf_config = model.config.to_hf()
+        hf_config = AutoConfig.for_model(hf_config.pop("model_type"), **hf_config)
+        with torch.device(device):
+            hf_model = AutoModelForCausalLM.from_config(hf_config, dtype=getattr(torch, dtype))
+    else:
+        hf_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device)
+    return model, hf_model.eval()
+
+
 def time_hf(hf_model, prompts, new_tokens, pad_id) -> float:
     import torch
 
-    ids = torch.tensor(prompts)
+    ids = torch.tensor(prompts, device=hf_model.device)
     mask = torch.ones_like(ids)
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                   pad_token_id=pad_id)
     warm = dict(kwargs, max_new_tokens=4, min_new_tokens=4)
     with torch.inference_mode():
         hf_model.generate(input_ids=ids, attention_mask=mask, **warm)
+        if ids.is_cuda:
+            torch.cuda.synchronize()
         start = time.perf_counter()
         hf_model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        if ids.is_cuda:
+            torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -101,29 +153,22 @@ def main(argv):
     del argv
     import jax
 
-    import corea_jax
-    from corea_jax.models import fetch
-
     peaks = machine_peaks()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"jax {jax.__version__} on {jax.devices()[0].platform}")
     print(f"peaks: jnp.dot fp32 {peaks['dot_gflops_float32']:.0f} GFLOP/s, bf16 "
           f"{peaks['dot_gflops_bfloat16']:.0f} GFLOP/s, memory {peaks['mem_gbps']:.1f} GB/s")
-    model_dir = fetch.fetch_model(_MODEL.value, fetch.default_model_dir(_MODEL.value))
+    print(f"model: {_ARCHITECTURE.value + ' (random weights)' if _ARCHITECTURE.value else _MODEL.value}")
     rows = []
     new = _NEW_TOKENS.value
     for dtype in _DTYPES.value:
-        model = corea_jax.load_model(model_dir, dtype=dtype)
+        model, hf_model = load_models(dtype)
         cfg = model.config
-        hf_model = None
-        if not _SKIP_HF.value:
-            import torch
-            from transformers import AutoModelForCausalLM
-
-            torch.set_num_threads(os.cpu_count())
-            hf_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
         for batch in map(int, _BATCHES.value):
-            prompts = make_prompts(model.tokenizer, batch, _PROMPT_TOKENS.value)
+            if model.tokenizer is None:
+                prompts = random_prompts(cfg.vocab_size, batch, _PROMPT_TOKENS.value)
+            else:
+                prompts = make_prompts(model.tokenizer, batch, _PROMPT_TOKENS.value)
             ours = time_corea(model, prompts, new)
             prefill = time_corea(model, prompts, 1)
             step = (ours - prefill) / (new - 1)
@@ -152,7 +197,9 @@ def main(argv):
               f"{r['step_ms']:8.1f} {r['roofline_step_ms']:12.1f} {100 * r['roofline_frac']:9.0f}%")
     if _OUT.value:
         Path(_OUT.value).parent.mkdir(parents=True, exist_ok=True)
-        Path(_OUT.value).write_text(json.dumps({"peaks": peaks, "rows": rows}, indent=2))
+        Path(_OUT.value).write_text(json.dumps(
+            {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
+             "model": _ARCHITECTURE.value or _MODEL.value, "peaks": peaks, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

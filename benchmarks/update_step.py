@@ -1,0 +1,119 @@
+"""The GRPO update alone (loss + gradient + AdamW), on random weights of a real architecture: MFU.
+
+  python -m benchmarks.update_step --architecture=qwen2.5-1.5b-instruct [--prompts=4] [--group=8]
+      [--prompt_tokens=512] [--completion_tokens=2048] [--micro_batch=8] [--dtype=bfloat16]
+      [--param_dtype=float32] [--remat] [--steps=3] [--out=FILE]
+
+What `corea_jax.rl.update.update_step` does in a training run, on a synthetic batch of the
+given shape (random tokens, full-length completions, random advantages): the shared-prompt
+log-prob pass, the clipped surrogate, gradient accumulation over micro-batches, global-norm
+clipping and AdamW. Master weights and optimizer state in --param_dtype, matmuls in --dtype.
+MFU = model FLOPs (corea_jax.rl.flops.update_flops) / step time / the measured dense matmul
+peak of the device in --dtype (an 8192^3 `jnp.dot` on a GPU, 2048^3 on a CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+_ARCHITECTURE = flags.DEFINE_string("architecture", "qwen2.5-0.5b-instruct", "corea_jax.models.architectures name")
+_PROMPTS = flags.DEFINE_integer("prompts", 4, "prompts (groups) per optimizer step")
+_GROUP = flags.DEFINE_integer("group", 8, "completions per prompt (G)")
+_PROMPT_TOKENS = flags.DEFINE_integer("prompt_tokens", 512, "prompt length")
+_COMPLETION_TOKENS = flags.DEFINE_integer("completion_tokens", 2048, "completion length")
+_MICRO = flags.DEFINE_integer("micro_batch", 8, "completions per micro-batch")
+_DTYPE = flags.DEFINE_string("dtype", "bfloat16", "matmul dtype")
+_PARAM_DTYPE = flags.DEFINE_string("param_dtype", "float32", "master weight / optimizer dtype")
+_REMAT = flags.DEFINE_bool("remat", True, "rematerialise each layer in the backward pass")
+_STEPS = flags.DEFINE_integer("steps", 3, "timed steps (after one compiling step)")
+_OUT = flags.DEFINE_string("out", None, "write the result as JSON here")
+
+
+def matmul_peak(dtype: str) -> float:
+    """Measured dense `jnp.dot` FLOP/s in `dtype` (best of 5)."""
+    import jax
+    import jax.numpy as jnp
+
+    n = 8192 if jax.devices()[0].platform == "gpu" else 2048
+    a = jnp.ones((n, n), dtype)
+    dot = jax.jit(jnp.dot)
+    jax.block_until_ready(dot(a, a))
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        jax.block_until_ready(dot(a, a))
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def synthetic_batch(config, rng):
+    """One optimizer batch of micro-batches, laid out by `corea_jax.rl.batching`."""
+    import numpy as np
+
+    from corea_jax.rl import batching
+
+    b, g, p, c = _PROMPTS.value, _GROUP.value, _PROMPT_TOKENS.value, _COMPLETION_TOKENS.value
+    rows = dict(completion_tokens=rng.integers(0, config.vocab_size, (b, g, c)).astype(np.int32),
+                completion_mask=np.ones((b, g, c), bool),
+                advantages=rng.standard_normal((b, g)).astype(np.float32),
+                sampler_logprobs=np.zeros((b, g, c), np.float32))
+    prompt_tokens = rng.integers(0, config.vocab_size, (b, p)).astype(np.int32)
+    (batch,) = batching.micro_batches(prompt_tokens, np.ones((b, p), bool), rows, np.ones(b, bool),
+                                      num_minibatches=1, micro_batch_size=_MICRO.value,
+                                      aggregation="token_mean", max_length=c)
+    return batch
+
+
+def main(argv):
+    del argv
+    import jax
+    import ml_collections
+    import numpy as np
+
+    from corea_jax.models.architectures import architecture
+    from corea_jax.models.model import init_params
+    from corea_jax.rl import flops, grpo
+    from corea_jax.rl.config import defaults
+    from corea_jax.rl.train_state import init_train_state, make_optimizer
+    from corea_jax.rl.update import update_step
+
+    config = architecture(_ARCHITECTURE.value, dtype=_DTYPE.value).replace(
+        param_dtype=_PARAM_DTYPE.value, remat=_REMAT.value)
+    optim = ml_collections.ConfigDict(defaults().optim)
+    optim.learning_rate, optim.warmup_steps, optim.schedule = 1e-6, 0, "constant"
+    state = init_train_state(init_params(config, jax.random.key(0)), make_optimizer(optim, 1))
+    batch = jax.device_put(synthetic_batch(config, np.random.default_rng(0)))
+    loss_config = grpo.LossConfig(eps_low=0.2, eps_high=0.28, on_policy=True)
+    peak = matmul_peak(_DTYPE.value)
+
+    times = []
+    for step in range(_STEPS.value + 1):
+        start = time.perf_counter()
+        state, metrics = update_step(state, batch, model_config=config, loss_config=loss_config)
+        jax.block_until_ready((state, metrics))
+        times.append(time.perf_counter() - start)
+        print(f"step {step}: {times[-1]:.3f} s  loss {float(metrics['loss']):.4f}", flush=True)
+    step_time = sum(times[1:]) / max(len(times) - 1, 1)
+    b, g, p, c = _PROMPTS.value, _GROUP.value, _PROMPT_TOKENS.value, _COMPLETION_TOKENS.value
+    chunk = min(g, _MICRO.value)
+    model_flops = flops.update_flops(config, b * (g // chunk) * p, b * g * c, p, c)
+    tokens = b * p + b * g * c
+    result = dict(device=str(jax.devices()[0].device_kind), jax=jax.__version__,
+                  architecture=_ARCHITECTURE.value, params=config.num_params, dtype=_DTYPE.value,
+                  param_dtype=_PARAM_DTYPE.value, remat=_REMAT.value, prompts=b, group=g,
+                  prompt_tokens=p, completion_tokens=c, micro_batch=_MICRO.value,
+                  compile_and_first_step_s=times[0], step_s=step_time, tokens_per_s=tokens / step_time,
+                  model_tflops=model_flops / 1e12, peak_tflops=peak / 1e12,
+                  mfu=model_flops / step_time / peak)
+    print(json.dumps(result, indent=2))
+    if _OUT.value:
+        Path(_OUT.value).parent.mkdir(parents=True, exist_ok=True)
+        Path(_OUT.value).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)
