@@ -14,6 +14,7 @@ from corea_jax.data.toy import ToyTokenizer, toy_model_config
 from corea_jax.models.decoder import Decoder, positions_from_mask
 from corea_jax.models.model import init_params
 from corea_jax.rl import batching, grpo
+from corea_jax.rl import logprobs as logprobs_module
 from corea_jax.rl.logprobs import completion_logprobs
 from corea_jax.rl.update import accumulate_gradients
 
@@ -133,9 +134,12 @@ def test_loss_and_gradient_match_torch_reference(aggregation, beta):
     np.testing.assert_allclose(np.asarray(grad), ref_grad, rtol=1e-4, atol=1e-7)
 
 
-def test_loss_gradient_wrt_params_matches_full_forward_reference(toy):
+@pytest.mark.parametrize("chunk_tokens", [4096, 5])
+def test_loss_gradient_wrt_params_matches_full_forward_reference(toy, monkeypatch, chunk_tokens):
     """Log-probs with one prompt forward per group, and grpo_loss's parameter gradient, equal
-    those of the straightforward path: every row's prompt + completion through one forward."""
+    those of the straightforward path: every row's prompt + completion through one forward.
+    The LM head runs in one chunk, or in several of a size that does not divide the length."""
+    monkeypatch.setattr(logprobs_module, "LOGIT_CHUNK_TOKENS", chunk_tokens)
     config, params = toy
     prompt_tokens, prompt_mask, rows = _rollout(seed=3)
     batch = _first(_one_batch(prompt_tokens, prompt_mask, rows, "seq_mean_token_mean"))
@@ -146,6 +150,7 @@ def test_loss_gradient_wrt_params_matches_full_forward_reference(toy):
     np.testing.assert_allclose(np.asarray(base), np.asarray(full), atol=2e-5)
     batch["old_logprobs"] = base + jnp.where(batch["completion_mask"], 0.3 * jnp.sin(base * 7), 0.0)
     cfg = grpo.LossConfig(eps_low=0.2, eps_high=0.28, kl_beta=0.1, on_policy=False)
+
     def loss(p):
         return grpo.grpo_loss(p, batch, model_config=config, loss_config=cfg)[0]
 
@@ -158,8 +163,9 @@ def test_loss_gradient_wrt_params_matches_full_forward_reference(toy):
         return grpo.policy_objective(lp, batch, cfg)[0]
 
     ref_grads = jax.jit(jax.grad(reference))(params)
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=3e-6, rtol=1e-3)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref_grads)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=3e-6, rtol=1e-3,
+                                   err_msg=jax.tree_util.keystr(path))
 
 
 _accumulate = jax.jit(accumulate_gradients, static_argnums=2)

@@ -125,3 +125,39 @@ def test_sft_targets_are_formatted_gold_answers():
     assert grading.format_ok(text) and grading.grade(text, gold, "gsm8k")
     assert sft_target_text(Record("q", "\\frac{1}{2}"), "math", 0.5) == \
         "The final answer is \\boxed{\\frac{1}{2}}.\nConfidence: 0.5"
+
+
+def test_bfloat16_compute_keeps_float32_master_weights():
+    """dtype=bfloat16 with param_dtype=float32: the sampler's cast copy gives exactly the
+    trainer's logits, and a 1e-6 learning-rate update changes the master weights (it would
+    round away in bfloat16 weights of magnitude ~0.02)."""
+    import jax
+    import jax.numpy as jnp
+
+    from corea_jax.models.model import forward
+    from corea_jax.rl import policy
+
+    config = tiny_config()
+    config.model.dtype = "bfloat16"
+    model = policy.build_model(config)
+    assert model.config.param_dtype == "float32" and model.config.dtype == "bfloat16"
+    assert {x.dtype for x in jax.tree.leaves(model.params)} == {jnp.dtype("float32")}
+    sampler = policy.sampling_model(model, model.params)
+    assert {x.dtype for x in jax.tree.leaves(sampler.params)} == {jnp.dtype("bfloat16")}
+    tokens = jnp.asarray(np.random.default_rng(0).integers(3, 12, (2, 7)), jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(7), (2, 7))
+    mask = jnp.ones((2, 7), bool)
+    ours = forward(model.config, model.params, tokens, positions, mask)[0]
+    theirs = forward(sampler.config, sampler.params, tokens, positions, mask)[0]
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+
+    weights = [p for p in jax.tree.leaves(model.params) if float(jnp.min(jnp.abs(p))) > 0]  # no zero biases
+    assert len(weights) >= 5
+    for w in weights:
+        stepped = w - 1e-6 * jnp.sign(w)
+        assert bool(jnp.all(stepped != w))
+        # The same step on bfloat16 weights: lost wherever |w| >= 2^-10 (half an ulp > 1e-6).
+        wb = w.astype(jnp.bfloat16)
+        big = jnp.abs(wb) >= 2.0**-10
+        assert float(jnp.mean(big)) > 0.5
+        assert bool(jnp.all(jnp.where(big, wb - jnp.bfloat16(1e-6) * jnp.sign(wb) == wb, True)))

@@ -4,7 +4,7 @@
 # the weights when EOS is ignored). Run from the repo root with the wheels of the packages
 # the machine lacks in .whl/ (benchmarks/device/README.md); results land in $OUT.
 set -uo pipefail
-export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false HF_HUB_OFFLINE=1 TF_CPP_MIN_LOG_LEVEL=2
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 HF_HUB_OFFLINE=1 TF_CPP_MIN_LOG_LEVEL=2
 OUT=${OUT:-benchmarks/results/device}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then

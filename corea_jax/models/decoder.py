@@ -155,11 +155,14 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x: Array, cos: Array, sin: Array, mask: Array, index: Array | None,
                  cache_kv: tuple[Array, Array] | None, layer: Array):
-        """x [B, T, D]; mask [B, T, S] bool; cache_kv: every layer's ([L, B, K, S, Dh] x2) or None.
+        """x [B, T, D]; mask [B, T, S] bool; cache_kv: None, every layer's ([L, B, K, S, Dh] x2)
+        or this layer's ([B, K, S, Dh] x2).
 
-        The new keys/values are written into the full cache in place (at `layer`, slots
-        [index, index + T)); threading the whole cache through the layer scan as a carry
-        avoids re-stacking it every step, which cost more than the matmuls on CPU.
+        The new keys/values are written into the cache at slots [index, index + T). Decoding
+        threads every layer's cache through the layer scan as a carry and writes in place
+        (re-stacking it every step cost more than the matmuls on CPU); a loss scans each
+        layer's slice in and out instead, so its backward pass saves the cache once, not
+        once per layer.
         """
         cfg = self.config
         d, h, k_heads, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -176,18 +179,25 @@ class Attention(nn.Module):
         k = apply_rope(k, cos, sin).transpose(0, 2, 1, 3)  # [B, K, T, Dh]
         v = v.transpose(0, 2, 1, 3)
 
-        if cache_kv is not None:
+        if cache_kv is None:
+            new_kv = None
+        elif cache_kv[0].ndim == 5:  # every layer's cache
             cache_k, cache_v = cache_kv
             start = (layer, 0, 0, index, 0)
             cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype)[None], start)
             cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype)[None], start)
             k = jax.lax.dynamic_index_in_dim(cache_k, layer, axis=0, keepdims=False)
             v = jax.lax.dynamic_index_in_dim(cache_v, layer, axis=0, keepdims=False)
+            new_kv = (cache_k, cache_v)
+        else:  # this layer's slice
+            cache_k, cache_v = cache_kv
+            start = (0, 0, index, 0)
+            k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
+            v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
+            new_kv = (k, v)
+        if cache_kv is not None:
             k = nn.with_logical_constraint(k, CACHE_AXES[1:])
             v = nn.with_logical_constraint(v, CACHE_AXES[1:])
-            new_kv = (cache_k, cache_v)
-        else:
-            new_kv = None
 
         b, t = q.shape[:2]
         groups = cfg.num_heads // cfg.num_kv_heads
@@ -223,16 +233,21 @@ class DecoderLayer(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, carry, cos, sin, mask, index, layer):
+    def __call__(self, carry, cos, sin, mask, index, layer, layer_kv=None):
+        """carry (x, every layer's cache or None); layer_kv: this layer's cache slice, scanned
+        in and out (then the carry holds no cache)."""
         x, cache_kv = carry
         cfg = self.config
         norm = functools.partial(RMSNorm, cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype)
         attn_out, new_kv = Attention(cfg, name="self_attn")(
-            norm(name="input_layernorm")(x), cos, sin, mask, index, cache_kv, layer)
+            norm(name="input_layernorm")(x), cos, sin, mask, index,
+            cache_kv if layer_kv is None else layer_kv, layer)
         x = x + attn_out
         x = x + MLP(cfg, name="mlp")(norm(name="post_attention_layernorm")(x))
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        return (x, new_kv), None
+        if layer_kv is None:
+            return (x, new_kv), None
+        return (x, None), new_kv
 
 
 class Decoder(nn.Module):
@@ -243,7 +258,7 @@ class Decoder(nn.Module):
     @nn.compact
     def __call__(self, tokens: Array, positions: Array, token_mask: Array,
                  cache: KVCache | None = None, *, return_hidden: bool = False,
-                 last_only: bool = False):
+                 last_only: bool = False, head: bool = True, cache_carry: bool = True):
         """Runs T new tokens.
 
         Args:
@@ -255,6 +270,11 @@ class Decoder(nn.Module):
           return_hidden: also return the final normed hidden states [B, T, D].
           last_only: compute logits for the last position only ([B, 1, V]); a prefill
             needs no more, and the LM head is its largest matmul.
+          cache_carry: thread every layer's cache through the layer scan (decoding: in
+            place); False scans each layer's slice in and out (a loss: the backward pass
+            then saves the cache once instead of once per layer).
+          head: False skips the LM head: the first output is the final normed hidden
+            states [B, T, D] (a loss then applies `lm_head_weights` chunk by chunk).
 
         Returns:
           (logits [B, T, V] float32, new cache or None) — plus hidden states if asked.
@@ -283,20 +303,31 @@ class Decoder(nn.Module):
         layer_cls = DecoderLayer
         if cfg.remat:
             layer_cls = nn.remat(layer_cls, prevent_cse=False)
+        scan_slices = cache is not None and not cache_carry
         layers = nn.scan(
             layer_cls,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0) + ((0,) if scan_slices else ()),
             length=cfg.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg, name="layers")
-        (x, new_layers_kv), _ = layers((x, layers_kv), cos, sin, mask, index,
-                                       jnp.arange(cfg.num_layers))
+        if scan_slices:
+            (x, _), new_layers_kv = layers((x, None), cos, sin, mask, index, jnp.arange(cfg.num_layers),
+                                           layers_kv)
+        else:
+            (x, new_layers_kv), _ = layers((x, layers_kv), cos, sin, mask, index,
+                                           jnp.arange(cfg.num_layers))
 
         if last_only:
             x = x[:, -1:]
         x = RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype, name="norm")(x)
+        new_cache = None
+        if cache is not None:
+            new_k, new_v = new_layers_kv
+            new_cache = KVCache(k=new_k, v=new_v, valid=valid, index=index + t)
+        if not head:
+            return x, new_cache
         if cfg.tie_word_embeddings:
             head = embed.embedding.T
         else:
@@ -305,14 +336,15 @@ class Decoder(nn.Module):
         logits = jnp.einsum("btd,dv->btv", x, head.astype(cfg.jnp_dtype),
                             preferred_element_type=jnp.float32)
         logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
-
-        new_cache = None
-        if cache is not None:
-            new_k, new_v = new_layers_kv
-            new_cache = KVCache(k=new_k, v=new_v, valid=valid, index=index + t)
         if return_hidden:
             return logits, new_cache, x
         return logits, new_cache
+
+
+def lm_head_weights(config: ModelConfig, params) -> Array:
+    """The LM head matrix [D, V] (the transposed embedding when tied), in the compute dtype."""
+    head = params["embed_tokens"]["embedding"].T if config.tie_word_embeddings else params["lm_head"]
+    return head.astype(config.jnp_dtype)
 
 
 def positions_from_mask(token_mask: Array) -> Array:

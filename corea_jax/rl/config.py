@@ -31,7 +31,11 @@ def defaults() -> ml_collections.ConfigDict:
     # "toy" (random init, toy vocabulary), a corea_jax.models.fetch registry name, a local
     # HF directory / .gguf file, or a hub id.
     c.model = ml_collections.ConfigDict(dict(
-        name="toy", dtype="float32", remat=False,
+        name="toy",
+        dtype="float32",  # matmul (compute) dtype, also of the rollouts
+        param_dtype="float32",  # master weights and optimizer state; keep float32 under bfloat16
+        # compute: a 1e-6 learning-rate step is below bfloat16's resolution of a weight
+        remat=False,
         toy=dict(hidden_size=64, num_layers=2, num_heads=4)))
 
     c.data = ml_collections.ConfigDict(dict(
@@ -109,8 +113,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _expect(config.mode in MODES, "mode", f"one of {MODES}", config.mode)
     _expect(_is_int(config.total_steps) and config.total_steps >= 1, "total_steps",
             "an integer >= 1", config.total_steps)
-    _expect(config.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype",
-            "one of ('float32', 'bfloat16', 'float16')", config.model.dtype)
+    for field in ("dtype", "param_dtype"):
+        _expect(config.model[field] in ("float32", "bfloat16", "float16"), f"model.{field}",
+                "one of ('float32', 'bfloat16', 'float16')", config.model[field])
 
     r = config.rollout
     _expect(_is_int(r.group_size) and (r.group_size >= 2 or config.mode == "sft"), "rollout.group_size",

@@ -7,6 +7,7 @@ directory or .gguf file, or a hub id.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import jax
@@ -19,8 +20,9 @@ from corea_jax.models.model import Model, init_params, load_model
 
 
 def build_model(config, mesh=None) -> Model:
-    """The initial policy (also the KL reference when kl_beta > 0)."""
-    name, dtype = config.model.name, config.model.dtype
+    """The initial policy (also the KL reference when kl_beta > 0): weights stored in
+    config.model.param_dtype, matmuls in config.model.dtype."""
+    name, dtype, param_dtype = config.model.name, config.model.dtype, config.model.param_dtype
     if name == "toy":
         arithmetic = config.data.arithmetic
         tokenizer = ToyTokenizer(num_answers(arithmetic.max_operand, arithmetic.addend))
@@ -29,7 +31,7 @@ def build_model(config, mesh=None) -> Model:
                                         num_heads=toy.num_heads,
                                         max_length=config.rollout.max_prompt_length
                                         + config.rollout.max_new_tokens)
-        model_config = model_config.replace(dtype=dtype, param_dtype=dtype, remat=config.model.remat)
+        model_config = model_config.replace(dtype=dtype, param_dtype=param_dtype, remat=config.model.remat)
         params = init_params(model_config, jax.random.key(config.seed))
         if mesh is not None:
             from corea_jax.models.model import param_logical_axes
@@ -40,10 +42,25 @@ def build_model(config, mesh=None) -> Model:
     from corea_jax.models import fetch
 
     path = fetch.fetch_model(name, fetch.default_model_dir(name)) if name in fetch.REGISTRY else name
-    model = load_model(path, dtype=dtype, mesh=mesh)
-    if config.model.remat:
-        model.config = model.config.replace(remat=True)
+    model = load_model(path, dtype=param_dtype, mesh=mesh)
+    model.config = model.config.replace(dtype=dtype, remat=config.model.remat)
     return model
+
+
+@functools.partial(jax.jit, static_argnames=("dtype",))
+def _cast(params, dtype):
+    return jax.tree.map(lambda x: x.astype(dtype), params)
+
+
+def sampling_model(model: Model, params) -> Model:
+    """The policy with `params`, for the generation engine: weights cast to the compute dtype
+    once per rollout (the graph casts them at every matmul anyway, so the samples and their
+    log-probs are exactly those of the stored weights; a decode step then reads half the bytes)."""
+    config = model.config
+    if config.param_dtype != config.dtype:
+        params = _cast(params, config.jnp_dtype)
+        config = config.replace(param_dtype=config.dtype)
+    return Model(config, params, model.tokenizer, model.mesh)
 
 
 BARE_PROMPT = "question"  # the question alone as the user turn, no format instruction

@@ -141,7 +141,7 @@ def grpo_step(state: TrainState, model: Model, records, step: int, config, ctx: 
     sampling = SamplingParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
                               top_k=r.top_k, n=r.group_size, seed=_step_seed(ctx.base_key, step),
                               ignore_eos=r.ignore_eos)
-    policy_model = Model(model.config, state.params, model.tokenizer, model.mesh)
+    policy_model = policy.sampling_model(model, state.params)
     roll = rollout.sample_groups(policy_model, prompt_ids, sampling, prompt_length=r.max_prompt_length,
                                  batch_size=r.batch_size)
     t1 = time.perf_counter()
