@@ -70,6 +70,9 @@ class ModelConfig:
     dtype: str = "float32"
     # Use jax.checkpoint (rematerialisation) around each layer in training.
     remat: bool = False
+    # Layers per iteration of the layer scan (`num_layers`: fully unrolled). Unrolling lets
+    # XLA read each layer's weights in place instead of slicing the stacked weights.
+    scan_unroll: int = 1
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -88,6 +91,8 @@ class ModelConfig:
                 f"rope_parameters.rope_type: expected one of {SUPPORTED_ROPE_TYPES}, "
                 f"found {self.rope.rope_type!r}"
             )
+        if not 1 <= self.scan_unroll <= self.num_layers:
+            raise ConfigError(f"scan_unroll: expected 1 to num_layers ({self.num_layers}), found {self.scan_unroll}")
         for field in ("param_dtype", "dtype"):
             if getattr(self, field) not in SUPPORTED_DTYPES:
                 raise ConfigError(

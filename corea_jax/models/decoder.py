@@ -310,6 +310,7 @@ class Decoder(nn.Module):
             split_rngs={"params": True},
             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0) + ((0,) if scan_slices else ()),
             length=cfg.num_layers,
+            unroll=cfg.scan_unroll,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg, name="layers")
         if scan_slices:
