@@ -7,10 +7,13 @@ workdir/versions.json, workdir/metrics.jsonl (one JSON object per step), TensorB
 events under workdir/tensorboard and orbax checkpoints under workdir/checkpoints.
 """
 
-from absl import app, flags, logging
+import functools
+
+from absl import app, flags
 from ml_collections import config_flags
 
 from corea_jax.rl import trainer
+from launch import quiet_logs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (get_config()).",
                                           lock_config=True)
@@ -21,9 +24,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.INFO)
+    quiet_logs()  # orbax logs every save at INFO; -v 0 shows it
     try:
-        trainer.train(_CONFIG.value, _WORKDIR.value, log=logging.info)
+        trainer.train(_CONFIG.value, _WORKDIR.value, log=functools.partial(print, flush=True))
     except (ValueError, FileNotFoundError) as err:  # a bad config or dataset: say which, no traceback
         raise app.UsageError(str(err)) from err
 

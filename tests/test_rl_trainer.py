@@ -107,11 +107,20 @@ def test_gsm8k_records_through_a_real_tokenizer(tmp_path):
     config.rollout.max_new_tokens = 8
     config.grpo.micro_batch_size = 2
     config.grpo.filter_tied_groups = False
-    trainer.train(config, tmp_path / "run", log=lambda _: None)
+    state = trainer.train(config, tmp_path / "run", log=lambda _: None)
     [row] = read_metrics(tmp_path / "run")
     assert row["groups_trained"] == 2 and np.isfinite(row["loss"])
     assert row["sampler_logprob_gap"] < 1e-3
     assert row["response_length"] <= 8
+    # The trained policy is exported as an HF directory that loads back with its tokenizer.
+    from corea_jax import load_model
+
+    exported = load_model(tmp_path / "run" / "hf")
+    assert exported.tokenizer is not None and exported.config.num_layers == 2
+    import jax
+
+    for ours, theirs in zip(jax.tree.leaves(state.params), jax.tree.leaves(exported.params)):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
 
 
 def test_sft_targets_are_formatted_gold_answers():

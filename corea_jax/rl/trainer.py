@@ -30,7 +30,7 @@ import numpy as np
 from corea_jax import rewards
 from corea_jax.data.records import load_records, step_indices
 from corea_jax.generation import SamplingParams
-from corea_jax.models.model import Model
+from corea_jax.models.model import Model, save_hf
 from corea_jax.rl import batching, flops, grpo, policy, rollout, scoring
 from corea_jax.rl.checkpointing import Checkpointer, key_data
 from corea_jax.rl.config import validate
@@ -351,4 +351,7 @@ def train(config, workdir: str | Path, *, log: Callable[[str], None] = logging.i
         checkpointer.close()
         writer.close()
     model.params = state.params
+    if config.model.name != "toy":  # the toy tokenizer is not a transformers one
+        out = save_hf(model, workdir / "hf")
+        log(f"trained policy: {out} (load_model / transformers / --config.model.name={out})")
     return state
