@@ -7,6 +7,7 @@ from jax.sharding import PartitionSpec
 
 import corea_jax
 from corea_jax.models.model import init_params, param_shardings
+from corea_jax.parallel.multihost import place_tree
 from corea_jax.parallel.sharding import make_mesh, mesh_context
 from corea_jax.rl import batching, grpo
 from corea_jax.rl.config import defaults
@@ -34,8 +35,9 @@ def toy_minibatch(seed: int, groups: int = 4, group: int = 4, prompt: int = 6, c
                                   micro_batch_size=8, aggregation="token_mean", max_length=completion)[0]
 
 
-def run_steps(mesh, steps: int = 2):
-    """(losses, params, state) after `steps` updates, sharded over `mesh` (None: one device)."""
+def run_steps(mesh, steps: int = 2, place=_place):
+    """(losses, state) after `steps` updates, sharded over `mesh` (None: one device);
+    `place(micro_batch, mesh)` puts each step's batch on the devices."""
     params = init_params(CFG, jax.random.key(0))
     tx = make_optimizer(defaults().optim, 10)
     state = init_train_state(params, tx)
@@ -44,12 +46,12 @@ def run_steps(mesh, steps: int = 2):
         state = jax.device_put(state, jax.devices()[0])
     else:
         shardings = train_state_shardings(state, param_shardings(CFG, mesh), mesh)
-        state = jax.device_put(state, shardings)
+        state = place_tree(state, shardings)
     update = make_update_fn(CFG, LOSS, mesh, shardings)
     losses = []
     with mesh_context(mesh):
         for step in range(steps):
-            state, metrics = update(state, _place(toy_minibatch(step), mesh), "grpo")
+            state, metrics = update(state, place(toy_minibatch(step), mesh), "grpo")
             losses.append(float(metrics["loss"]))
     return losses, state
 

@@ -70,6 +70,21 @@ def global_array(host_value: np.ndarray, sharding: jax.sharding.Sharding) -> jax
     return jax.make_array_from_callback(host_value.shape, sharding, lambda index: host_value[index])
 
 
+def place_tree(tree, shardings):
+    """Puts every array of `tree` on its sharding (a matching pytree). One process: device_put.
+    Several: arrays not yet so sharded are rebuilt from their host values (identical on every
+    process, e.g. an initialisation from the same seed), each process placing its own blocks."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+
+    def one(x, sharding):
+        if isinstance(x, jax.Array) and x.sharding == sharding:
+            return x
+        return global_array(np.asarray(x), sharding)
+
+    return jax.tree.map(one, tree, shardings)
+
+
 def process_rows(num_rows: int, sharding: jax.sharding.Sharding, batch_dim: int = 0) -> slice:
     """The rows (of `num_rows` along `batch_dim`) whose data this process's devices hold: the
     part of the global batch this host must load."""

@@ -34,7 +34,9 @@ def build_model(config, mesh=None) -> Model:
         model_config = model_config.replace(dtype=dtype, param_dtype=param_dtype, remat=config.model.remat)
         params = init_params(model_config, jax.random.key(config.seed))
         if mesh is not None:
-            params = jax.device_put(params, param_shardings(model_config, mesh))
+            from corea_jax.parallel.multihost import place_tree
+
+            params = place_tree(params, param_shardings(model_config, mesh))
         return Model(model_config, params, tokenizer, mesh)
     from corea_jax.models import fetch
 

@@ -33,6 +33,7 @@ from corea_jax.rl import batching, flops, grpo, policy, rollout, scoring
 from corea_jax.rl.checkpointing import Checkpointer, key_data
 from corea_jax.rl.config import validate
 from corea_jax.rl.metrics_writer import MetricsWriter
+from corea_jax.parallel.multihost import global_array, place_tree
 from corea_jax.parallel.sharding import mesh_context
 from corea_jax.rl.train_state import (TrainState, init_train_state, learning_rate_schedule, make_optimizer,
                                      train_state_shardings)
@@ -54,8 +55,6 @@ def _place(micro: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
     divides, each process transferring only the rows of its own devices."""
     if mesh is None:
         return {k: jnp.asarray(v) for k, v in micro.items()}
-    from corea_jax.parallel.multihost import global_array
-
     shardings = micro_batch_shardings(micro, mesh)
     return {k: global_array(v, shardings[k]) for k, v in micro.items()}
 
@@ -340,7 +339,7 @@ def train(config, workdir: str | Path, *, log: Callable[[str], None] = logging.i
         state_shardings = None
     else:
         state_shardings = train_state_shardings(state, policy.param_shardings(model.config, mesh), mesh)
-        state = jax.device_put(state, state_shardings)
+        state = place_tree(state, state_shardings)
     start = int(jax.device_get(state.step))
     writer = MetricsWriter(workdir, resume_step=start, tensorboard=config.log.tensorboard) if primary else None
     base_key = jax.random.key(config.seed)
