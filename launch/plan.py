@@ -60,7 +60,7 @@ def main(argv):
             raise ValueError(f"devices: expected {_DEVICES.value} fake CPU devices, found "
                              f"{len(jax.devices())} (XLA_FLAGS was set before launch.plan could)")
         mesh = sharding.make_mesh(shape, jax.devices())
-        report = plan.plan(_CONFIG.value, mesh, int(_MEMORY.value * plan.GB))
+        report = plan.plan(_CONFIG.value, mesh, int(_MEMORY.value * plan.GiB))
     except ValueError as err:  # a bad mesh or config: say which, no traceback
         raise app.UsageError(str(err)) from err
     print("\n".join(plan.report_lines(report)))

@@ -3,11 +3,11 @@
   python -m launch.plan --config=configs/paper/qwen25_32b_generate.py --devices=8 --device_memory_gb=80
 
 Greedy answers (the cascade's LLM is deterministic) to prompts of up to 1024 tokens with up
-to 4096 new tokens, 128 rows per device batch: the questions deferred from one SLM batch,
-large enough to keep 8 accelerators busy, small enough that the bfloat16 KV cache (1.3 GB
-per row at 5120 tokens) fits beside the weights. Mesh: one node of 8 accelerators, 8-way
-tensor parallel (the 8 KV heads, 40 query heads, MLP and vocabulary all divide by 8), so a
-decode step reads each weight once across the node.
+to 4096 new tokens, 64 rows per batch: the bfloat16 KV cache holds 1.3 GB per row at 5120
+tokens, and launch.plan puts 64 rows at 53 GB per device on this mesh (128 rows: 83 GB,
+over an 80 GB H100; see README "Scaling"). Mesh: one node of 8 accelerators, 8-way tensor
+parallel (the 8 KV heads, 40 query heads, MLP and vocabulary all divide by 8), so a decode
+step reads each weight shard where it lives instead of all-gathering weights as FSDP would.
 """
 
 import ml_collections
@@ -21,7 +21,7 @@ def get_config():
         architecture="qwen2.5-32b-instruct",  # corea_jax.models.architectures: shapes without weights
         dtype="bfloat16", param_dtype="bfloat16", remat=False))
     config.generation = ml_collections.ConfigDict(dict(
-        batch_size=128,  # rows per device batch
+        batch_size=64,  # rows per generation batch (the whole mesh)
         max_prompt_length=1024,
         max_new_tokens=4096,
         temperature=0.0, top_p=1.0, top_k=0, n=1))

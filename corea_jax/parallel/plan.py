@@ -35,7 +35,7 @@ from corea_jax.models.architectures import ARCHITECTURES, architecture
 from corea_jax.models.config import ModelConfig
 from corea_jax.parallel import sharding as sharding_lib
 
-GB = 1024**3
+GiB = 1024**3
 
 
 def architecture_name(config) -> str:
@@ -253,12 +253,12 @@ def report_lines(report: dict) -> list[str]:
              "CPU-compiled programs' memory analysis:"]
     for p in report["programs"]:
         lines.append(
-            f"  {p['name']:<17} arguments {p['argument_bytes'] / GB:7.2f} GB  outputs {p['output_bytes'] / GB:7.2f} GB"
-            f"  temps {p['temp_bytes'] / GB:7.2f} GB  aliased {p['alias_bytes'] / GB:7.2f} GB"
-            f"  resident {p['resident_bytes'] / GB:6.2f} GB  -> peak {p['peak_bytes'] / GB:7.2f} GB;"
+            f"  {p['name']:<17} arguments {p['argument_bytes'] / GiB:7.2f} GiB  outputs {p['output_bytes'] / GiB:7.2f} GiB"
+            f"  temps {p['temp_bytes'] / GiB:7.2f} GiB  aliased {p['alias_bytes'] / GiB:7.2f} GiB"
+            f"  resident {p['resident_bytes'] / GiB:6.2f} GiB  -> peak {p['peak_bytes'] / GiB:7.2f} GiB;"
             f"  model {p['model_flops'] / 1e12:,.1f} TFLOP per call (compiled {p['compiled_flops_per_device'] / 1e12:,.2f}"
             f" TFLOP/device, loops once); compiled in {p['compile_seconds']:.0f} s")
     verdict = "fits" if report["fits"] else "does NOT fit"
-    lines.append(f"peak {report['bytes_per_device'] / GB:.2f} GB per device of "
-                 f"{report['device_memory_bytes'] / GB:.2f} GB: {verdict}")
+    lines.append(f"peak {report['bytes_per_device'] / GiB:.2f} GiB per device of "
+                 f"{report['device_memory_bytes'] / GiB:.2f} GiB: {verdict}")
     return lines
