@@ -131,6 +131,50 @@ def test_load_onto_a_mesh_places_params_by_the_sharding_rules(tmp_path):
                   - np.asarray(corea_jax.logits(plain, ids))).max() <= 1e-5
 
 
+class _RecordingSource(checkpoint.SafetensorsSource):
+    """Safetensors that log every read: (name, elements read, elements in the tensor)."""
+
+    def __init__(self, directory):
+        super().__init__(directory)
+        self.reads = []
+
+    def get(self, name):
+        array = super().get(name)
+        self.reads.append((name, array.size, array.size))
+        return array
+
+    def get_slice(self, name, index):
+        block = super().get_slice(name, index)
+        self.reads.append((name, block.size, int(np.prod(self.shape(name)))))
+        return block
+
+
+def test_sharded_load_reads_only_each_devices_blocks(tmp_path):
+    from corea_jax.models.model import param_shardings
+    from corea_jax.parallel.sharding import make_mesh
+
+    save_random_hf_model("qwen2_untied", tmp_path, vocab_size=212)  # vocab divisible by tensor = 2
+    plain = corea_jax.load_model(tmp_path)
+    mesh = make_mesh({"fsdp": 4, "tensor": 2})
+    source = _RecordingSource(tmp_path)
+    params = checkpoint.params_from_source(plain.config, source, shardings=param_shardings(plain.config, mesh))
+    _assert_params_identical(jax.device_get(params), jax.device_get(plain.params))
+
+    reads = {}
+    for name, size, total in source.reads:
+        reads.setdefault(name, []).append((size, total))
+    assert set(reads) == set(checkpoint.expected_hf_shapes(plain.config))
+    # A tensor split fsdp x tensor (8 ways) is read in 8 blocks of 1/8 each: no full copy on the host.
+    for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.2.mlp.down_proj.weight",
+                 "model.layers.1.self_attn.o_proj.weight", "lm_head.weight", "model.embed_tokens.weight"):
+        assert [size * 8 for size, _ in reads[name]] == [total for _, total in reads[name]], name
+    # Split one way only (biases over tensor): two halves, each read once for its 4 replicas.
+    assert [2 * size for size, _ in reads["model.layers.0.self_attn.q_proj.bias"]] == [64, 64]
+    # Norm scales ("embed" over fsdp = 4): four quarters, each shared by its 2 tensor replicas.
+    assert [4 * size for size, _ in reads["model.norm.weight"]] == [64] * 4
+    assert params["layers"]["mlp"]["down_proj"]["kernel"].addressable_shards[0].data.shape == (3, 56, 16)
+
+
 @pytest.mark.real_model
 def test_real_tokenizer_and_chat_template_survive_export(tmp_path):
     from transformers import AutoTokenizer

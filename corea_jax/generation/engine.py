@@ -247,14 +247,9 @@ def eos_token_ids(model) -> list[int]:
 
 def _mesh_context(model):
     """Inside: the model's mesh is global and logical axis names map to it by the sharding rules."""
-    if model.mesh is None:
-        return contextlib.nullcontext()
-    from corea_jax.parallel.sharding import LOGICAL_RULES
+    from corea_jax.parallel.sharding import mesh_context
 
-    stack = contextlib.ExitStack()
-    stack.enter_context(jax.set_mesh(model.mesh))
-    stack.enter_context(nn.logical_axis_rules(LOGICAL_RULES))
-    return stack
+    return mesh_context(model.mesh)
 
 
 @dataclasses.dataclass

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -112,13 +112,16 @@ def expected_hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 # ---------------------------------------------------------------------------- import
 
 
-def params_from_source(config: ModelConfig, source: TensorSource,
-                       place: Callable[[tuple[str, ...], np.ndarray], Any] | None = None) -> dict:
+def params_from_source(config: ModelConfig, source: TensorSource, shardings: dict | None = None) -> dict:
     """Builds the parameter pytree from HF-named tensors, checking names and shapes first.
 
-    `place(path, array)` puts each finished numpy array on devices (default: jnp.asarray in
-    `config.param_dtype`); it is how sharded loading plugs in.
+    Without `shardings`: whole arrays in `config.param_dtype` on the default device. With
+    `shardings` (a pytree of NamedShardings like the params'), every array is assembled from
+    per-device blocks (`jax.make_array_from_callback`): a source with `get_slice`
+    (safetensors) is read block by block, so no host ever holds a full copy of a sharded
+    tensor and each host reads only the blocks of its own devices.
     """
+    import jax
     import jax.numpy as jnp
 
     expected = expected_hf_shapes(config)
@@ -142,24 +145,69 @@ def params_from_source(config: ModelConfig, source: TensorSource,
             raise CheckpointError(f"tensor {name}: expected shape {shape}, found {got}")
 
     dtype = config.jnp_param_dtype
-    if place is None:
-        def place(path, array):
-            return jnp.asarray(array, dtype=dtype)
-
     params: dict = {}
     for name, path, shape, n_in in _param_table(config):
-        if "{i}" in name:
-            # Written in place: np.stack + astype held two more full copies at peak host memory.
-            array = np.empty((config.num_layers, *shape), dtype)
-            for i in range(config.num_layers):
-                array[i] = _to_ours(source.get(name.format(i=i)), shape, n_in)
+        stacked = "{i}" in name
+        full_shape = (config.num_layers, *shape) if stacked else shape
+        if shardings is None:
+            array = jnp.asarray(_read_block(source, name, shape, n_in, _full_index(full_shape), dtype))
         else:
-            array = _to_ours(source.get(name), shape, n_in).astype(dtype, copy=False)
+            sharding = shardings
+            for key in path:
+                sharding = sharding[key]
+            blocks: dict = {}  # devices that hold the same block (replicas) share one read
+
+            def block(index, name=name, shape=shape, n_in=n_in, full_shape=full_shape, blocks=blocks):
+                index = tuple(slice(*s.indices(n)[:2]) for s, n in zip(index, full_shape))
+                key = tuple((s.start, s.stop) for s in index)
+                if key not in blocks:
+                    blocks[key] = _read_block(source, name, shape, n_in, index, dtype)
+                return blocks[key]
+
+            array = jax.make_array_from_callback(full_shape, sharding, block)
         node = params
         for key in path[:-1]:
             node = node.setdefault(key, {})
-        node[path[-1]] = place(path, array)
+        node[path[-1]] = array
     return params
+
+
+def _full_index(shape: tuple[int, ...]) -> tuple[slice, ...]:
+    return tuple(slice(0, n) for n in shape)
+
+
+def _read_block(source: TensorSource, name: str, shape: tuple[int, ...], n_in: int | None,
+                index: tuple[slice, ...], dtype) -> np.ndarray:
+    """Block `index` (unit-step slices over our layout; a leading layer axis when `name` has
+    {i}) of a parameter, in `dtype`, reading only the HF rows and columns it covers when the
+    source can read slices."""
+    if "{i}" in name:
+        layers = range(index[0].start, index[0].stop)
+        out = np.empty((len(layers), *(s.stop - s.start for s in index[1:])), dtype)
+        for j, i in enumerate(layers):  # written in place: no stacked temporaries
+            out[j] = _read_block(source, name.format(i=i), shape, n_in, index[1:], dtype)
+        return out
+    if not hasattr(source, "get_slice"):
+        return _to_ours(source.get(name), shape, n_in)[index].astype(dtype, copy=False)
+    if n_in is None:
+        return np.asarray(source.get_slice(name, index)).astype(dtype, copy=False)
+    # HF flattens groups of our axes into one: (all) for n_in == 0, else (outputs, inputs).
+    groups = [tuple(range(len(shape)))] if n_in == 0 else [tuple(range(n_in, len(shape))),
+                                                           tuple(range(n_in))]
+    hf_index, block_shape = [], []
+    for dims in groups:
+        inner = math.prod(shape[d] for d in dims[1:])
+        lead = index[dims[0]]
+        hf_index.append(slice(lead.start * inner, lead.stop * inner))
+        block_shape.append((lead.stop - lead.start, *(shape[d] for d in dims[1:])))
+    block = np.asarray(source.get_slice(name, tuple(hf_index)))
+    if n_in:
+        block = block.T
+        block_shape.reverse()
+        groups.reverse()
+    block = block.reshape([n for part in block_shape for n in part])
+    rest = tuple(slice(None) if d == dims[0] else index[d] for dims in groups for d in dims)
+    return block[rest].astype(dtype, copy=False)
 
 
 def hf_tensors_from_params(config: ModelConfig, params: dict) -> Iterator[tuple[str, np.ndarray]]:
@@ -218,6 +266,10 @@ class SafetensorsSource:
 
     def get(self, name: str) -> np.ndarray:
         return self._handles[self._where[name]].get_tensor(name)
+
+    def get_slice(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
+        """The block `index` of a tensor; only its bytes are read from the file."""
+        return self._handles[self._where[name]].get_slice(name)[index]
 
 
 # ---------------------------------------------------------------------------- export

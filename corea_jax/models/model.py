@@ -134,24 +134,14 @@ def _resolve(path: str | os.PathLike) -> Path:
                                 f"({type(err).__name__}: {err}). {hint}") from err
 
 
-def _placer(config: ModelConfig, mesh):
-    """`place(path, array)` for params_from_source: onto one device, or sharded over `mesh`."""
-    dtype = config.jnp_param_dtype
-    if mesh is None:
-        return None
+def param_shardings(config: ModelConfig, mesh) -> dict:
+    """NamedShardings of every parameter on `mesh` by the sharding rules; ValueError naming the
+    parameter and the mesh axis when an axis does not divide a dimension."""
     from corea_jax.parallel.sharding import check_divisible, logical_to_sharding
 
     axes = param_logical_axes(config)
     check_divisible(axes, param_shapes(config), mesh)
-    shardings = logical_to_sharding(axes, mesh)
-
-    def place(path, array):
-        node = shardings
-        for key in path:
-            node = node[key]
-        return jax.device_put(jnp.asarray(array, dtype), node)
-
-    return place
+    return logical_to_sharding(axes, mesh)
 
 
 def load_model(path: str | os.PathLike, *, dtype: str = "float32", mesh=None) -> Model:
@@ -189,7 +179,8 @@ def load_model(path: str | os.PathLike, *, dtype: str = "float32", mesh=None) ->
         config = ModelConfig.from_hf(json.loads(config_path.read_text()), dtype=dtype)
         source = checkpoint.SafetensorsSource(resolved)
         tokenizer = _load_tokenizer(resolved)
-    params = checkpoint.params_from_source(config, source, place=_placer(config, mesh))
+    params = checkpoint.params_from_source(
+        config, source, shardings=None if mesh is None else param_shardings(config, mesh))
     return Model(config=config, params=params, tokenizer=tokenizer, mesh=mesh)
 
 

@@ -7,10 +7,13 @@ Parameters, activations and the KV cache carry logical names (see `models.decode
 
 from __future__ import annotations
 
+import contextlib
+import math
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -37,15 +40,47 @@ def make_mesh(shape: dict[str, int] | None = None, devices: Sequence[jax.Device]
     if unknown:
         raise ValueError(f"mesh: unknown axis {sorted(unknown)}; expected axes from {MESH_AXES}")
     sizes = [int(shape.get(axis, 1)) for axis in MESH_AXES]
-    total = 1
-    for s in sizes:
-        total *= s
+    total = math.prod(sizes)
     if total != len(devices):
         raise ValueError(f"mesh: axis sizes {dict(zip(MESH_AXES, sizes))} multiply to {total}, "
                          f"but there are {len(devices)} devices")
-    import numpy as np
-
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """'data:2,fsdp:4,tensor:1' -> {'data': 2, 'fsdp': 4, 'tensor': 1} (axes left out: 1)."""
+    shape = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        axis, _, size = part.partition(":")
+        if axis not in MESH_AXES or not size.isdigit() or int(size) < 1 or axis in shape:
+            raise ValueError(f"mesh: expected comma-separated axis:size pairs with axes from "
+                             f"{MESH_AXES} and sizes >= 1 (e.g. 'data:2,fsdp:4,tensor:1'), found {part!r}")
+        shape[axis] = int(size)
+    return {axis: shape.get(axis, 1) for axis in MESH_AXES}
+
+
+def mesh_context(mesh: Mesh | None):
+    """Inside: `mesh` is the global mesh and logical axis names map to it by LOGICAL_RULES
+    (so the activation constraints of `models.decoder` apply); None: no-op."""
+    if mesh is None:
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(mesh))
+    stack.enter_context(nn.logical_axis_rules(LOGICAL_RULES))
+    return stack
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(shape: Sequence[int], mesh: Mesh, batch_dim: int = 0) -> NamedSharding:
+    """Dimension `batch_dim` over the "batch" mesh axes (data x fsdp) when they divide it; else replicated."""
+    spec = nn.logical_to_mesh_axes(("batch",), LOGICAL_RULES)[0]
+    ways = math.prod(mesh.shape[a] for a in ((spec,) if isinstance(spec, str) else spec))
+    if shape[batch_dim] % ways:
+        return replicated(mesh)
+    return NamedSharding(mesh, PartitionSpec(*([None] * batch_dim), spec))
 
 
 def logical_to_sharding(axes_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:

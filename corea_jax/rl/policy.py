@@ -16,7 +16,7 @@ from corea_jax import prompts
 from corea_jax.data.records import Record
 from corea_jax.data.toy import ToyTokenizer, num_answers, toy_model_config
 from corea_jax.generation import chat_token_ids
-from corea_jax.models.model import Model, init_params, load_model
+from corea_jax.models.model import Model, init_params, load_model, param_shardings
 
 
 def build_model(config, mesh=None) -> Model:
@@ -34,10 +34,9 @@ def build_model(config, mesh=None) -> Model:
         model_config = model_config.replace(dtype=dtype, param_dtype=param_dtype, remat=config.model.remat)
         params = init_params(model_config, jax.random.key(config.seed))
         if mesh is not None:
-            from corea_jax.models.model import param_logical_axes
-            from corea_jax.parallel.sharding import logical_to_sharding
+            from corea_jax.parallel.multihost import place_tree
 
-            params = jax.device_put(params, logical_to_sharding(param_logical_axes(model_config), mesh))
+            params = place_tree(params, param_shardings(model_config, mesh))
         return Model(model_config, params, tokenizer, mesh)
     from corea_jax.models import fetch
 

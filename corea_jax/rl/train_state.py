@@ -77,3 +77,15 @@ def _optimizer(settings: tuple, total_updates: int) -> optax.GradientTransformat
 def init_train_state(params, tx: optax.GradientTransformation) -> TrainState:
     """Step 0; the optimizer state takes the params' shardings (zeros_like)."""
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), tx=tx)
+
+
+def train_state_shardings(state: TrainState, param_shardings, mesh) -> TrainState:
+    """The state's shardings (a TrainState of NamedShardings): the params by `param_shardings`,
+    every params-shaped optimizer slot (AdamW's mu, nu) like its parameter, scalars
+    (step, optimizer counts) replicated. `state` may be abstract (jax.eval_shape)."""
+    from corea_jax.parallel.sharding import replicated
+
+    scalar = replicated(mesh)
+    opt_state = optax.tree_map_params(state.tx, lambda _, sharding: sharding, state.opt_state,
+                                      param_shardings, transform_non_params=lambda _: scalar)
+    return TrainState(step=scalar, params=param_shardings, opt_state=opt_state, tx=state.tx)

@@ -13,7 +13,6 @@ an uninterrupted one exactly.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -22,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,8 +33,11 @@ from corea_jax.rl import batching, flops, grpo, policy, rollout, scoring
 from corea_jax.rl.checkpointing import Checkpointer, key_data
 from corea_jax.rl.config import validate
 from corea_jax.rl.metrics_writer import MetricsWriter
-from corea_jax.rl.train_state import TrainState, init_train_state, learning_rate_schedule, make_optimizer
-from corea_jax.rl.update import score_logprobs, update_step
+from corea_jax.parallel.multihost import global_array, place_tree
+from corea_jax.parallel.sharding import mesh_context
+from corea_jax.rl.train_state import (TrainState, init_train_state, learning_rate_schedule, make_optimizer,
+                                     train_state_shardings)
+from corea_jax.rl.update import micro_batch_shardings, score_logprobs, sharded_update_step, update_step
 
 
 def make_run_mesh(config):
@@ -49,27 +50,34 @@ def make_run_mesh(config):
     return make_mesh(shape, jax.devices()[:int(np.prod(list(shape.values())))])
 
 
-def _rules_context(mesh):
-    if mesh is None:
-        return contextlib.nullcontext()
-    from corea_jax.parallel.sharding import LOGICAL_RULES
-
-    return nn.logical_axis_rules(LOGICAL_RULES)
-
-
 def _place(micro: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
-    """Micro-batch arrays on device; with a mesh, the row axis (1) over (data, fsdp) when it divides."""
+    """Micro-batch arrays on device; with a mesh, the row axis (1) over (data, fsdp) when it
+    divides, each process transferring only the rows of its own devices."""
     if mesh is None:
         return {k: jnp.asarray(v) for k, v in micro.items()}
-    from jax.sharding import NamedSharding, PartitionSpec
+    shardings = micro_batch_shardings(micro, mesh)
+    return {k: global_array(v, shardings[k]) for k, v in micro.items()}
 
-    ways = mesh.shape["data"] * mesh.shape["fsdp"]
 
-    def place(value):
-        spec = PartitionSpec(None, ("data", "fsdp")) if value.shape[1] % ways == 0 else PartitionSpec()
-        return jax.device_put(value, NamedSharding(mesh, spec))
+def make_update_fn(model_config, loss_config: grpo.LossConfig, mesh, state_shardings=None):
+    """`update(state, micro_batches, objective) -> (state, metrics)`: `update_step`, or on a
+    mesh `sharded_update_step` with the state's and the batch's shardings (one compiled
+    program per batch layout and objective)."""
+    if mesh is None:
+        return lambda state, micro_batches, objective: update_step(
+            state, micro_batches, model_config=model_config, loss_config=loss_config, objective=objective)
+    compiled: dict = {}
 
-    return {k: place(v) for k, v in micro.items()}
+    def update(state, micro_batches, objective):
+        layout = (objective, jax.tree.structure(micro_batches),
+                  tuple(x.shape for x in jax.tree.leaves(micro_batches)))
+        if layout not in compiled:
+            compiled[layout] = sharded_update_step(
+                state_shardings, micro_batch_shardings(micro_batches, mesh), mesh,
+                model_config=model_config, loss_config=loss_config, objective=objective)
+        return compiled[layout](state, micro_batches)
+
+    return update
 
 
 def versions() -> dict[str, str]:
@@ -110,12 +118,14 @@ class StepContext:
     """What every step of a run shares besides the train state.
 
     base_key: PRNG key of config.seed; step s samples with fold_in(base_key, s).
+    update: `make_update_fn(...)`, the run's (possibly sharded) update step.
     ref_params: the initial params (the KL reference), or None when kl_beta is 0.
     """
 
     base_key: jax.Array
     reward_config: rewards.RewardConfig
     loss_config: grpo.LossConfig
+    update: Callable = None  # make_update_fn(...)
     ref_params: Any = None
 
 
@@ -188,7 +198,7 @@ def _grpo_updates(state: TrainState, minibatches: list[dict], model: Model, conf
         return state, dict(loss=0.0, grad_norm=0.0, clip_fraction=0.0, ratio_mean=1.0, kl=0.0,
                            entropy=nan, trainer_logprob_mean=nan, sampler_logprob_gap=nan), 0
     passes, gap, all_metrics = 0, None, []
-    with _rules_context(model.mesh):
+    with mesh_context(model.mesh):
         recompute_old = g.behaviour_logprobs == "trainer" and not ctx.loss_config.on_policy
         for mb in minibatches:
             if recompute_old:
@@ -203,8 +213,7 @@ def _grpo_updates(state: TrainState, minibatches: list[dict], model: Model, conf
                                     * mb["completion_mask"])) for mb in minibatches) / max(tokens, 1.0)
         for _ in range(g.num_epochs):
             for mb in minibatches:
-                state, m = update_step(state, mb, model_config=model.config, loss_config=ctx.loss_config,
-                                       objective="grpo")
+                state, m = ctx.update(state, mb, "grpo")
                 all_metrics.append(m)
                 if gap is None:
                     first = jax.device_get(m)
@@ -261,11 +270,10 @@ def sft_step(state: TrainState, model: Model, records, step: int, config, ctx: S
         np.ones(len(targets), bool), num_minibatches=g.num_minibatches, micro_batch_size=g.micro_batch_size,
         aggregation="token_mean", max_length=r.max_new_tokens)
     update_metrics = []
-    with _rules_context(model.mesh):
+    with mesh_context(model.mesh):
         for _ in range(g.num_epochs):
             for mb in minibatches:
-                state, m = update_step(state, _place(mb, model.mesh), model_config=model.config,
-                                       loss_config=ctx.loss_config, objective="sft")
+                state, m = ctx.update(state, _place(mb, model.mesh), "sft")
                 update_metrics.append(m)
         jax.block_until_ready(state.params)
     step_time = time.perf_counter() - t0
@@ -292,14 +300,19 @@ def train(config, workdir: str | Path, *, log: Callable[[str], None] = logging.i
     """Runs (or resumes) a training run in `workdir`; returns the final train state.
 
     Everything that can be checked before compiling is: the config (fields and values),
-    the reward preset, and the dataset's columns.
+    the reward preset, and the dataset's columns. On several hosts every process runs this
+    (the same records, the same steps); only process 0 writes config, metrics and logs.
     """
     validate(config)
     reward_config = rewards.get_preset(config.reward.preset)
     records = load_records(config.data)
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    write_run_info(workdir, config)
+    primary = jax.process_index() == 0
+    if primary:
+        workdir.mkdir(parents=True, exist_ok=True)
+        write_run_info(workdir, config)
+    else:
+        log = lambda _: None  # noqa: E731 - process 0 reports for all
 
     mesh = make_run_mesh(config)
     model = policy.build_model(config, mesh)
@@ -323,14 +336,18 @@ def train(config, workdir: str | Path, *, log: Callable[[str], None] = logging.i
     if mesh is None:
         # Commit every array to the device: fresh and restored states then share compiled programs.
         state = jax.device_put(state, jax.devices()[0])
+        state_shardings = None
+    else:
+        state_shardings = train_state_shardings(state, policy.param_shardings(model.config, mesh), mesh)
+        state = place_tree(state, state_shardings)
     start = int(jax.device_get(state.step))
-    writer = MetricsWriter(workdir, resume_step=start, tensorboard=config.log.tensorboard)
+    writer = MetricsWriter(workdir, resume_step=start, tensorboard=config.log.tensorboard) if primary else None
     base_key = jax.random.key(config.seed)
-    ctx = StepContext(
-        base_key=base_key, reward_config=reward_config, ref_params=ref_params,
-        loss_config=grpo.LossConfig(
-            eps_low=g.eps_low, eps_high=g.eps_high, kl_beta=g.kl_beta,
-            on_policy=g.behaviour_logprobs == "trainer" and updates_per_step == 1))
+    loss_config = grpo.LossConfig(eps_low=g.eps_low, eps_high=g.eps_high, kl_beta=g.kl_beta,
+                                  on_policy=g.behaviour_logprobs == "trainer" and updates_per_step == 1)
+    ctx = StepContext(base_key=base_key, reward_config=reward_config, ref_params=ref_params,
+                      loss_config=loss_config,
+                      update=make_update_fn(model.config, loss_config, mesh, state_shardings))
     schedule = learning_rate_schedule(config.optim, config.total_steps * updates_per_step)
     step_fn = grpo_step if config.mode == "grpo" else sft_step
     try:
@@ -338,7 +355,8 @@ def train(config, workdir: str | Path, *, log: Callable[[str], None] = logging.i
             state, metrics = step_fn(state, model, records, step, config, ctx)
             state = state.replace(step=state.step + 1)
             metrics["lr"] = float(schedule((step + 1) * updates_per_step - 1))
-            writer.write(step + 1, metrics)
+            if writer is not None:
+                writer.write(step + 1, metrics)
             log(f"step {step + 1}: " + ", ".join(
                 f"{k}={metrics[k]:.4g}" for k in ("loss", "reward_mean", "accuracy", "ece", "time_step")
                 if k in metrics))
@@ -349,9 +367,10 @@ def train(config, workdir: str | Path, *, log: Callable[[str], None] = logging.i
     finally:
         checkpointer.wait()
         checkpointer.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
     model.params = state.params
-    if config.model.name != "toy":  # the toy tokenizer is not a transformers one
+    if primary and config.model.name != "toy":  # the toy tokenizer is not a transformers one
         out = save_hf(model, workdir / "hf")
         log(f"trained policy: {out} (load_model / transformers / --config.model.name={out})")
     return state

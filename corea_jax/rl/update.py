@@ -54,14 +54,8 @@ def accumulate_gradients(params, micro_batches, loss_fn):
     return loss, grads, sums
 
 
-@functools.partial(jax.jit, static_argnames=("model_config", "loss_config", "objective"),
-                   donate_argnums=(0,))
-def update_step(state: TrainState, micro_batches, *, model_config: ModelConfig,
-                loss_config: grpo.LossConfig, objective: str = "grpo"):
-    """One AdamW step on the summed loss of `micro_batches`: (new state, metric dict).
-
-    Metrics: loss, grad_norm (before clipping) and the token sums of the objective.
-    """
+def _update(state: TrainState, micro_batches, *, model_config: ModelConfig,
+            loss_config: grpo.LossConfig, objective: str = "grpo"):
     loss_fn = functools.partial(OBJECTIVES[objective], model_config=model_config,
                                 loss_config=loss_config)
     loss, grads, sums = accumulate_gradients(state.params, micro_batches, loss_fn)
@@ -69,6 +63,39 @@ def update_step(state: TrainState, micro_batches, *, model_config: ModelConfig,
     params = optax.apply_updates(state.params, updates)
     metrics = dict(sums, loss=loss, grad_norm=optax.tree.norm(grads))
     return state.replace(params=params, opt_state=opt_state), metrics
+
+
+update_step = jax.jit(_update, static_argnames=("model_config", "loss_config", "objective"),
+                      donate_argnums=(0,))
+update_step.__doc__ = """One AdamW step on the summed loss of `micro_batches`: (new state, metric dict).
+
+Metrics: loss, grad_norm (before clipping) and the token sums of the objective. Shardings
+follow the inputs; `sharded_update_step` fixes them explicitly for a mesh.
+"""
+
+
+def micro_batch_shardings(micro_batches, mesh):
+    """Every [M, rows, ...] micro-batch array with its row axis over the mesh's batch axes."""
+    from corea_jax.parallel.sharding import batch_sharding
+
+    return jax.tree.map(lambda x: batch_sharding(x.shape, mesh, batch_dim=1), micro_batches)
+
+
+def sharded_update_step(state_shardings: TrainState, batch_shardings, mesh, *, model_config: ModelConfig,
+                        loss_config: grpo.LossConfig, objective: str = "grpo"):
+    """`update_step` as `jax.jit` with explicit in/out shardings on `mesh` (the current pjit).
+
+    state_shardings: `train_state.train_state_shardings(...)`; batch_shardings: e.g.
+    `micro_batch_shardings(batch, mesh)`. The new state keeps the state's shardings (its
+    buffers are donated) and the metrics come back replicated. Returns the jitted function
+    (call it inside `parallel.sharding.mesh_context(mesh)`; `.lower(...)` for AOT plans).
+    """
+    from corea_jax.parallel.sharding import replicated
+
+    step = functools.partial(_update, model_config=model_config, loss_config=loss_config,
+                             objective=objective)
+    return jax.jit(step, in_shardings=(state_shardings, batch_shardings),
+                   out_shardings=(state_shardings, replicated(mesh)), donate_argnums=(0,))
 
 
 @functools.partial(jax.jit, static_argnames=("model_config",))
