@@ -9,7 +9,8 @@ Untrained, SmolLM2-135M seldom writes the format (none of 64 rollouts in the fir
 SFT on formatted gold answers, then start RLCC from the exported policy:
 
   python -m launch.train --config=configs/smollm2_gsm8k_rlcc.py --workdir=sft \
-      --config.mode=sft --config.total_steps=30 --config.optim.learning_rate=2e-5
+      --config.mode=sft --config.total_steps=30 --config.rollout.prompts_per_step=8 \
+      --config.optim.learning_rate=2e-5
   python -m launch.train --config=configs/smollm2_gsm8k_rlcc.py --workdir=rlcc --config.model.name=sft/hf
 
 An SFT step (8 answers) took 110-190 s and a GRPO step about 100 s of generation on a shared
