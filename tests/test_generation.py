@@ -328,3 +328,15 @@ def test_sharded_params_give_the_single_device_output(tmp_path):
     assert _tokens(got) == _tokens(want)
     for a, b in zip(_logprobs(got), _logprobs(want)):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_the_cache_is_created_in_its_shardings(tmp_path):
+    from corea_jax.generation.engine import _new_cache
+
+    save_random_hf_model("qwen2_untied", tmp_path, num_key_value_heads=4, vocab_size=212)
+    model = corea_jax.load_model(tmp_path, mesh=make_mesh({"data": 2, "tensor": 4}))
+    cache = _new_cache(model, 4, 16)  # [L, B, K, S, Dh]: batch over data, kv heads over tensor
+    assert cache.k.sharding.spec[1:3] == (("data", "fsdp"), "tensor")
+    assert cache.k.addressable_shards[0].data.shape[1:3] == (2, 1)
+    single_row = _new_cache(model, 1, 16)  # a batch of 1 cannot split 2 ways: replicated
+    assert single_row.k.sharding.spec[1] is None and single_row.k.sharding.spec[2] == "tensor"

@@ -252,6 +252,17 @@ def _mesh_context(model):
     return mesh_context(model.mesh)
 
 
+def _new_cache(model, batch: int, length: int) -> KVCache:
+    """An empty cache, created in its shardings on the model's mesh (its batch axis over
+    (data, fsdp) when they divide it, else replicated), so no device holds all of it."""
+    if model.mesh is None:
+        return init_cache(model.config, batch, length)
+    from corea_jax.parallel.sharding import cache_shardings
+
+    shardings = cache_shardings(model.config, batch, length, model.mesh)
+    return jax.jit(init_cache, static_argnums=(0, 1, 2), out_shardings=shardings)(model.config, batch, length)
+
+
 @dataclasses.dataclass
 class _Turn:
     """Host copy of one batch's generation, plus its device cache for a follow-up turn."""
@@ -339,7 +350,7 @@ def generate_tokens(model, prompt_ids: list[list[int]], sampling: SamplingParams
     results: list[list[Any]] = [[None] * sampling.n for _ in prompt_ids]
     for chunk, padded in _batches(model, prompt_ids, sampling.n, batch_size, "generate", progress):
         chunks = [prompt_ids[p] for p, _ in padded]
-        cache = init_cache(model.config, len(padded),
+        cache = _new_cache(model, len(padded),
                            _bucket(max(map(len, chunks))) + _bucket(sampling.max_new_tokens))
         turn = _run_turn(model, cache, chunks, np.zeros(len(padded), np.int32),
                          [p * sampling.n + s for p, s in padded], sampling)
@@ -394,7 +405,7 @@ def generate_followup(model, conversations: Sequence[list[dict]], followup_suffi
                                   progress):
         row_ids = [p * sampling.n + s for p, s in padded]
         chunks = [prompt_ids[p] for p, _ in padded]
-        cache = init_cache(model.config, len(padded), _bucket(max(map(len, chunks)))
+        cache = _new_cache(model, len(padded), _bucket(max(map(len, chunks)))
                            + _bucket(sampling.max_new_tokens) + _SUFFIX_BUDGET
                            + _bucket(followup_sampling.max_new_tokens))
         first = _run_turn(model, cache, chunks, np.zeros(len(padded), np.int32), row_ids, sampling)

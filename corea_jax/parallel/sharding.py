@@ -92,6 +92,27 @@ def logical_to_sharding(axes_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
     return jax.tree.map(one, axes_tree, is_leaf=lambda x: isinstance(x, tuple))
 
 
+def cache_shardings(config, batch: int, length: int, mesh: Mesh, rules=LOGICAL_RULES):
+    """NamedShardings of a `KVCache` [L, batch, K, length, Dh] on `mesh` by the logical rules;
+    an axis a mesh axis does not divide (a batch of 1 on a data:8 mesh) stays replicated."""
+    from corea_jax.models.decoder import cache_logical_axes, init_cache
+
+    axes = cache_logical_axes()
+    shapes = jax.eval_shape(lambda: init_cache(config, batch, length))
+
+    def fit(names, shape):
+        kept = []
+        for name, size in zip(names, shape.shape):
+            mesh_axes = nn.logical_to_mesh_axes((name,), rules)[0]
+            ways = math.prod(mesh.shape[a] for a in (mesh_axes if isinstance(mesh_axes, tuple)
+                                                      else (mesh_axes,) if mesh_axes else ()))
+            kept.append(name if size % ways == 0 else None)
+        return tuple(kept)
+
+    fitted = jax.tree.map(fit, axes, shapes, is_leaf=lambda x: isinstance(x, tuple))
+    return logical_to_sharding(fitted, mesh, rules)
+
+
 def check_divisible(axes_tree: Any, shapes_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> None:
     """Raises ValueError naming the array, its dimension and the mesh axis that does not divide it.
 
