@@ -1,4 +1,4 @@
-"""Two processes on localhost with jax.distributed (CPU gloo collectives) train like one."""
+"""Two processes on localhost with jax.distributed (CPU gloo collectives) train and sample like one."""
 
 import os
 import socket
@@ -44,6 +44,12 @@ def test_two_processes_agree_with_one(tmp_path):
     np.testing.assert_allclose(result["losses"], want_losses, rtol=1e-5, atol=1e-5)
     for i, leaf in enumerate(jax.tree.leaves(want.params)):
         np.testing.assert_allclose(result[f"p{i}"], np.asarray(leaf), rtol=1e-5, atol=1e-5)
+    from tests.multihost_worker import rollout
+
+    import corea_jax
+    from tests.test_parallel_train import CFG
+
+    np.testing.assert_array_equal(result["tokens"], rollout(corea_jax.Model(CFG, want.params)))
     # Per-host loading: process 0 loaded rows [0, 4) of the 8-row micro-batches, process 1 [4, 8).
     assert result["rows"].tolist() == [0, 4]
     assert np.load(tmp_path / "rows1.npy").tolist() == [4, 8]

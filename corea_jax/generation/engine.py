@@ -195,7 +195,10 @@ def _generate_batch(config: ModelConfig, params, cache: KVCache, chunk_ids, chun
     hit_eos = jnp.any(is_end, axis=1)
     first_end = jnp.argmax(is_end, axis=1)
     lengths = jnp.where(hit_eos, first_end + 1, jnp.minimum(state.step, max_new_tokens))
-    return state.tokens, state.logprobs, lengths, hit_eos, state.step, state.cache
+    # Replicated on a mesh, so every process (host) can read the results it asked for.
+    replicated = lambda x: nn.with_logical_constraint(x, (None,) * x.ndim)  # noqa: E731
+    tokens, logprobs, lengths, hit_eos = map(replicated, (state.tokens, state.logprobs, lengths, hit_eos))
+    return tokens, logprobs, lengths, hit_eos, state.step, state.cache
 
 
 # ----------------------------------------------------------------------- host side
