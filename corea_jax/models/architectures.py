@@ -17,6 +17,11 @@ _QWEN25 = dict(model_type="qwen2", hidden_act="silu", max_position_embeddings=32
                rope_theta=1_000_000.0, bos_token_id=151643, eos_token_id=151645, use_sliding_window=False)
 
 ARCHITECTURES: dict[str, dict] = {
+    "smollm2-135m-instruct": dict(
+        model_type="llama", hidden_act="silu", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+        num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+        rms_norm_eps=1e-5, rope_theta=100_000.0, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+        tie_word_embeddings=True),
     "qwen2.5-0.5b-instruct": dict(_QWEN25, vocab_size=151936, hidden_size=896, intermediate_size=4864,
                                   num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
                                   rms_norm_eps=1e-6, tie_word_embeddings=True),
