@@ -42,28 +42,11 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def machine_peaks() -> dict:
-    """Measured fp32/bf16 `jnp.dot` GFLOP/s (2048^2) and memory bandwidth GB/s (1 GiB read)."""
-    import jax
-    import jax.numpy as jnp
+    """Measured fp32/bf16 `jnp.dot` GFLOP/s and memory bandwidth GB/s (benchmarks.peaks)."""
+    from benchmarks import peaks
 
-    def best(fn, *args, repeats=5):
-        jax.block_until_ready(fn(*args))
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    gpu = jax.devices()[0].platform == "gpu"
-    n = 8192 if gpu else 2048
-    out = {}
-    for dtype in ("float32", "bfloat16"):
-        a = jnp.ones((n, n), dtype)
-        out[f"dot_gflops_{dtype}"] = 2 * n**3 / best(jax.jit(jnp.dot), a, a) / 1e9
-    big = jnp.ones((1 << (30 if gpu else 28),), jnp.float32)  # 4 GiB on a GPU, else 1 GiB
-    out["mem_gbps"] = big.nbytes / best(jax.jit(jnp.sum), big) / 1e9
-    return out
+    return {"dot_gflops_float32": peaks.dot_gflops("float32"),
+            "dot_gflops_bfloat16": peaks.dot_gflops("bfloat16"), "mem_gbps": peaks.memory_gbps()}
 
 
 def make_prompts(tokenizer, batch: int, length: int) -> list[list[int]]:

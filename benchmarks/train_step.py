@@ -27,6 +27,8 @@ from pathlib import Path
 
 from absl import app, flags
 
+from benchmarks.peaks import dot_gflops
+
 _MODEL = flags.DEFINE_string("model", "smollm2-135m-instruct", "fetch registry name")
 _PROMPTS = flags.DEFINE_integer("prompts", 8, "prompts per step")
 _GROUP = flags.DEFINE_integer("group", 8, "completions per prompt (G)")
@@ -41,26 +43,6 @@ _OUT = flags.DEFINE_string("out", None, "write the results as JSON here")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TIMING = ("time_generation", "time_scoring", "time_update", "time_step")
-
-
-def dot_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """Measured fp32 `jnp.dot` GFLOP/s on an n x n matmul (best of `repeats`).
-
-    The same measurement as benchmarks.generate.machine_peaks, which cannot be imported
-    here: that module defines its absl flags at import.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    a = jnp.ones((n, n), jnp.float32)
-    dot = jax.jit(jnp.dot)
-    jax.block_until_ready(dot(a, a))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(dot(a, a))
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
 
 
 def pick_questions(tokenizer, count: int, max_prompt: int) -> list[dict]:
@@ -188,7 +170,7 @@ def main(argv):
     import corea_jax
     from corea_jax.models import fetch
 
-    peaks = {"dot_gflops_float32": dot_peak_gflops()}
+    peaks = {"dot_gflops_float32": dot_gflops("float32")}
     peak = peaks["dot_gflops_float32"] * 1e9
     model_dir = fetch.fetch_model(_MODEL.value, fetch.default_model_dir(_MODEL.value))
     tokenizer = corea_jax.load_model(model_dir).tokenizer

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from absl import app, flags
 
+from benchmarks.peaks import dot_gflops
+
 _ARCHITECTURE = flags.DEFINE_string("architecture", "qwen2.5-0.5b-instruct", "corea_jax.models.architectures name")
 _PROMPTS = flags.DEFINE_integer("prompts", 4, "prompts (groups) per optimizer step")
 _GROUP = flags.DEFINE_integer("group", 8, "completions per prompt (G)")
@@ -31,23 +33,6 @@ _PARAM_DTYPE = flags.DEFINE_string("param_dtype", "float32", "master weight / op
 _REMAT = flags.DEFINE_bool("remat", True, "rematerialise each layer in the backward pass")
 _STEPS = flags.DEFINE_integer("steps", 3, "timed steps (after one compiling step)")
 _OUT = flags.DEFINE_string("out", None, "write the result as JSON here")
-
-
-def matmul_peak(dtype: str) -> float:
-    """Measured dense `jnp.dot` FLOP/s in `dtype` (best of 5)."""
-    import jax
-    import jax.numpy as jnp
-
-    n = 8192 if jax.devices()[0].platform == "gpu" else 2048
-    a = jnp.ones((n, n), dtype)
-    dot = jax.jit(jnp.dot)
-    jax.block_until_ready(dot(a, a))
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        jax.block_until_ready(dot(a, a))
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
 
 
 def synthetic_batch(config, rng):
@@ -88,7 +73,7 @@ def main(argv):
     state = init_train_state(init_params(config, jax.random.key(0)), make_optimizer(optim, 1))
     batch = jax.device_put(synthetic_batch(config, np.random.default_rng(0)))
     loss_config = grpo.LossConfig(eps_low=0.2, eps_high=0.28, on_policy=True)
-    peak = matmul_peak(_DTYPE.value)
+    peak = dot_gflops(_DTYPE.value) * 1e9
 
     times = []
     for step in range(_STEPS.value + 1):

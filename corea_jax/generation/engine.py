@@ -260,10 +260,16 @@ def _new_cache(model, batch: int, length: int) -> KVCache:
     (data, fsdp) when they divide it, else replicated), so no device holds all of it."""
     if model.mesh is None:
         return init_cache(model.config, batch, length)
+    return _sharded_cache_maker(model.config, batch, length, model.mesh)()
+
+
+@functools.lru_cache(maxsize=64)
+def _sharded_cache_maker(config: ModelConfig, batch: int, length: int, mesh):
+    """One jitted zero-cache builder per (shape, mesh), not a new jit wrapper per batch."""
     from corea_jax.parallel.sharding import cache_shardings
 
-    shardings = cache_shardings(model.config, batch, length, model.mesh)
-    return jax.jit(init_cache, static_argnums=(0, 1, 2), out_shardings=shardings)(model.config, batch, length)
+    return jax.jit(functools.partial(init_cache, config, batch, length),
+                   out_shardings=cache_shardings(config, batch, length, mesh))
 
 
 @dataclasses.dataclass

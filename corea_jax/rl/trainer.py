@@ -141,13 +141,18 @@ def _sum_update_metrics(all_metrics: list[dict]) -> dict[str, float]:
     return out
 
 
+def _step_prompts(model: Model, records, step: int, config):
+    """This step's records (a deterministic function of the step) and their prompt token ids."""
+    idx = step_indices(len(records), step, config.rollout.prompts_per_step, config.seed)
+    batch_records = [records[i] for i in idx]
+    return batch_records, [policy.encode_prompt(model, rec.question, config.data.prompt) for rec in batch_records]
+
+
 def grpo_step(state: TrainState, model: Model, records, step: int, config, ctx: StepContext):
     """One rollout -> score -> update step: (new state, metrics)."""
     r, g = config.rollout, config.grpo
     t0 = time.perf_counter()
-    idx = step_indices(len(records), step, r.prompts_per_step, config.seed)
-    batch_records = [records[i] for i in idx]
-    prompt_ids = [policy.encode_prompt(model, rec.question, config.data.prompt) for rec in batch_records]
+    batch_records, prompt_ids = _step_prompts(model, records, step, config)
     sampling = SamplingParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
                               top_k=r.top_k, n=r.group_size, seed=_step_seed(ctx.base_key, step),
                               ignore_eos=r.ignore_eos)
@@ -257,9 +262,7 @@ def sft_step(state: TrainState, model: Model, records, step: int, config, ctx: S
     """One supervised step on formatted gold answers (loss on completion tokens only)."""
     r, g = config.rollout, config.grpo
     t0 = time.perf_counter()
-    idx = step_indices(len(records), step, r.prompts_per_step, config.seed)
-    batch_records = [records[i] for i in idx]
-    prompt_ids = [policy.encode_prompt(model, rec.question, config.data.prompt) for rec in batch_records]
+    batch_records, prompt_ids = _step_prompts(model, records, step, config)
     targets = [policy.sft_completion(model, rec, config.data.task, config.sft.confidence)
                for rec in batch_records]
     pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
