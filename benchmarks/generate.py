@@ -34,7 +34,9 @@ _PROMPT_TOKENS = flags.DEFINE_integer("prompt_tokens", 100, "prompt length")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 128, "forced new tokens")
 _ARCHITECTURE = flags.DEFINE_string("architecture", None,
                                     "random weights of this architecture instead of --model")
-_SCAN_UNROLL = flags.DEFINE_integer("scan_unroll", 1, "corea_jax layers per layer-scan iteration")
+_SCAN_LAYERS = flags.DEFINE_bool("scan_layers", False,
+                                  "corea_jax parameter layout: stacked layers run by one scan "
+                                  "(the training layout) instead of one parameter set per layer")
 _SKIP_HF = flags.DEFINE_bool("skip_hf", False, "measure corea_jax only")
 _OUT = flags.DEFINE_string("out", None, "write the results as JSON here")
 
@@ -92,13 +94,11 @@ def load_models(dtype: str):
         from corea_jax.models.architectures import architecture
         from corea_jax.models.model import init_params
 
-        config = architecture(_ARCHITECTURE.value, dtype=dtype)
+        config = architecture(_ARCHITECTURE.value, dtype=dtype).replace(scan_layers=_SCAN_LAYERS.value)
         model = corea_jax.Model(config=config, params=init_params(config, jax.random.key(0)))
     else:
         model_dir = fetch.fetch_model(_MODEL.value, fetch.default_model_dir(_MODEL.value))
-        model = corea_jax.load_model(model_dir, dtype=dtype)
-    if _SCAN_UNROLL.value != 1:
-        model.config = model.config.replace(scan_unroll=_SCAN_UNROLL.value)
+        model = corea_jax.load_model(model_dir, dtype=dtype, scan_layers=_SCAN_LAYERS.value)
     if _SKIP_HF.value:
         return model, None
     import torch
@@ -185,7 +185,7 @@ def main(argv):
         Path(_OUT.value).parent.mkdir(parents=True, exist_ok=True)
         Path(_OUT.value).write_text(json.dumps(
             {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
-             "scan_unroll": _SCAN_UNROLL.value,
+             "scan_layers": _SCAN_LAYERS.value,
              "model": _ARCHITECTURE.value or _MODEL.value, "peaks": peaks, "rows": rows}, indent=2))
 
 

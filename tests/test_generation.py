@@ -314,10 +314,10 @@ def test_sharded_params_give_the_single_device_output(tmp_path):
     single = corea_jax.load_model(tmp_path)
     sharded = corea_jax.load_model(tmp_path, mesh=mesh)
 
-    kernel = sharded.params["layers"]["self_attn"]["q_proj"]["kernel"]  # [L, D, H, Dh]
-    assert kernel.sharding.spec[2] == "tensor"
+    kernel = sharded.params["layers_0"]["self_attn"]["q_proj"]["kernel"]  # [D, H, Dh]
+    assert kernel.sharding.spec[1] == "tensor"
     assert len(kernel.sharding.device_set) == 8
-    assert kernel.addressable_shards[0].data.shape[2] == kernel.shape[2] // 4
+    assert kernel.addressable_shards[0].data.shape[1] == kernel.shape[1] // 4
     assert sharded.params["embed_tokens"]["embedding"].sharding.spec[0] == "tensor"
 
     prompts = _prompts([5, 17, 9, 30], 212, seed=5)

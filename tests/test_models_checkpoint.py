@@ -11,6 +11,7 @@ from safetensors.numpy import load_file, save_file
 
 import corea_jax
 from corea_jax.models import CheckpointError, ConfigError, checkpoint
+from corea_jax.models.decoder import relayout
 from tests.fetched_models import SMOLLM2, fetched_dir
 from tests.helpers import save_random_hf_model, torch_logits
 
@@ -120,11 +121,16 @@ def test_load_onto_a_mesh_places_params_by_the_sharding_rules(tmp_path):
     save_random_hf_model("qwen2_untied", tmp_path / "source")
     plain = corea_jax.load_model(tmp_path / "source")
     mesh = make_mesh({"fsdp": jax.device_count()})
+    stacked = corea_jax.load_model(tmp_path / "source", mesh=mesh, scan_layers=True)
+    q_kernel = stacked.params["layers"]["self_attn"]["q_proj"]["kernel"]  # [L, D, H, Dh]
+    assert q_kernel.sharding.spec == PartitionSpec(None, "fsdp", "tensor", None)
     sharded = corea_jax.load_model(tmp_path / "source", mesh=mesh)
     assert sharded.mesh is mesh
-    q_kernel = sharded.params["layers"]["self_attn"]["q_proj"]["kernel"]  # [L, D, H, Dh]
-    assert q_kernel.sharding.spec == PartitionSpec(None, "fsdp", "tensor", None)
+    q_kernel = sharded.params["layers_1"]["self_attn"]["q_proj"]["kernel"]  # [D, H, Dh]
+    assert q_kernel.sharding.spec == PartitionSpec("fsdp", "tensor", None)
     assert len(q_kernel.sharding.device_set) == jax.device_count()
+    _assert_params_identical(jax.device_get(relayout(stacked.config, stacked.params, False)[1]),
+                             jax.device_get(plain.params))
     _assert_params_identical(jax.device_get(sharded.params), jax.device_get(plain.params))
     ids = np.random.default_rng(2).integers(0, plain.config.vocab_size, size=(jax.device_count(), 9))
     assert np.abs(np.asarray(corea_jax.logits(sharded, ids))
@@ -149,12 +155,13 @@ class _RecordingSource(checkpoint.SafetensorsSource):
         return block
 
 
-def test_sharded_load_reads_only_each_devices_blocks(tmp_path):
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_sharded_load_reads_only_each_devices_blocks(tmp_path, scan_layers):
     from corea_jax.models.model import param_shardings
     from corea_jax.parallel.sharding import make_mesh
 
     save_random_hf_model("qwen2_untied", tmp_path, vocab_size=212)  # vocab divisible by tensor = 2
-    plain = corea_jax.load_model(tmp_path)
+    plain = corea_jax.load_model(tmp_path, scan_layers=scan_layers)
     mesh = make_mesh({"fsdp": 4, "tensor": 2})
     source = _RecordingSource(tmp_path)
     params = checkpoint.params_from_source(plain.config, source, shardings=param_shardings(plain.config, mesh))
@@ -172,7 +179,8 @@ def test_sharded_load_reads_only_each_devices_blocks(tmp_path):
     assert [2 * size for size, _ in reads["model.layers.0.self_attn.q_proj.bias"]] == [64, 64]
     # Norm scales ("embed" over fsdp = 4): four quarters, each shared by its 2 tensor replicas.
     assert [4 * size for size, _ in reads["model.norm.weight"]] == [64] * 4
-    assert params["layers"]["mlp"]["down_proj"]["kernel"].addressable_shards[0].data.shape == (3, 56, 16)
+    down = params["layers"]["mlp"]["down_proj"] if scan_layers else params["layers_2"]["mlp"]["down_proj"]
+    assert down["kernel"].addressable_shards[0].data.shape == ((3, 56, 16) if scan_layers else (56, 16))
 
 
 @pytest.mark.real_model

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import corea_jax
-from corea_jax.models import init_cache
-from corea_jax.models.decoder import positions_from_mask
+from corea_jax.models import ConfigError, init_cache
+from corea_jax.models.decoder import positions_from_mask, relayout
 from corea_jax.models.model import forward
 from tests.helpers import save_random_hf_model, torch_logits
 
@@ -108,3 +108,41 @@ def test_bfloat16_compute_keeps_float32_logits(pair):
     out32, _ = forward(model.config, model.params, ids, positions_from_mask(mask), mask)
     assert out16.dtype == jnp.float32
     assert np.abs(np.asarray(out16) - np.asarray(out32)).max() < 0.1 * np.abs(np.asarray(out32)).max()
+
+
+def test_layer_layouts_agree(pair):
+    """scan_layers=True (stacked, one scan) and False (one parameter set per layer, the
+    loading default) hold the same weights and compute the same logits and KV cache."""
+    _, _, model = pair
+    assert not model.config.scan_layers and "layers_0" in model.params and "layers" not in model.params
+    scanned_cfg, scanned = relayout(model.config, model.params, scan_layers=True)
+    assert scanned_cfg.scan_layers and scanned["layers"]["mlp"]["up_proj"]["kernel"].shape[0] == scanned_cfg.num_layers
+    back_cfg, back = relayout(scanned_cfg, scanned, scan_layers=False)
+    assert back_cfg == model.config
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), back, model.params))
+
+    rng = np.random.default_rng(3)
+    ids = jnp.asarray(rng.integers(3, model.config.vocab_size, size=(2, 12)), jnp.int32)
+    mask = jnp.ones(ids.shape, bool).at[1, :4].set(False)
+    positions = positions_from_mask(mask)
+    outs = []
+    for cfg, params in ((model.config, model.params), (scanned_cfg, scanned)):
+        cache = init_cache(cfg, batch_size=2, max_length=16)
+        logits, cache = forward(cfg, params, ids, positions, mask, cache)
+        outs.append((np.asarray(logits), np.asarray(cache.k), np.asarray(cache.v)))
+    for unrolled, stacked in zip(*outs):
+        assert np.abs(unrolled - stacked).max() <= 1e-5
+
+
+def test_unscanned_params_carry_per_layer_axis_names():
+    from corea_jax.models import param_logical_axes
+
+    cfg = corea_jax.ModelConfig(model_type="llama", vocab_size=64, hidden_size=32,
+                                intermediate_size=48, num_layers=3, num_heads=4, num_kv_heads=2,
+                                head_dim=8, max_position_embeddings=64, scan_layers=False)
+    axes = param_logical_axes(cfg)
+    assert sorted(k for k in axes if k.startswith("layers")) == ["layers_0", "layers_1", "layers_2"]
+    assert tuple(axes["layers_2"]["self_attn"]["q_proj"]["kernel"]) == ("embed", "heads", "head_dim")
+    assert tuple(axes["layers_0"]["mlp"]["down_proj"]["kernel"]) == ("mlp", "embed")
+    with pytest.raises(ConfigError, match="scan_layers"):
+        cfg.replace(scan_layers="yes")

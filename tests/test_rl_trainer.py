@@ -115,7 +115,7 @@ def test_gsm8k_records_through_a_real_tokenizer(tmp_path):
     # The trained policy is exported as an HF directory that loads back with its tokenizer.
     from corea_jax import load_model
 
-    exported = load_model(tmp_path / "run" / "hf")
+    exported = load_model(tmp_path / "run" / "hf", scan_layers=True)  # the trainer's layout
     assert exported.tokenizer is not None and exported.config.num_layers == 2
     import jax
 
@@ -137,12 +137,15 @@ def test_sft_targets_are_formatted_gold_answers():
 
 
 def test_bfloat16_compute_keeps_float32_master_weights():
-    """dtype=bfloat16 with param_dtype=float32: the sampler's cast copy gives exactly the
-    trainer's logits, and a 1e-6 learning-rate update changes the master weights (it would
-    round away in bfloat16 weights of magnitude ~0.02)."""
+    """dtype=bfloat16 with param_dtype=float32: the sampler's cast copy (one parameter set per
+    layer) holds exactly the weights the trainer's graph computes with: back in the stacked
+    layout it gives exactly the trainer's logits, and in its own unrolled layout the same
+    logits up to bfloat16 rounding. A 1e-6 learning-rate update changes the master weights (it
+    would round away in bfloat16 weights of magnitude ~0.02)."""
     import jax
     import jax.numpy as jnp
 
+    from corea_jax.models.decoder import relayout
     from corea_jax.models.model import forward
     from corea_jax.rl import policy
 
@@ -156,9 +159,12 @@ def test_bfloat16_compute_keeps_float32_master_weights():
     tokens = jnp.asarray(np.random.default_rng(0).integers(3, 12, (2, 7)), jnp.int32)
     positions = jnp.broadcast_to(jnp.arange(7), (2, 7))
     mask = jnp.ones((2, 7), bool)
+    assert not sampler.config.scan_layers and model.config.scan_layers
     ours = forward(model.config, model.params, tokens, positions, mask)[0]
-    theirs = forward(sampler.config, sampler.params, tokens, positions, mask)[0]
+    theirs = forward(*relayout(sampler.config, sampler.params, scan_layers=True), tokens, positions, mask)[0]
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+    unrolled = forward(sampler.config, sampler.params, tokens, positions, mask)[0]
+    assert np.abs(np.asarray(unrolled) - np.asarray(ours)).max() <= 1e-2
 
     weights = [p for p in jax.tree.leaves(model.params) if float(jnp.min(jnp.abs(p))) > 0]  # no zero biases
     assert len(weights) >= 5

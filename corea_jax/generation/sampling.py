@@ -12,9 +12,21 @@ import jax.numpy as jnp
 _NEG_INF = jnp.finfo(jnp.float32).min
 
 
+_ARGMAX_BLOCK = 128
+
+
 def greedy(logits: jax.Array) -> jax.Array:
-    """Most likely token [B]."""
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    """Most likely token [B] (the first one on ties, as `jnp.argmax`).
+
+    Two stages, the block with the largest logit and then the position inside it: XLA's CPU
+    argmax over a 150K vocabulary is a scalar loop (12.7 ms for [32, 151936] on the project's
+    CPU, 0.5 ms in two stages)."""
+    b, v = logits.shape
+    pad = -v % _ARGMAX_BLOCK
+    blocks = jnp.pad(logits, ((0, 0), (0, pad)), constant_values=-jnp.inf).reshape(b, -1, _ARGMAX_BLOCK)
+    block = jnp.argmax(blocks.max(axis=-1), axis=-1)
+    inner = jnp.argmax(jnp.take_along_axis(blocks, block[:, None, None], axis=1)[:, 0], axis=-1)
+    return (block * _ARGMAX_BLOCK + inner).astype(jnp.int32)
 
 
 def top_k_top_p_mask(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:

@@ -40,7 +40,7 @@ class TensorSource(Protocol):
 
 
 # ---------------------------------------------------------------------- layout table
-# (HF name with {i} for the layer, our path, our shape, layout): layout None = same array,
+# (HF name, with {i} for the layer when stacked (scan_layers), our path, our shape, layout): layout None = same array,
 # 0 = HF stores it flattened, n > 0 = HF stores the transpose of our array with its first
 # n axes (the matmul inputs) flattened into HF's last axis.
 
@@ -68,8 +68,12 @@ def _param_table(config: ModelConfig) -> list[tuple[str, tuple[str, ...], tuple[
         ]
     if config.o_bias:
         layer.append(("self_attn.o_proj.bias", ("self_attn", "o_proj", "bias"), (d,), None))
-    rows += [(f"model.layers.{{i}}.{name}", ("layers",) + path, shape, n_in)
-             for name, path, shape, n_in in layer]
+    if config.scan_layers:  # one stacked array per name, read layer by layer
+        rows += [(f"model.layers.{{i}}.{name}", ("layers",) + path, shape, n_in)
+                 for name, path, shape, n_in in layer]
+    else:
+        rows += [(f"model.layers.{i}.{name}", (f"layers_{i}",) + path, shape, n_in)
+                 for i in range(config.num_layers) for name, path, shape, n_in in layer]
     rows.append(("model.norm.weight", ("norm", "scale"), (d,), None))
     if not config.tie_word_embeddings:
         rows.append(("lm_head.weight", ("lm_head",), (d, v), 1))

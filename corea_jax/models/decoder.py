@@ -201,13 +201,16 @@ class Attention(nn.Module):
 
         b, t = q.shape[:2]
         groups = cfg.num_heads // cfg.num_kv_heads
-        q = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)
-        scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
-        scores = scores * np.float32(cfg.head_dim**-0.5)
-        scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
+        # Each kv head's queries (T positions x G grouped heads) as one [T*G, Dh] matrix: one
+        # batched matmul per (row, kv head) against its cache slots.
+        q = q.reshape(b, t, k_heads, groups, hd).transpose(0, 2, 1, 3, 4).reshape(b, k_heads, t * groups, hd)
+        scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32)
+        scores = scores.reshape(b, k_heads, t, groups, -1) * np.float32(hd**-0.5)
+        scores = jnp.where(mask[:, None, :, None, :], scores, _NEG_INF)
         probs = jax.nn.softmax(scores, axis=-1).astype(cfg.jnp_dtype)
-        out = jnp.einsum("bkgts,bksd->btkgd", probs, v.astype(cfg.jnp_dtype))
-        out = out.reshape(b, t, cfg.num_heads, cfg.head_dim)
+        out = jnp.einsum("bkqs,bksd->bkqd", probs.reshape(b, k_heads, t * groups, -1),
+                         v.astype(cfg.jnp_dtype))
+        out = out.reshape(b, k_heads, t, groups, hd).transpose(0, 2, 1, 3, 4).reshape(b, t, h, hd)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
         out = Projection("bthk,hkd->btd", (h, hd, d), ("heads", "head_dim", "embed"),
                          ("embed",) if cfg.o_bias else None, cfg, name="o_proj")(out)
@@ -304,21 +307,25 @@ class Decoder(nn.Module):
         if cfg.remat:
             layer_cls = nn.remat(layer_cls, prevent_cse=False)
         scan_slices = cache is not None and not cache_carry
-        layers = nn.scan(
-            layer_cls,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0) + ((0,) if scan_slices else ()),
-            length=cfg.num_layers,
-            unroll=cfg.scan_unroll,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )(cfg, name="layers")
-        if scan_slices:
-            (x, _), new_layers_kv = layers((x, None), cos, sin, mask, index, jnp.arange(cfg.num_layers),
-                                           layers_kv)
+        if not cfg.scan_layers:
+            x, new_layers_kv = self._unrolled_layers(layer_cls, x, cos, sin, mask, index, layers_kv,
+                                                     scan_slices)
         else:
-            (x, new_layers_kv), _ = layers((x, layers_kv), cos, sin, mask, index,
-                                           jnp.arange(cfg.num_layers))
+            layers = nn.scan(
+                layer_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0)
+                + ((0,) if scan_slices else ()),
+                length=cfg.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(cfg, name="layers")
+            if scan_slices:
+                (x, _), new_layers_kv = layers((x, None), cos, sin, mask, index,
+                                               jnp.arange(cfg.num_layers), layers_kv)
+            else:
+                (x, new_layers_kv), _ = layers((x, layers_kv), cos, sin, mask, index,
+                                               jnp.arange(cfg.num_layers))
 
         if last_only:
             x = x[:, -1:]
@@ -340,6 +347,41 @@ class Decoder(nn.Module):
         if return_hidden:
             return logits, new_cache, x
         return logits, new_cache
+
+
+    def _unrolled_layers(self, layer_cls, x, cos, sin, mask, index, layers_kv, slices: bool):
+        """The layers as `layers_0`, `layers_1`, ... in a Python loop (scan_layers=False); the
+        KV cache keeps its stacked [L, ...] layout either way."""
+        if layers_kv is None or not slices:
+            kv = layers_kv
+            for i in range(self.config.num_layers):
+                (x, kv), _ = layer_cls(self.config, name=f"layers_{i}")((x, kv), cos, sin, mask, index, i)
+            return x, kv
+        new_k, new_v = [], []
+        for i in range(self.config.num_layers):
+            (x, _), (k, v) = layer_cls(self.config, name=f"layers_{i}")(
+                (x, None), cos, sin, mask, index, i, (layers_kv[0][i], layers_kv[1][i]))
+            new_k.append(k)
+            new_v.append(v)
+        return x, (jnp.stack(new_k), jnp.stack(new_v))
+
+
+def relayout(config: ModelConfig, params, scan_layers: bool) -> tuple[ModelConfig, dict]:
+    """(config, params) with the layers' parameters stacked (`scan_layers=True`: one "layers"
+    entry with a leading axis of num_layers) or split into `layers_0`, `layers_1`, ...; the
+    same weights either way. Apply it under `jax.jit` to convert without a host round trip."""
+    if config.scan_layers == scan_layers:
+        return config, params
+    params = dict(params)
+    n = config.num_layers
+    if scan_layers:
+        per_layer = [params.pop(f"layers_{i}") for i in range(n)]
+        params["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)
+    else:
+        stacked = params.pop("layers")
+        for i in range(n):
+            params[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+    return config.replace(scan_layers=scan_layers), params
 
 
 def lm_head_weights(config: ModelConfig, params) -> Array:

@@ -144,7 +144,8 @@ def param_shardings(config: ModelConfig, mesh) -> dict:
     return logical_to_sharding(axes, mesh)
 
 
-def load_model(path: str | os.PathLike, *, dtype: str = "float32", mesh=None) -> Model:
+def load_model(path: str | os.PathLike, *, dtype: str = "float32", mesh=None,
+               scan_layers: bool = False) -> Model:
     """Loads an HF directory (safetensors), a `.gguf` file, or a hub id.
 
     Args:
@@ -152,6 +153,9 @@ def load_model(path: str | os.PathLike, *, dtype: str = "float32", mesh=None) ->
       dtype: parameter and compute dtype, one of "float32", "bfloat16", "float16".
       mesh: optional `jax.sharding.Mesh` with axes (data, fsdp, tensor); params are placed
         with the sharding rules of `corea_jax.parallel.sharding`.
+      scan_layers: the parameter layout (`ModelConfig.scan_layers`). False (default): one
+        parameter set per layer, the faster layout for generation; True: stacked layers run by
+        one scan, the training layout (fast compiles). `decoder.relayout` converts.
     """
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"dtype: expected one of {SUPPORTED_DTYPES}, found {dtype!r}")
@@ -173,12 +177,13 @@ def load_model(path: str | os.PathLike, *, dtype: str = "float32", mesh=None) ->
         if not config_path.exists():
             ggufs = sorted(resolved.glob("*.gguf"))
             if len(ggufs) == 1:
-                return load_model(ggufs[0], dtype=dtype, mesh=mesh)
+                return load_model(ggufs[0], dtype=dtype, mesh=mesh, scan_layers=scan_layers)
             raise FileNotFoundError(f"load_model: {resolved} has no config.json (expected an HF "
                                     "model directory)")
         config = ModelConfig.from_hf(json.loads(config_path.read_text()), dtype=dtype)
         source = checkpoint.SafetensorsSource(resolved)
         tokenizer = _load_tokenizer(resolved)
+    config = config.replace(scan_layers=scan_layers)
     params = checkpoint.params_from_source(
         config, source, shardings=None if mesh is None else param_shardings(config, mesh))
     return Model(config=config, params=params, tokenizer=tokenizer, mesh=mesh)

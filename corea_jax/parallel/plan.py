@@ -182,7 +182,8 @@ def generation_plan(cfg: ModelConfig, shape: GenerationShape, mesh, resident_byt
     from corea_jax.models.model import param_shapes, param_shardings
     from corea_jax.rl import flops
 
-    cfg = cfg.replace(param_dtype=cfg.dtype, remat=False)  # what `policy.sampling_model` samples with
+    # What `policy.sampling_model` samples with: compute-dtype weights, one set per layer.
+    cfg = cfg.replace(param_dtype=cfg.dtype, remat=False, scan_layers=False)
     b = shape.batch_size
     prompt_bucket, new_bucket = engine._bucket(shape.prompt_length), engine._bucket(shape.max_new_tokens)
     params = _abstract(param_shapes(cfg), param_shardings(cfg, mesh))

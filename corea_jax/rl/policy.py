@@ -16,6 +16,7 @@ from corea_jax import prompts
 from corea_jax.data.records import Record
 from corea_jax.data.toy import ToyTokenizer, num_answers, toy_model_config
 from corea_jax.generation import chat_token_ids
+from corea_jax.models.decoder import relayout
 from corea_jax.models.model import Model, init_params, load_model, param_shardings
 
 
@@ -41,25 +42,36 @@ def build_model(config, mesh=None) -> Model:
     from corea_jax.models import fetch
 
     path = fetch.fetch_model(name, fetch.default_model_dir(name)) if name in fetch.REGISTRY else name
-    model = load_model(path, dtype=param_dtype, mesh=mesh)
+    model = load_model(path, dtype=param_dtype, mesh=mesh, scan_layers=True)
     model.config = model.config.replace(dtype=dtype, remat=config.model.remat)
     return model
 
 
-@functools.partial(jax.jit, static_argnames=("dtype",))
-def _cast(params, dtype):
-    return jax.tree.map(lambda x: x.astype(dtype), params)
-
-
 def sampling_model(model: Model, params) -> Model:
-    """The policy with `params`, for the generation engine: weights cast to the compute dtype
-    once per rollout (the graph casts them at every matmul anyway, so the samples and their
-    log-probs are exactly those of the stored weights; a decode step then reads half the bytes)."""
+    """The policy with `params`, for the generation engine: the training layout (stacked
+    layers, weights in config.model.param_dtype) converted once per rollout into the decoding
+    layout, one parameter set per layer (`scan_layers=False`: no per-step weight slicing),
+    cast to the compute dtype (the graph casts them at every matmul anyway, so the samples and
+    their log-probs are those of the stored weights; a decode step then reads half the bytes)."""
     config = model.config
-    if config.param_dtype != config.dtype:
-        params = _cast(params, config.jnp_dtype)
-        config = config.replace(param_dtype=config.dtype)
-    return Model(config, params, model.tokenizer, model.mesh)
+    if config.param_dtype == config.dtype and not config.scan_layers:
+        return Model(config, params, model.tokenizer, model.mesh)
+    convert, out_config = _decoding_converter(config, model.mesh)
+    return Model(out_config, convert(params), model.tokenizer, model.mesh)
+
+
+@functools.lru_cache(maxsize=8)
+def _decoding_converter(config, mesh):
+    """(jitted params -> decoding-layout params, its config), placed by the sharding rules."""
+    cast_config = config.replace(param_dtype=config.dtype)
+    out_config = cast_config.replace(scan_layers=False)
+
+    def convert(params):
+        params = jax.tree.map(lambda x: x.astype(config.jnp_dtype), params)
+        return relayout(cast_config, params, scan_layers=False)[1]
+
+    shardings = None if mesh is None else param_shardings(out_config, mesh)
+    return jax.jit(convert, out_shardings=shardings), out_config
 
 
 BARE_PROMPT = "question"  # the question alone as the user turn, no format instruction

@@ -1,0 +1,125 @@
+"""Where one decode step's time goes: XLA's own per-op trace, grouped by what each op computes.
+
+  python -m benchmarks.decode_profile [--architecture=qwen2.5-0.5b-instruct] [--batch=32]
+      [--cache_length=256] [--dtype=float32] [--scan_layers=false]
+
+Random weights of a corea_jax.models.architectures shape (the time does not depend on the
+values). One decode step is `Decoder.apply` on one new token per row with a KV cache of
+--cache_length slots, half of them filled, the cache donated as in the engine's loop, plus the
+engine's greedy choice and log-prob. The step runs --steps times under `jax.profiler`; XLA CPU
+thunks are traced (`--xla_cpu_enable_xprof_traceme`, set here before jax loads) and their
+durations are summed per kind: matmuls by output shape, copies, fusions by name. Times are summed
+over XLA's worker threads, so independent ops that ran side by side add up to more than the
+step's wall time (printed first).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+_ARCHITECTURE = flags.DEFINE_string("architecture", "qwen2.5-0.5b-instruct", "model shapes")
+_BATCH = flags.DEFINE_integer("batch", 32, "rows")
+_CACHE_LENGTH = flags.DEFINE_integer("cache_length", 256, "KV-cache slots per row")
+_DTYPE = flags.DEFINE_string("dtype", "float32", "parameter and compute dtype")
+_SCAN_LAYERS = flags.DEFINE_bool("scan_layers", False, "stacked layers run by one scan")
+_STEPS = flags.DEFINE_integer("steps", 3, "profiled steps")
+_TOP = flags.DEFINE_integer("top", 15, "rows of the table")
+
+
+def _op_kinds(hlo_text: str) -> dict[str, str]:
+    """HLO instruction name -> a readable kind: 'matmul -> f32[32,4864]', 'copy', ..."""
+    bodies, current = {}, None
+    for line in hlo_text.splitlines():
+        header = re.match(r"%?(\S+) \(.*\) -> .* \{$", line.strip())
+        if header:
+            current = bodies.setdefault(header.group(1), [])
+        elif current is not None:
+            current.append(line)
+    kinds = {}
+    for line in hlo_text.splitlines():
+        m = re.match(r"\s*(?:ROOT )?%(\S+) = (\S+) (\w[\w-]*)\((.*)", line)
+        if not m:
+            continue
+        name, shape, op, rest = m.groups()
+        shape = re.sub(r"\{[^}]*\}", "", shape)
+        called = re.search(r"calls=%(\S+?)[,\s]", rest)
+        body = "\n".join(bodies.get(called.group(1), [])) if called else ""
+        if op == "dot" or " dot(" in body:
+            kinds[name] = f"matmul -> {shape}"
+        elif op == "copy" or name.startswith("copy"):
+            kinds[name] = f"copy -> {shape}"
+        else:
+            kinds[name] = re.sub(r"\.\d+$", "", name)
+    return kinds
+
+
+def main(argv):
+    del argv
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax._src.lib import _profile_data
+
+    from corea_jax.generation import sampling
+    from corea_jax.models.architectures import architecture
+    from corea_jax.models.decoder import Decoder, init_cache
+    from corea_jax.models.model import init_params
+
+    cfg = architecture(_ARCHITECTURE.value, dtype=_DTYPE.value).replace(scan_layers=_SCAN_LAYERS.value)
+    b, s = _BATCH.value, _CACHE_LENGTH.value
+    params = init_params(cfg, jax.random.key(0))
+    cache = init_cache(cfg, b, s)
+    cache = cache.replace(valid=cache.valid.at[:, : s // 2].set(True), index=jnp.int32(s // 2))
+    decoder = Decoder(cfg)
+
+    def step(params, cache, tokens):
+        logits, cache = decoder.apply({"params": params}, tokens, jnp.full_like(tokens, s // 2),
+                                      jnp.ones(tokens.shape, bool), cache)
+        token = sampling.greedy(logits[:, 0])
+        logprob = jnp.take_along_axis(jax.nn.log_softmax(logits[:, 0]), token[:, None], axis=-1)
+        return token[:, None], logprob, cache.replace(index=cache.index - 1)
+
+    step = jax.jit(step, donate_argnums=(1,))
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (b, 1)), jnp.int32)
+    kinds = _op_kinds(step.lower(params, cache, tokens).compile().as_text())
+    for _ in range(2):
+        tokens, _, cache = jax.block_until_ready(step(params, cache, tokens))
+    wall = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        tokens, _, cache = jax.block_until_ready(step(params, cache, tokens))
+        wall = min(wall, time.perf_counter() - start)
+
+    trace_dir = tempfile.mkdtemp(prefix="decode_profile_")
+    jax.profiler.start_trace(trace_dir)
+    for _ in range(_STEPS.value):
+        tokens, _, cache = jax.block_until_ready(step(params, cache, tokens))
+    jax.profiler.stop_trace()
+    [trace] = sorted(Path(trace_dir).rglob("*.xplane.pb"))[-1:]
+    total, count = collections.Counter(), collections.Counter()
+    for plane in _profile_data.ProfileData.from_file(str(trace)).planes:
+        for line in plane.lines:
+            for event in line.events:
+                if event.name in kinds:
+                    total[kinds[event.name]] += event.duration_ns
+                    count[kinds[event.name]] += 1
+    steps = _STEPS.value
+    print(f"{_ARCHITECTURE.value} {cfg.dtype} batch {b}, cache {s} slots, "
+          f"scan_layers={cfg.scan_layers}: decode step {wall * 1e3:.1f} ms (best of 3)")
+    print(f"{'ms/step':>8} {'ops/step':>8}  kind")
+    for kind, ns in total.most_common(_TOP.value):
+        print(f"{ns / steps / 1e6:8.1f} {count[kind] // steps:8d}  {kind}")
+    rest = sum(total.values()) - sum(ns for _, ns in total.most_common(_TOP.value))
+    print(f"{rest / steps / 1e6:8.1f} {'':8}  (everything else)")
+
+
+if __name__ == "__main__":
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
+    app.run(main)
