@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from corea_jax.data.toy import ToyTokenizer, toy_model_config
-from corea_jax.models.decoder import Decoder, positions_from_mask
+from corea_jax.models.decoder import Decoder, positions_from_mask, relayout
 from corea_jax.models.model import init_params
 from corea_jax.rl import batching, grpo
 from corea_jax.rl import logprobs as logprobs_module
@@ -166,6 +166,15 @@ def test_loss_gradient_wrt_params_matches_full_forward_reference(toy, monkeypatc
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref_grads)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=3e-6, rtol=1e-3,
                                    err_msg=jax.tree_util.keystr(path))
+
+
+def test_logprobs_agree_across_layer_layouts(toy):
+    """The loss's log-probs (one prompt forward per group, its cache repeated G times) are the
+    same with one parameter set per layer (the sampler's layout) as with stacked layers."""
+    config, params = toy
+    batch = _first(_one_batch(*_rollout(seed=4)))
+    unrolled = _logprobs(*relayout(config, params, scan_layers=False), batch)
+    np.testing.assert_allclose(np.asarray(unrolled), np.asarray(_logprobs(config, params, batch)), atol=1e-5)
 
 
 _accumulate = jax.jit(accumulate_gradients, static_argnums=2)

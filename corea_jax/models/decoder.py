@@ -32,35 +32,40 @@ _NEG_INF = float(np.finfo(np.float32).min)
 class KVCache:
     """Keys and values of every layer, plus which slots hold real tokens.
 
-    k, v: [L, B, K, S, Dh] in the compute dtype (each head's slots contiguous for attention).
+    k, v: [L, B, K, S, Dh] for stacked layers (`scan_layers`), else a tuple of L [B, K, S, Dh]
+      arrays, one per layer (each updated in place and read without slicing); compute dtype,
+      each head's slots contiguous for attention.
     valid: [B, S] bool, True where a slot holds a (non-padding) token.
     index: [] int32, the next slot to write; all rows share it (batches are left-padded).
     """
 
-    k: Array
-    v: Array
+    k: Array | tuple[Array, ...]
+    v: Array | tuple[Array, ...]
     valid: Array
     index: Array
 
     @property
     def max_length(self) -> int:
-        return self.k.shape[3]
+        return self.valid.shape[1]
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_length: int) -> KVCache:
-    """An empty cache with `max_length` slots per row."""
-    shape = (config.num_layers, batch_size, config.num_kv_heads, max_length, config.head_dim)
-    return KVCache(
-        k=jnp.zeros(shape, config.jnp_dtype),
-        v=jnp.zeros(shape, config.jnp_dtype),
-        valid=jnp.zeros((batch_size, max_length), bool),
-        index=jnp.zeros((), jnp.int32),
-    )
+    """An empty cache with `max_length` slots per row, in the layout of `config.scan_layers`."""
+    shape = (batch_size, config.num_kv_heads, max_length, config.head_dim)
+    if config.scan_layers:
+        k = jnp.zeros((config.num_layers, *shape), config.jnp_dtype)
+        v = jnp.zeros((config.num_layers, *shape), config.jnp_dtype)
+    else:
+        k = tuple(jnp.zeros(shape, config.jnp_dtype) for _ in range(config.num_layers))
+        v = tuple(jnp.zeros(shape, config.jnp_dtype) for _ in range(config.num_layers))
+    return KVCache(k=k, v=v, valid=jnp.zeros((batch_size, max_length), bool),
+                   index=jnp.zeros((), jnp.int32))
 
 
-def cache_logical_axes() -> KVCache:
-    """Logical axis names of each `KVCache` field (same pytree structure)."""
-    return KVCache(k=CACHE_AXES, v=CACHE_AXES, valid=("batch", "cache_length"), index=())
+def cache_logical_axes(config: ModelConfig) -> KVCache:
+    """Logical axis names of each `KVCache` field (same pytree structure as `init_cache`'s)."""
+    kv = CACHE_AXES if config.scan_layers else (CACHE_AXES[1:],) * config.num_layers
+    return KVCache(k=kv, v=kv, valid=("batch", "cache_length"), index=())
 
 
 # ------------------------------------------------------------------------------ RoPE
@@ -308,8 +313,7 @@ class Decoder(nn.Module):
             layer_cls = nn.remat(layer_cls, prevent_cse=False)
         scan_slices = cache is not None and not cache_carry
         if not cfg.scan_layers:
-            x, new_layers_kv = self._unrolled_layers(layer_cls, x, cos, sin, mask, index, layers_kv,
-                                                     scan_slices)
+            x, new_layers_kv = self._unrolled_layers(layer_cls, x, cos, sin, mask, index, layers_kv)
         else:
             layers = nn.scan(
                 layer_cls,
@@ -349,21 +353,18 @@ class Decoder(nn.Module):
         return logits, new_cache
 
 
-    def _unrolled_layers(self, layer_cls, x, cos, sin, mask, index, layers_kv, slices: bool):
-        """The layers as `layers_0`, `layers_1`, ... in a Python loop (scan_layers=False); the
-        KV cache keeps its stacked [L, ...] layout either way."""
-        if layers_kv is None or not slices:
-            kv = layers_kv
-            for i in range(self.config.num_layers):
-                (x, kv), _ = layer_cls(self.config, name=f"layers_{i}")((x, kv), cos, sin, mask, index, i)
-            return x, kv
+    def _unrolled_layers(self, layer_cls, x, cos, sin, mask, index, layers_kv):
+        """The layers as `layers_0`, `layers_1`, ... in a Python loop (scan_layers=False), each
+        reading and writing its own cache arrays."""
         new_k, new_v = [], []
         for i in range(self.config.num_layers):
-            (x, _), (k, v) = layer_cls(self.config, name=f"layers_{i}")(
-                (x, None), cos, sin, mask, index, i, (layers_kv[0][i], layers_kv[1][i]))
-            new_k.append(k)
-            new_v.append(v)
-        return x, (jnp.stack(new_k), jnp.stack(new_v))
+            layer_kv = None if layers_kv is None else (layers_kv[0][i], layers_kv[1][i])
+            (x, _), kv = layer_cls(self.config, name=f"layers_{i}")(
+                (x, None), cos, sin, mask, index, i, layer_kv)
+            if kv is not None:
+                new_k.append(kv[0])
+                new_v.append(kv[1])
+        return x, (None if layers_kv is None else (tuple(new_k), tuple(new_v)))
 
 
 def relayout(config: ModelConfig, params, scan_layers: bool) -> tuple[ModelConfig, dict]:

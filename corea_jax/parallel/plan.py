@@ -188,8 +188,8 @@ def generation_plan(cfg: ModelConfig, shape: GenerationShape, mesh, resident_byt
     prompt_bucket, new_bucket = engine._bucket(shape.prompt_length), engine._bucket(shape.max_new_tokens)
     params = _abstract(param_shapes(cfg), param_shardings(cfg, mesh))
     cache = jax.eval_shape(lambda: init_cache(cfg, b, prompt_bucket + new_bucket))
-    cache_shardings = sharding_lib.logical_to_sharding(cache_logical_axes(), mesh)
-    sharding_lib.check_divisible(cache_logical_axes(), cache, mesh)
+    cache_shardings = sharding_lib.logical_to_sharding(cache_logical_axes(cfg), mesh)
+    sharding_lib.check_divisible(cache_logical_axes(cfg), cache, mesh)
     cache = _abstract(cache, cache_shardings)
     rows = lambda *s, dtype: jax.ShapeDtypeStruct((b, *s), dtype,  # noqa: E731
                                                   sharding=sharding_lib.batch_sharding((b, *s), mesh))

@@ -83,21 +83,27 @@ def batch_sharding(shape: Sequence[int], mesh: Mesh, batch_dim: int = 0) -> Name
     return NamedSharding(mesh, PartitionSpec(*([None] * batch_dim), spec))
 
 
+def is_axes(x) -> bool:
+    """A leaf of a logical-axes pytree: a tuple of axis names (None: unnamed), () for a scalar."""
+    return isinstance(x, tuple) and all(isinstance(n, str) or n is None for n in x)
+
+
 def logical_to_sharding(axes_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
     """Maps a pytree of logical axis-name tuples to NamedShardings on `mesh`."""
     def one(axes):
         spec = nn.logical_to_mesh_axes(axes, rules)
         return NamedSharding(mesh, spec if spec is not None else PartitionSpec())
 
-    return jax.tree.map(one, axes_tree, is_leaf=lambda x: isinstance(x, tuple))
+    return jax.tree.map(one, axes_tree, is_leaf=is_axes)
 
 
 def cache_shardings(config, batch: int, length: int, mesh: Mesh, rules=LOGICAL_RULES):
-    """NamedShardings of a `KVCache` [L, batch, K, length, Dh] on `mesh` by the logical rules;
-    an axis a mesh axis does not divide (a batch of 1 on a data:8 mesh) stays replicated."""
+    """NamedShardings of a `KVCache` ([L, batch, K, length, Dh] or one [batch, K, length, Dh]
+    per layer) on `mesh` by the logical rules; an axis a mesh axis does not divide (a batch of
+    1 on a data:8 mesh) stays replicated."""
     from corea_jax.models.decoder import cache_logical_axes, init_cache
 
-    axes = cache_logical_axes()
+    axes = cache_logical_axes(config)
     shapes = jax.eval_shape(lambda: init_cache(config, batch, length))
 
     def fit(names, shape):
@@ -109,7 +115,7 @@ def cache_shardings(config, batch: int, length: int, mesh: Mesh, rules=LOGICAL_R
             kept.append(name if size % ways == 0 else None)
         return tuple(kept)
 
-    fitted = jax.tree.map(fit, axes, shapes, is_leaf=lambda x: isinstance(x, tuple))
+    fitted = jax.tree.map(fit, axes, shapes, is_leaf=is_axes)
     return logical_to_sharding(fitted, mesh, rules)
 
 
@@ -119,8 +125,8 @@ def check_divisible(axes_tree: Any, shapes_tree: Any, mesh: Mesh, rules=LOGICAL_
     axes_tree: logical axis-name tuples; shapes_tree: the same structure with shapes (tuples of
     ints, or anything with a `.shape`).
     """
-    flat_axes = jax.tree_util.tree_flatten_with_path(axes_tree, is_leaf=lambda x: isinstance(x, tuple))[0]
-    flat_shapes = jax.tree.leaves(shapes_tree, is_leaf=lambda x: isinstance(x, tuple) or hasattr(x, "shape"))
+    flat_axes = jax.tree_util.tree_flatten_with_path(axes_tree, is_leaf=is_axes)[0]
+    flat_shapes = jax.tree.leaves(shapes_tree, is_leaf=lambda x: is_axes(x) or hasattr(x, "shape"))
     for (path, axes), shape in zip(flat_axes, flat_shapes):
         shape = tuple(getattr(shape, "shape", shape))
         spec = nn.logical_to_mesh_axes(axes, rules)

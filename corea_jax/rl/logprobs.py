@@ -37,7 +37,9 @@ def completion_hidden(config: ModelConfig, params, batch) -> jax.Array:
     cache = init_cache(config, num_prompts, prompt_len + completion_len)
     prompt_hidden, cache = decoder.apply({"params": params}, prompt_tokens, positions_from_mask(prompt_mask),
                                          prompt_mask, cache, head=False, cache_carry=False)
-    cache = cache.replace(k=jnp.repeat(cache.k, group, axis=1), v=jnp.repeat(cache.v, group, axis=1),
+    batch_axis = 1 if config.scan_layers else 0  # [L, B, ...] or one [B, ...] per layer
+    repeat = lambda x: jnp.repeat(x, group, axis=batch_axis)  # noqa: E731
+    cache = cache.replace(k=jax.tree.map(repeat, cache.k), v=jax.tree.map(repeat, cache.v),
                           valid=jnp.repeat(cache.valid, group, axis=0))
     start = jnp.repeat(jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32), group)
     positions = start[:, None] + jnp.arange(completion_len, dtype=jnp.int32)[None, :]
