@@ -163,11 +163,11 @@ class Attention(nn.Module):
         """x [B, T, D]; mask [B, T, S] bool; cache_kv: None, every layer's ([L, B, K, S, Dh] x2)
         or this layer's ([B, K, S, Dh] x2).
 
-        The new keys/values are written into the cache at slots [index, index + T). Decoding
-        threads every layer's cache through the layer scan as a carry and writes in place
-        (re-stacking it every step cost more than the matmuls on CPU); a loss scans each
-        layer's slice in and out instead, so its backward pass saves the cache once, not
-        once per layer.
+        The new keys/values are written into the cache at slots [index, index + T). With
+        stacked layers, decoding threads every layer's cache through the layer scan as a carry
+        and writes in place (re-stacking it every step cost more than the matmuls on CPU), and
+        a loss scans each layer's slice in and out, so its backward pass saves the cache once,
+        not once per layer. With one parameter set per layer, each layer owns its cache arrays.
         """
         cfg = self.config
         d, h, k_heads, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
