@@ -470,7 +470,8 @@ def generate(model, prompts: Sequence[Any], sampling: SamplingParams | None = No
     """Generates `sampling.n` completions for each prompt.
 
     Args:
-      model: a `corea_jax.Model`.
+      model: a `corea_jax.Model`; fastest with one parameter set per layer (`load_model`'s
+        default layout, `scan_layers=False`), where no decode step slices weights.
       prompts: strings (the tokenizer's chat template is applied unless `raw`), chat
         message lists ([{"role": ..., "content": ...}, ...]) or token-id lists.
       sampling: `SamplingParams` (default: greedy, 256 new tokens).
