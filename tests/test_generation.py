@@ -335,7 +335,7 @@ def test_the_cache_is_created_in_its_shardings(tmp_path):
 
     save_random_hf_model("qwen2_untied", tmp_path, num_key_value_heads=4, vocab_size=212)
     model = corea_jax.load_model(tmp_path, mesh=make_mesh({"data": 2, "tensor": 4}))
-    cache = _new_cache(model, 4, 16)  # per layer [B, K, S, Dh]: batch over data, kv heads over tensor
+    cache = _new_cache(model, 4, 16)  # per layer [B, K, ...]: batch over data, kv heads over tensor
     assert len(cache.k) == len(cache.v) == model.config.num_layers
     for k in cache.k + cache.v:
         assert k.sharding.spec[:2] == (("data", "fsdp"), "tensor")
@@ -343,5 +343,5 @@ def test_the_cache_is_created_in_its_shardings(tmp_path):
     single_row = _new_cache(model, 1, 16)  # a batch of 1 cannot split 2 ways: replicated
     assert single_row.k[0].sharding.spec[0] is None and single_row.k[0].sharding.spec[1] == "tensor"
     stacked = corea_jax.load_model(tmp_path, mesh=model.mesh, scan_layers=True)
-    cache = _new_cache(stacked, 4, 16)  # [L, B, K, S, Dh]
+    cache = _new_cache(stacked, 4, 16)  # [L, B, K, ...]
     assert cache.k.sharding.spec[1:3] == (("data", "fsdp"), "tensor")
