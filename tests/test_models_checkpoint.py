@@ -121,10 +121,11 @@ def test_load_onto_a_mesh_places_params_by_the_sharding_rules(tmp_path):
     save_random_hf_model("qwen2_untied", tmp_path / "source")
     plain = corea_jax.load_model(tmp_path / "source")
     mesh = make_mesh({"fsdp": jax.device_count()})
-    stacked = corea_jax.load_model(tmp_path / "source", mesh=mesh, scan_layers=True)
+    stacked = corea_jax.load_model(tmp_path / "source", mesh=mesh)
+    assert stacked.config.scan_layers  # the default on an fsdp mesh: a scan gathers one layer at a time
     q_kernel = stacked.params["layers"]["self_attn"]["q_proj"]["kernel"]  # [L, D, H, Dh]
     assert q_kernel.sharding.spec == PartitionSpec(None, "fsdp", "tensor", None)
-    sharded = corea_jax.load_model(tmp_path / "source", mesh=mesh)
+    sharded = corea_jax.load_model(tmp_path / "source", mesh=mesh, scan_layers=False)
     assert sharded.mesh is mesh
     q_kernel = sharded.params["layers_1"]["self_attn"]["q_proj"]["kernel"]  # [D, H, Dh]
     assert q_kernel.sharding.spec == PartitionSpec("fsdp", "tensor", None)

@@ -39,3 +39,23 @@ def test_indivisible_dimension_names_the_array_and_the_axis():
     sharding.check_divisible(param_logical_axes(CFG), param_shapes(CFG),
                              sharding.make_mesh({"data": 4, "tensor": 2}))
     assert len(jax.devices()) == 8
+
+
+def test_decoding_layout_follows_the_mesh():
+    """Generation uses one parameter set per layer, except where parameters are sharded over
+    fsdp: the rollout's sampler copy of a trained policy follows the same rule."""
+    from corea_jax.models.model import decoding_scan_layers
+    from corea_jax.rl import policy
+    from tests.test_rl_trainer import tiny_config
+
+    assert not decoding_scan_layers(None)
+    assert not decoding_scan_layers(sharding.make_mesh({"data": 2, "tensor": 4}))
+    assert decoding_scan_layers(sharding.make_mesh({"fsdp": 4, "tensor": 2}))
+    config = tiny_config()
+    for shape, scan in (({"data": 8}, False), ({"fsdp": 8}, True)):
+        mesh = sharding.make_mesh(shape)
+        model = policy.build_model(config, mesh=mesh)
+        sampler = policy.sampling_model(model, model.params)
+        assert sampler.config.scan_layers is scan
+        assert ("layers" in sampler.params) is scan
+        assert all(x.sharding.mesh.shape == mesh.shape for x in jax.tree.leaves(sampler.params))

@@ -179,11 +179,12 @@ def generation_plan(cfg: ModelConfig, shape: GenerationShape, mesh, resident_byt
     compute dtype, the KV cache for the bucketed prompt and new-token lengths."""
     from corea_jax.generation import engine
     from corea_jax.models.decoder import cache_logical_axes, init_cache
-    from corea_jax.models.model import param_shapes, param_shardings
+    from corea_jax.models.model import decoding_scan_layers, param_shapes, param_shardings
     from corea_jax.rl import flops
 
-    # What `policy.sampling_model` samples with: compute-dtype weights, one set per layer.
-    cfg = cfg.replace(param_dtype=cfg.dtype, remat=False, scan_layers=False)
+    # What `policy.sampling_model` and `load_model` generate with: compute-dtype weights in the
+    # mesh's decoding layout.
+    cfg = cfg.replace(param_dtype=cfg.dtype, remat=False, scan_layers=decoding_scan_layers(mesh))
     b = shape.batch_size
     prompt_bucket, new_bucket = engine._bucket(shape.prompt_length), engine._bucket(shape.max_new_tokens)
     params = _abstract(param_shapes(cfg), param_shardings(cfg, mesh))

@@ -17,7 +17,7 @@ from corea_jax.data.records import Record
 from corea_jax.data.toy import ToyTokenizer, num_answers, toy_model_config
 from corea_jax.generation import chat_token_ids
 from corea_jax.models.decoder import relayout
-from corea_jax.models.model import Model, init_params, load_model, param_shardings
+from corea_jax.models.model import Model, decoding_scan_layers, init_params, load_model, param_shardings
 
 
 def build_model(config, mesh=None) -> Model:
@@ -50,11 +50,13 @@ def build_model(config, mesh=None) -> Model:
 def sampling_model(model: Model, params) -> Model:
     """The policy with `params`, for the generation engine: the training layout (stacked
     layers, weights in config.model.param_dtype) converted once per rollout into the decoding
-    layout, one parameter set per layer (`scan_layers=False`: no per-step weight slicing),
+    layout (`decoding_scan_layers`: one parameter set per layer, no per-step weight slicing,
+    unless the mesh shards parameters over fsdp),
     cast to the compute dtype (the graph casts them at every matmul anyway, so the samples and
     their log-probs are those of the stored weights; a decode step then reads half the bytes)."""
     config = model.config
-    if config.param_dtype == config.dtype and not config.scan_layers:
+    scan = decoding_scan_layers(model.mesh)
+    if config.param_dtype == config.dtype and config.scan_layers == scan:
         return Model(config, params, model.tokenizer, model.mesh)
     convert, out_config = _decoding_converter(config, model.mesh)
     return Model(out_config, convert(params), model.tokenizer, model.mesh)
@@ -64,11 +66,12 @@ def sampling_model(model: Model, params) -> Model:
 def _decoding_converter(config, mesh):
     """(jitted params -> decoding-layout params, its config), placed by the sharding rules."""
     cast_config = config.replace(param_dtype=config.dtype)
-    out_config = cast_config.replace(scan_layers=False)
+    scan = decoding_scan_layers(mesh)
+    out_config = cast_config.replace(scan_layers=scan)
 
     def convert(params):
         params = jax.tree.map(lambda x: x.astype(config.jnp_dtype), params)
-        return relayout(cast_config, params, scan_layers=False)[1]
+        return relayout(cast_config, params, scan_layers=scan)[1]
 
     shardings = None if mesh is None else param_shardings(out_config, mesh)
     return jax.jit(convert, out_shardings=shardings), out_config
