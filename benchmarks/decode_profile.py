@@ -84,6 +84,7 @@ def main(argv):
                                       jnp.ones(tokens.shape, bool), cache)
         token = sampling.greedy(logits[:, 0])
         logprob = jnp.take_along_axis(jax.nn.log_softmax(logits[:, 0]), token[:, None], axis=-1)
+        # Rewind the write slot: every profiled step attends over the same number of slots.
         return token[:, None], logprob, cache.replace(index=cache.index - 1)
 
     step = jax.jit(step, donate_argnums=(1,))

@@ -470,8 +470,9 @@ def generate(model, prompts: Sequence[Any], sampling: SamplingParams | None = No
     """Generates `sampling.n` completions for each prompt.
 
     Args:
-      model: a `corea_jax.Model`; fastest with one parameter set per layer (`load_model`'s
-        default layout, `scan_layers=False`), where no decode step slices weights.
+      model: a `corea_jax.Model`; fastest in the decoding layout `load_model` picks by
+        default (`models.model.decoding_scan_layers`: one parameter set per layer, so no
+        decode step slices weights, unless the mesh shards parameters over fsdp).
       prompts: strings (the tokenizer's chat template is applied unless `raw`), chat
         message lists ([{"role": ..., "content": ...}, ...]) or token-id lists.
       sampling: `SamplingParams` (default: greedy, 256 new tokens).

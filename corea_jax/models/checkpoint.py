@@ -40,9 +40,9 @@ class TensorSource(Protocol):
 
 
 # ---------------------------------------------------------------------- layout table
-# (HF name, with {i} for the layer when stacked (scan_layers), our path, our shape, layout): layout None = same array,
-# 0 = HF stores it flattened, n > 0 = HF stores the transpose of our array with its first
-# n axes (the matmul inputs) flattened into HF's last axis.
+# (HF name, with {i} for the layer when layers are stacked (scan_layers), our path, our shape,
+# layout): layout None = same array, 0 = HF stores it flattened, n > 0 = HF stores the
+# transpose of our array with its first n axes (the matmul inputs) flattened into HF's last axis.
 
 
 def _param_table(config: ModelConfig) -> list[tuple[str, tuple[str, ...], tuple[int, ...], int | None]]:

@@ -23,7 +23,7 @@ from corea_jax.models.config import ModelConfig
 
 Array = jax.Array
 
-# Logical axis names of the KV cache arrays (k and v: [L, B, S, K, Dh]).
+# Logical axis names of the cached values, [L, B, K, S, Dh].
 CACHE_AXES = ("layers", "batch", "kv_heads", "cache_length", "head_dim")
 # Keys are stored transposed, [L, B, K, Dh, S]: the scores matmul then reads them as its
 # natural right-hand side (XLA's CPU matmul on [S, Dh] keys ran 4x slower than on values).
@@ -54,25 +54,22 @@ class KVCache:
 
 def init_cache(config: ModelConfig, batch_size: int, max_length: int) -> KVCache:
     """An empty cache with `max_length` slots per row, in the layout of `config.scan_layers`."""
-    shape = (batch_size, config.num_kv_heads, max_length, config.head_dim)
-    key_shape = (batch_size, config.num_kv_heads, config.head_dim, max_length)
-    if config.scan_layers:
-        k = jnp.zeros((config.num_layers, *key_shape), config.jnp_dtype)
-        v = jnp.zeros((config.num_layers, *shape), config.jnp_dtype)
-    else:
-        k = tuple(jnp.zeros(key_shape, config.jnp_dtype) for _ in range(config.num_layers))
-        v = tuple(jnp.zeros(shape, config.jnp_dtype) for _ in range(config.num_layers))
-    return KVCache(k=k, v=v, valid=jnp.zeros((batch_size, max_length), bool),
+    def zeros(*shape):
+        if config.scan_layers:
+            return jnp.zeros((config.num_layers, *shape), config.jnp_dtype)
+        return tuple(jnp.zeros(shape, config.jnp_dtype) for _ in range(config.num_layers))
+
+    b, k, s, hd = batch_size, config.num_kv_heads, max_length, config.head_dim
+    return KVCache(k=zeros(b, k, hd, s), v=zeros(b, k, s, hd), valid=jnp.zeros((b, s), bool),
                    index=jnp.zeros((), jnp.int32))
 
 
 def cache_logical_axes(config: ModelConfig) -> KVCache:
     """Logical axis names of each `KVCache` field (same pytree structure as `init_cache`'s)."""
-    if config.scan_layers:
-        k, v = KEY_CACHE_AXES, CACHE_AXES
-    else:
-        k, v = (KEY_CACHE_AXES[1:],) * config.num_layers, (CACHE_AXES[1:],) * config.num_layers
-    return KVCache(k=k, v=v, valid=("batch", "cache_length"), index=())
+    def axes(names):
+        return names if config.scan_layers else (names[1:],) * config.num_layers
+
+    return KVCache(k=axes(KEY_CACHE_AXES), v=axes(CACHE_AXES), valid=("batch", "cache_length"), index=())
 
 
 # ------------------------------------------------------------------------------ RoPE
@@ -358,7 +355,6 @@ class Decoder(nn.Module):
         if return_hidden:
             return logits, new_cache, x
         return logits, new_cache
-
 
     def _unrolled_layers(self, layer_cls, x, cos, sin, mask, index, layers_kv):
         """The layers as `layers_0`, `layers_1`, ... in a Python loop (scan_layers=False), each
