@@ -48,12 +48,12 @@ def build_model(config, mesh=None) -> Model:
 
 
 def sampling_model(model: Model, params) -> Model:
-    """The policy with `params`, for the generation engine: the training layout (stacked
-    layers, weights in config.model.param_dtype) converted once per rollout into the decoding
-    layout (`decoding_scan_layers`: one parameter set per layer, no per-step weight slicing,
-    unless the mesh shards parameters over fsdp),
-    cast to the compute dtype (the graph casts them at every matmul anyway, so the samples and
-    their log-probs are those of the stored weights; a decode step then reads half the bytes)."""
+    """The policy with `params`, for the generation engine, converted once per rollout from
+    the training layout (stacked layers, weights in config.model.param_dtype) into the decoding
+    layout (`decoding_scan_layers`: one parameter set per layer unless the mesh shards
+    parameters over fsdp) and cast to the compute dtype (the graph casts them at every matmul
+    anyway, so the samples and their log-probs are those of the stored weights; a decode step
+    then reads half the bytes)."""
     config = model.config
     scan = decoding_scan_layers(model.mesh)
     if config.param_dtype == config.dtype and config.scan_layers == scan:
