@@ -11,9 +11,9 @@ workdir. Every stage is cached there (corea_jax.reproduction.stages).
 import ml_collections
 
 # Uninformative SFT confidences: drawn per target independently of the question, mostly
-# 0.9 (a model answering greedily always says 0.9: overconfident), but every value keeps
+# 0.9 (twice as likely as any other value: a model answering greedily says 0.9: overconfident), but every value keeps
 # some probability, so RL can move the stated confidence.
-SFT_CONFIDENCES = (0.9,) * 6 + (1.0, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)
+SFT_CONFIDENCES = (0.9, 0.9, 1.0, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)
 
 
 def get_config():
@@ -23,27 +23,27 @@ def get_config():
     # corea_jax.data.chains; prompt "question": the question alone as the user turn (short
     # prompts keep CPU training cheap; the chat template still frames it).
     c.task = dict(train=20000, calibration=300, test=500, max_ops=6, max_digits=1, prompt="question",
-                  max_prompt_tokens=32, max_new_tokens=64)
+                  max_prompt_tokens=56, max_new_tokens=72)
     c.tokenizer = dict(vocab_size=320)
 
     arch = dict(model_type="qwen2", max_position_embeddings=128)
     c.slm = dict(arch, hidden_size=64, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=4)
-    c.llm = dict(arch, hidden_size=128, intermediate_size=512, num_layers=4, num_heads=4, num_kv_heads=4)
+    c.llm = dict(arch, hidden_size=96, intermediate_size=384, num_layers=4, num_heads=4, num_kv_heads=4)
 
     # Trainer fields (corea_jax.rl.config) of the SFT runs; total_steps per model.
     c.sft = dict(mode="sft", rollout=dict(prompts_per_step=16), grpo=dict(micro_batch_size=16),
                  optim=dict(learning_rate=3e-3, warmup_steps=30, schedule="cosine"),
                  sft=dict(confidence_choices=SFT_CONFIDENCES))
-    c.slm_sft_steps = 800
-    c.llm_sft_steps = 800
+    c.slm_sft_steps = 1200
+    c.llm_sft_steps = 1000
 
     # Trainer fields of the three RL runs (same steps and seed); each adds its reward preset.
-    c.rl = dict(mode="grpo", total_steps=100,
+    c.rl = dict(mode="grpo", total_steps=60,
                 rollout=dict(prompts_per_step=8, group_size=8, batch_size=64, temperature=1.0),
                 grpo=dict(micro_batch_size=64),
-                optim=dict(learning_rate=1e-3, warmup_steps=5, schedule="constant"))
+                optim=dict(learning_rate=5e-4, warmup_steps=5, schedule="constant"))
     c.rl_runs = dict(rlvr="rlvr", rlcc="rlcc_l1", brier="rlcc_brier")
 
     # The cascade on the test split (thresholds and probe on the calibration split).
-    c.cascade = dict(cost_model="flops", risk_epsilon=0.02, risk_delta=0.1, batch_size=256)
+    c.cascade = dict(cost_model="flops", risk_epsilon=0.05, risk_delta=0.1, batch_size=256, bootstrap=1000)
     return c

@@ -166,3 +166,126 @@ def plot_frontier(curves: dict[str, tuple[np.ndarray, np.ndarray]], points: dict
     ax.grid(alpha=0.3, linewidth=0.5)
     ax.legend(fontsize=8, loc="lower right")
     return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- composition
+
+# report.json system -> (SLM run, system of that run's cascade report, confidence source of
+# its ECE / AUROC / Brier). The "-SLM" systems are the SLM answering alone.
+SYSTEM_SOURCES = {
+    "SFT-SLM": ("sft", "SLM", "verbal"),
+    "RLVR-SLM": ("rlvr", "SLM", "verbal"),
+    "RLVR-SLM-AvgProb": ("rlvr", "SLM", "answer_mean_prob"),
+    "Brier-SLM": ("brier", "SLM", "verbal"),
+    "RLCC-SLM": ("rlcc", "SLM", "verbal"),
+    "LLM": ("rlcc", "LLM", None),
+    "COREA": ("rlcc", "COREA", "verbal"),
+    "COREA-risk": ("rlcc", "COREA-risk", "verbal"),
+}
+CONFIDENCE_SYSTEM = {"verbal": "COREA", "answer_mean_prob": "Cascade-AvgProb"}
+
+
+def compose_systems(cascades: dict[str, dict]) -> dict[str, dict]:
+    """report.json's systems from each SLM run's cascade report ({run: report.json})."""
+    systems = {}
+    for name, (run, system, source) in SYSTEM_SOURCES.items():
+        entry = dict(cascades[run]["systems"][system])
+        if system == "SLM" and source is not None:
+            # The SLM alone, scored with `source`: the cascade report holds that source's
+            # ECE / AUROC / Brier on its cascade system (same test items, same SLM correctness).
+            scored = cascades[run]["systems"][CONFIDENCE_SYSTEM[source]]
+            entry.update({k: scored[k] for k in ("ece", "auroc", "brier")}, tau=None)
+        systems[name] = entry
+    return systems
+
+
+def cascade_rows(cascades: dict[str, dict]) -> dict[str, dict]:
+    """Each SLM run's own cascade at the paper's tau (verbal confidence), for report.md."""
+    labels = {"sft": "SFT-SLM -> LLM", "rlvr": "RLVR-SLM -> LLM", "brier": "Brier-SLM -> LLM",
+              "rlcc": "RLCC-SLM -> LLM (COREA)"}
+    return {labels[run]: cascades[run]["systems"]["COREA"] for run in labels if run in cascades}
+
+
+def _read_records(path: Path) -> list[dict]:
+    with Path(path).open() as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _test_split(records: list[dict], cost_model_name: str):
+    """The cascade's test Split (per-item correctness, costs, confidences) of one SLM's records."""
+    from corea_jax.cascade import report as cascade_report
+    from corea_jax.cascade.costs import CostModel
+
+    params = {}
+    for r in records:
+        params.setdefault(r["model"], r.get("non_embedding_params"))
+    return cascade_report.build_split(records, "test", CostModel(cost_model_name, params=params))
+
+
+def render_markdown(report: dict, cascades: dict[str, dict]) -> str:
+    s = report["systems"]
+    llm, corea = s["LLM"], s["COREA"]
+    lines = [
+        "# COREA reproduced on a toy: chain arithmetic, from-scratch Qwen2-family models", "",
+        f"{report['n_test']} test items, {report['n_calibration']} calibration items (thresholds); "
+        f"cost model `{report['cost_model']}` (2 x non-embedding parameters x tokens); "
+        f"{report['runtime_s']:.0f} s of stage time from an empty workdir.", "",
+        markdown_table(s), "",
+        f"COREA (RLCC-SLM -> LLM at tau = {_cell(corea['tau'], '{:.2f}')}, the LLM's calibration pass@1): "
+        f"pass@1 {corea['pass_at_1']:.1%} vs the LLM's {llm['pass_at_1']:.1%} "
+        f"({100 * (corea['pass_at_1'] - llm['pass_at_1']):+.1f} points) at "
+        f"{corea['avg_cost'] / llm['avg_cost']:.0%} of its cost; the LLM answers "
+        f"{corea['llm_usage']:.0%} of the questions.", "",
+        "The `-SLM` rows are the small model answering alone, with its verbalized confidence "
+        "(RLVR-SLM-AvgProb: the mean probability of its answer tokens) scored against its correctness.", "",
+        "## Each SLM in the cascade (verbal confidence, the paper's tau)", "",
+        markdown_table(cascade_rows(cascades)), "",
+        "Per-SLM cascade reports (intervals, parse rates, every baseline): `cascade_<run>/report.md`.", "",
+        "![table](table.png)", "", "![reliability](reliability.png)", "",
+        "![learning curves](learning_curves.png)", "", "![frontier](frontier.png)", "",
+        "## Stage times (s)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {name} | {sec:.1f} |" for name, sec in report["stage_seconds"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_all(workdir: Path, cascades: dict[str, dict], curves: dict[str, list[dict]],
+              records: dict[str, Path], *, runtime_s: float, stage_seconds: dict[str, float]) -> dict:
+    """report.json, report.md, table.png, reliability.png, learning_curves.png, frontier.png."""
+    first = cascades["rlcc"]
+    report = {"systems": compose_systems(cascades), "n_test": first["n_test"],
+              "n_calibration": first["n_calibration"], "cost_model": first["cost_model"],
+              "runtime_s": runtime_s, "stage_seconds": stage_seconds}
+    tmp = workdir / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, workdir / "report.json")
+    tmp = workdir / "report.md.tmp"
+    tmp.write_text(render_markdown(report, cascades))
+    os.replace(tmp, workdir / "report.md")
+
+    plot_table(report["systems"], workdir / "table.png",
+               f"COREA on chain arithmetic ({report['n_test']} test questions)")
+    splits = {run: _test_split(_read_records(path), report["cost_model"]) for run, path in records.items()}
+    panels = []
+    for run, title in (("sft", "SFT-SLM (before RL)"), ("rlcc", "RLCC-SLM (after RLCC)")):
+        verbal = splits[run].confidence["verbal"]
+        have = ~np.isnan(verbal)
+        panels.append((f"{title}, verbal confidence", verbal[have], splits[run].slm_correct[have] > 0.5))
+    plot_reliability(panels, workdir / "reliability.png")
+    if curves:
+        plot_learning_curves(curves, workdir / "learning_curves.png")
+
+    from corea_jax.cascade import report as cascade_report
+
+    sources = {"SFT-SLM": ("sft", "verbal"), "RLVR-SLM": ("rlvr", "verbal"),
+               "RLVR-SLM-AvgProb": ("rlvr", "answer_mean_prob"), "Brier-SLM": ("brier", "verbal"),
+               "RLCC-SLM (COREA)": ("rlcc", "verbal")}
+    lines = {}
+    for label, (run, source) in sources.items():
+        if run in splits and not np.isnan(splits[run].confidence[source]).all():
+            points = cascade_report.frontier(splits[run], source)
+            lines[f"{label} -> LLM"] = (np.array([p[1] for p in points]), np.array([p[2] for p in points]))
+    s = report["systems"]
+    points = {name: (s[name]["avg_cost"], s[name]["pass_at_1"])
+              for name in ("SFT-SLM", "RLVR-SLM", "RLCC-SLM", "LLM", "COREA", "COREA-risk")}
+    plot_frontier(lines, points, workdir / "frontier.png", llm_cost=s["LLM"]["avg_cost"])
+    return report
