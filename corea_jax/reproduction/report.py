@@ -18,7 +18,8 @@ import numpy as np
 from corea_jax import metrics
 
 SYSTEMS = ("SFT-SLM", "RLVR-SLM", "RLVR-SLM-AvgProb", "Brier-SLM", "RLCC-SLM", "LLM", "COREA", "COREA-risk")
-COLUMNS = (("pass_at_1", "pass@1", "{:.1%}"), ("avg_cost", "avg cost", "{:.3g}"),
+COLUMNS = (("pass_at_1", "pass@1", "{:.1%}"), ("avg_cost", "avg cost (FLOPs)", "{:.3g}"),
+           ("cost_vs_llm", "cost / LLM", "{:.0%}"),
            ("llm_usage", "LLM usage", "{:.1%}"), ("ece", "ECE", "{:.3f}"), ("auroc", "AUROC", "{:.3f}"),
            ("brier", "Brier", "{:.3f}"), ("tau", "tau", "{:.2f}"))
 RUN_COLORS = {"RLVR": "#4878d0", "RLCC-L1": "#6acc64", "RLCC-Brier": "#d65f5f"}
@@ -31,7 +32,13 @@ def _cell(value, fmt: str) -> str:
 def table_rows(systems: dict[str, dict]) -> list[list[str]]:
     """[system, pass@1, avg cost, LLM usage, ECE, AUROC, Brier, tau] rows, in SYSTEMS order."""
     names = [n for n in SYSTEMS if n in systems] + [n for n in systems if n not in SYSTEMS]
-    return [[name] + [_cell(systems[name].get(key), fmt) for key, _, fmt in COLUMNS] for name in names]
+    llm_cost = systems.get("LLM", {}).get("avg_cost")
+    rows = []
+    for name in names:
+        entry = dict(systems[name])
+        entry["cost_vs_llm"] = entry["avg_cost"] / llm_cost if llm_cost else None
+        rows.append([name] + [_cell(entry.get(key), fmt) for key, _, fmt in COLUMNS])
+    return rows
 
 
 def markdown_table(systems: dict[str, dict]) -> str:
@@ -67,14 +74,16 @@ def _save(fig, path: Path) -> Path:
 def plot_table(systems: dict[str, dict], path: Path, title: str) -> Path:
     """The table of `markdown_table` as a PNG."""
     rows = table_rows(systems)
-    fig = _figure(9.0, 0.45 * len(rows) + 1.0)
+    fig = _figure(11.0, 0.32 * len(rows) + 0.8)
     ax = fig.subplots()
     ax.axis("off")
+    widths = [0.19] + [0.09] * len(COLUMNS)
+    widths[2] = 0.14
     table = ax.table(cellText=rows, colLabels=["system"] + [t for _, t, _ in COLUMNS], loc="center",
-                     cellLoc="center")
+                     cellLoc="center", colWidths=widths)
     table.auto_set_font_size(False)
     table.set_fontsize(10)
-    table.scale(1.0, 1.4)
+    table.scale(1.0, 1.5)
     for (r, c), cell in table.get_celld().items():
         if r == 0:
             cell.set_facecolor("#dde6f5")
@@ -158,9 +167,11 @@ def plot_frontier(curves: dict[str, tuple[np.ndarray, np.ndarray]], points: dict
     for name, (cost, acc) in curves.items():
         order = np.argsort(cost)
         ax.plot(np.asarray(cost)[order] / llm_cost, np.asarray(acc)[order], linewidth=1.6, label=name)
-    for name, (cost, acc) in points.items():
+    for i, (name, (cost, acc)) in enumerate(points.items()):
         ax.scatter([cost / llm_cost], [acc], s=45, zorder=3, edgecolor="black")
-        ax.annotate(name, (cost / llm_cost, acc), xytext=(5, -10), textcoords="offset points", fontsize=8)
+        # Alternate the label side: COREA and COREA-risk often share a point.
+        ax.annotate(name, (cost / llm_cost, acc), xytext=(6, -12 if i % 2 else 6), textcoords="offset points",
+                    fontsize=8)
     ax.set(xlabel="average cost per question (LLM alone = 1)", ylabel="pass@1 on test",
            title="Accuracy-cost frontier (thresholds swept on test)")
     ax.grid(alpha=0.3, linewidth=0.5)
