@@ -149,8 +149,10 @@ def evaluate_models(config, workdir: Path, stages: dict[str, Stage], *,
     def cfg(slm_dir: Path):
         return cascade_stages.cascade_config(config, task_dir=task_dir, slm_dir=slm_dir, llm_dir=llm_dir)
 
+    # The LLM's answers depend on how it is asked, not on thresholds or the bootstrap.
+    answer_inputs = dict(cascade_inputs, cascade={k: config.cascade[k] for k in ("batch_size", "cost_model")})
     out["llm_answers"] = run_stage(
-        workdir, "llm_answers", dict(cascade_inputs, llm=stages["llm_sft"].key),
+        workdir, "llm_answers", dict(answer_inputs, llm=stages["llm_sft"].key),
         lambda d: cascade_stages.answer_llm(cfg(slms["sft"].path / "hf"), d), log=log)
     for run, slm in slms.items():
         out[f"cascade_{run}"] = run_stage(
