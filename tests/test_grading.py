@@ -468,7 +468,7 @@ def test_property_grade_and_parse_never_raise_and_are_fast(response):
 def test_a_worker_that_cannot_start_is_reported(monkeypatch):
     grading.shutdown()
     failing_boot = "import json; print(json.dumps({'ready': False, 'error': 'no math_verify here'}))"
-    monkeypatch.setattr(grading, "_WORKER_BOOT", failing_boot)
+    monkeypatch.setattr(grading.pool, "WORKER_BOOT", failing_boot)
     with pytest.raises(RuntimeError, match="no math_verify here"):
         grading.grade(*_NEEDS_SYMPY, "math")
     monkeypatch.undo()
