@@ -115,8 +115,8 @@ _CHOICE_PHRASE_RE = re.compile(
 
 
 def _last_match_span(regex: re.Pattern, text: str) -> tuple[int, int] | None:
-    """Span of the last match's answer (group 1, or the whole match), stripped of space
-    and trailing `.`/`,`; None if the last match leaves nothing."""
+    """Span of the last match's answer (group 1, or the whole match) without surrounding
+    space and trailing `.`/`,` (`#### 9 .` -> `9`); None if the last match leaves nothing."""
     last = None
     for last in regex.finditer(text):
         pass
@@ -125,7 +125,7 @@ def _last_match_span(regex: re.Pattern, text: str) -> tuple[int, int] | None:
     start, end = last.span(1 if regex.groups else 0)
     found = text[start:end]
     start += len(found) - len(found.lstrip())
-    end = start + len(found.strip().rstrip(".,"))
+    end = start + len(found.strip().rstrip(".,").rstrip())
     return (start, end) if end > start else None
 
 
