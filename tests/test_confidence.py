@@ -10,6 +10,8 @@ from corea_jax import confidence, evaluation, prompts
 from corea_jax.generation import generate_followup
 from tests.fetched_models import SMOLLM2, fetched_dir
 
+pytestmark = pytest.mark.real_model  # every test reads SmolLM2
+
 
 @pytest.fixture(scope="module")
 def smol():

@@ -82,6 +82,7 @@ def test_minibatches_epochs_and_kl(tmp_path):
         assert row["groups_trained"] == 8
 
 
+@pytest.mark.real_model  # SmolLM2's tokenizer files
 def test_gsm8k_records_through_a_real_tokenizer(tmp_path):
     """Real data end to end: GSM8K questions under SmolLM2's chat template and tokenizer,
     sampled from a small random Llama, graded as GSM8K, one GRPO update."""
