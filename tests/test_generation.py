@@ -209,13 +209,32 @@ def test_varied_prompt_lengths_compile_a_handful_of_programs(tiny):
     assert compile_count() == before
 
 
+def _sampling_log_probs(logits: np.ndarray, sampling) -> np.ndarray:
+    """Reference log-probs [..., V] of the distribution `sampling` draws from: softmax(logits / T)
+    (greedy: T = 1), renormalised over the top-k / top-p set when those filter."""
+    scaled = logits / (sampling.temperature or 1.0)
+    log_probs = scaled - np.logaddexp.reduce(scaled, axis=-1, keepdims=True)
+    if sampling.greedy or (sampling.top_k == 0 and sampling.top_p == 1):
+        return log_probs
+    order = np.argsort(-scaled, axis=-1, kind="stable")
+    probs = np.take_along_axis(np.exp(log_probs), order, axis=-1)
+    ranks = np.arange(scaled.shape[-1])
+    keep_sorted = (ranks < (sampling.top_k or scaled.shape[-1])) & (np.cumsum(probs, -1) - probs < sampling.top_p)
+    keep = np.zeros_like(keep_sorted)
+    np.put_along_axis(keep, order, keep_sorted, axis=-1)
+    kept = np.where(keep, scaled, -np.inf)
+    return kept - np.logaddexp.reduce(kept, axis=-1, keepdims=True)
+
+
 @pytest.mark.parametrize("sampling", [
     corea_jax.SamplingParams(max_new_tokens=16, temperature=1.0, n=2, seed=5),
-    # Log-probs are under the unmodified model: temperature and filters do not enter them.
+    # Log-probs are under the sampling distribution: logits / T, as the trainer scores them.
+    corea_jax.SamplingParams(max_new_tokens=16, temperature=0.7, n=2, seed=7),
+    # ... renormalised over the tokens the filters keep.
     corea_jax.SamplingParams(max_new_tokens=16, temperature=0.7, top_k=20, top_p=0.8, n=2, seed=6),
     corea_jax.SamplingParams(max_new_tokens=16),
-], ids=["temperature1", "filtered", "greedy"])
-def test_logprobs_equal_trainer_log_probs(tiny, sampling):
+], ids=["temperature1", "temperature0.7", "filtered", "greedy"])
+def test_logprobs_are_under_the_sampling_distribution(tiny, sampling):
     prompts = _prompts([4, 17, 30], tiny.config.vocab_size, seed=3)
     out = corea_jax.generate(tiny, prompts, sampling, progress=False)
     rows = [(p, c) for p, per_prompt in zip(prompts, out) for c in per_prompt]
@@ -226,11 +245,11 @@ def test_logprobs_equal_trainer_log_probs(tiny, sampling):
     for r, (p, c) in enumerate(rows):
         seq = p + c.token_ids
         ids[r, :len(seq)], mask[r, :len(seq)] = seq, True
-    log_probs = np.asarray(jax.nn.log_softmax(corea_jax.logits(tiny, ids, mask), axis=-1))
+    logits = np.asarray(corea_jax.logits(tiny, ids, mask), np.float64)
     for r, (p, c) in enumerate(rows):
         steps = len(p) - 1 + np.arange(len(c.token_ids))
-        trainer = log_probs[r, steps, c.token_ids]
-        assert np.abs(np.asarray(c.logprobs) - trainer).max() <= 1e-4
+        reference = _sampling_log_probs(logits[r, steps], sampling)[np.arange(len(steps)), c.token_ids]
+        assert np.abs(np.asarray(c.logprobs) - reference).max() <= 1e-4
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """Batched generation: a jitted prefill + `lax.while_loop` decode over an explicit KV cache.
 
 The SLM's answers, the RL rollouts and the LLM all come through `generate`. It runs the
-same `Decoder` graph the trainer differentiates, so the log-probs it returns are the ones
-the trainer recomputes.
+same `Decoder` graph the trainer differentiates, so the log-probs it returns (under the
+sampling distribution, logits / temperature) are the ones the trainer recomputes.
 
 Compile budget: prompt length, batch size and the new-token budget are rounded up to
 buckets (powers of two), so a run over prompts of varied lengths compiles a handful of
@@ -82,7 +82,10 @@ class Completion:
     """One generated continuation.
 
     token_ids and logprobs cover the generated tokens (an ending EOS included); logprobs are
-    log-probabilities under the unmodified model distribution (temperature 1, no filtering).
+    log-probabilities under the distribution each token was sampled from: softmax(logits / T)
+    at temperature T > 0, renormalised over the tokens top-k / top-p keep when they filter;
+    greedy decoding (T = 0) reports softmax(logits), temperature 1. The RL trainer scores its
+    log-probs at the rollout temperature (and refuses top-k / top-p), so the two agree.
     """
 
     text: str
@@ -147,11 +150,13 @@ def _generate_batch(config: ModelConfig, params, cache: KVCache, chunk_ids, chun
         return decoder.apply({"params": params}, tokens, positions, mask, cache, last_only=True)
 
     def choose(logits, step):
+        # The log-prob is under the distribution the token was drawn from (see `Completion`).
         if greedy:
             token = sampling_lib.greedy(logits)
         else:
             step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, step)
-            token = sampling_lib.sample(logits, step_keys, temperature, top_k, top_p, filtered=filtered)
+            logits = sampling_lib.sampling_logits(logits, temperature, top_k, top_p, filtered=filtered)
+            token = jax.vmap(jax.random.categorical)(step_keys, logits).astype(jnp.int32)
         logprob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
         return token, logprob
 

@@ -125,6 +125,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _expect(r.temperature > 0, "rollout.temperature", "a number > 0 (RL samples)", r.temperature)
     _expect(0 < r.top_p <= 1, "rollout.top_p", "a number in (0, 1]", r.top_p)
     _expect(_is_int(r.top_k) and r.top_k >= 0, "rollout.top_k", "an integer >= 0", r.top_k)
+    if config.mode == "grpo":
+        # The trainer scores softmax(logits / T); a filtered rollout was drawn from another
+        # distribution, so its importance ratios would be against the wrong one.
+        _expect(r.top_p == 1, "rollout.top_p", "1.0 in a GRPO config (the loss's log-probs are "
+                "under softmax(logits / temperature), unfiltered)", r.top_p)
+        _expect(r.top_k == 0, "rollout.top_k", "0 in a GRPO config (the loss's log-probs are "
+                "under softmax(logits / temperature), unfiltered)", r.top_k)
 
     _expect(config.reward.preset in rewards.PRESETS, "reward.preset",
             f"one of {sorted(rewards.PRESETS)}", config.reward.preset)
@@ -181,3 +188,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _expect(not unknown, "mesh", f"axes from {MESH_AXES}", unknown)
     for axis, size in mesh.items():
         _expect(_is_int(size) and size >= 1, f"mesh.{axis}", "an integer >= 1", size)
+
+
+def loss_config(config: ml_collections.ConfigDict) -> grpo.LossConfig:
+    """The GRPO loss settings of a run config (the trainer's and the memory planner's).
+
+    On-policy (ratio 1 exactly, no old log-probs) when the old log-probs would be the
+    trainer's own at the sampling params: behaviour_logprobs = "trainer" and one update per
+    rollout batch (num_minibatches x num_epochs = 1). Log-probs are taken at the rollout
+    temperature.
+    """
+    g = config.grpo
+    return grpo.LossConfig(eps_low=g.eps_low, eps_high=g.eps_high, kl_beta=g.kl_beta,
+                           on_policy=g.behaviour_logprobs == "trainer" and g.num_minibatches * g.num_epochs == 1,
+                           temperature=float(config.rollout.temperature))

@@ -31,6 +31,7 @@ from corea_jax.generation import SamplingParams
 from corea_jax.models.model import Model, save_hf
 from corea_jax.rl import batching, flops, grpo, policy, rollout, scoring
 from corea_jax.rl.checkpointing import Checkpointer, key_data
+from corea_jax.rl.config import loss_config as run_loss_config
 from corea_jax.rl.config import validate
 from corea_jax.rl.metrics_writer import MetricsWriter
 from corea_jax.parallel.multihost import global_array, place_tree
@@ -207,10 +208,12 @@ def _grpo_updates(state: TrainState, minibatches: list[dict], model: Model, conf
         recompute_old = g.behaviour_logprobs == "trainer" and not ctx.loss_config.on_policy
         for mb in minibatches:
             if recompute_old:
-                mb["old_logprobs"] = score_logprobs(state.params, mb, model_config=model.config)
+                mb["old_logprobs"] = score_logprobs(state.params, mb, model_config=model.config,
+                                                    temperature=ctx.loss_config.temperature)
                 passes += 1
             if g.kl_beta:
-                mb["ref_logprobs"] = score_logprobs(ctx.ref_params, mb, model_config=model.config)
+                mb["ref_logprobs"] = score_logprobs(ctx.ref_params, mb, model_config=model.config,
+                                                    temperature=ctx.loss_config.temperature)
                 passes += 1
         if recompute_old:
             tokens = sum(float(jnp.sum(mb["completion_mask"])) for mb in minibatches)
@@ -346,8 +349,7 @@ def train(config, workdir: str | Path, *, log: Callable[[str], None] = logging.i
     start = int(jax.device_get(state.step))
     writer = MetricsWriter(workdir, resume_step=start, tensorboard=config.log.tensorboard) if primary else None
     base_key = jax.random.key(config.seed)
-    loss_config = grpo.LossConfig(eps_low=g.eps_low, eps_high=g.eps_high, kl_beta=g.kl_beta,
-                                  on_policy=g.behaviour_logprobs == "trainer" and updates_per_step == 1)
+    loss_config = run_loss_config(config)
     ctx = StepContext(base_key=base_key, reward_config=reward_config, ref_params=ref_params,
                       loss_config=loss_config,
                       update=make_update_fn(model.config, loss_config, mesh, state_shardings))
