@@ -293,6 +293,72 @@ def test_ignore_eos_generates_exactly_max_new_tokens(eos_case, sampling):
         assert model.config.eos_token_ids[0] in out[0][0].token_ids[:-1]
 
 
+# ------------------------------------------------- two turns (a character tokenizer)
+
+
+_CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def chat_tiny(tmp_path_factory):
+    """The tiny random qwen2 with a one-character-a-token tokenizer and a chat template, so
+    every generated token spells text (ids 0-2: <pad>, <|im_start|>, <|im_end|> = EOS)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("chat_tiny")
+    save_random_hf_model("qwen2_untied", out)
+    chars = [chr(c) for c in range(32, 127)] + ["\n"]
+    chars += [chr(0x100 + i) for i in range(211 - 3 - len(chars))]
+    vocab = {t: i for i, t in enumerate(["<pad>", "<|im_start|>", "<|im_end|>", *chars])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="?"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<|im_end|>",
+                                        additional_special_tokens=["<|im_start|>"],
+                                        clean_up_tokenization_spaces=False)
+    tokenizer.chat_template = _CHAT
+    model = dataclasses.replace(corea_jax.load_model(out), tokenizer=tokenizer)
+    assert model.tokenizer.decode(model.tokenizer("a b\nc")["input_ids"]) == "a b\nc"
+    return model
+
+
+def test_followup_after_a_stop_string_continues_the_cut_answer(chat_tiny):
+    """The second turn after a stop string is the model's reply to the answer as returned
+    (cut before the stop): the first turn's tokens past the cut are not in the cache."""
+    from corea_jax import prompts
+    from corea_jax.generation import chat_token_ids, generate_followup
+
+    model, tok = chat_tiny, chat_tiny.tokenizer
+
+    def followup(conversation, answer):  # a short question: one character is one token here
+        return [*conversation, {"role": "assistant", "content": answer}, {"role": "user", "content": "Sure?"}]
+
+    def suffix(tokenizer, conversation, answer):
+        prefix = prompts.render(tokenizer, conversation) + answer
+        return prompts.render(tokenizer, followup(conversation, answer))[len(prefix):]
+
+    conversations = [[{"role": "user", "content": "What is 2 + 3?"}],
+                     [{"role": "user", "content": "Name a prime number larger than ten, please."}]]
+    first, follow = (corea_jax.SamplingParams(max_new_tokens=24, ignore_eos=True),
+                     corea_jax.SamplingParams(max_new_tokens=8))
+    free = corea_jax.generate(model, conversations, first, progress=False)
+    text = free[0][0].text
+    stop = text[10:13]  # cuts row 0 mid-answer (only its first occurrence counts)
+    assert text.find(stop) >= 5 and len(free[0][0].token_ids) == 24, text
+    cut = dataclasses.replace(first, stop=(stop,))
+    out = generate_followup(model, conversations, suffix, cut, follow, progress=False)
+    assert out[0][0][0].text == text[:text.find(stop)] and out[0][0][0].finish_reason == "stop"
+    # The reference: the whole two-turn conversation, with the cut answer, encoded afresh.
+    for conversation, ((answer, reply),) in zip(conversations, out):
+        messages = followup(conversation, answer.text)
+        [[want]] = corea_jax.generate(model, [chat_token_ids(tok, messages)], follow, progress=False)
+        assert reply.token_ids == want.token_ids
+        np.testing.assert_allclose(reply.logprobs, want.logprobs, atol=1e-4)
+        assert reply.num_prompt_tokens == want.num_prompt_tokens
+
+
 # ------------------------------------------------------------------------ bad input
 
 

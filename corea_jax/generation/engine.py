@@ -375,11 +375,23 @@ def generate_tokens(model, prompt_ids: list[list[int]], sampling: SamplingParams
     return results
 
 
-def _continue_cache(turn: _Turn) -> tuple[KVCache, list[list[int]], np.ndarray]:
-    """The cache of `turn` holding each row's prompt + answer (no EOS), and the answer
-    tokens still to feed (a row's last token is generated but never fed back)."""
+def _answer_tokens(tokenizer, token_ids: list[int], answer_text: str) -> tuple[int, str]:
+    """(k, rest): the most leading tokens of `token_ids` whose text is a prefix of
+    `answer_text`, and the text of the answer they miss. A completion cut at a stop string
+    (its text ends before the stop) keeps fewer tokens than it generated, and a token that
+    straddles the cut leaves its part before the cut in `rest`."""
+    for k in range(len(token_ids), -1, -1):
+        text = tokenizer.decode(token_ids[:k], skip_special_tokens=True)
+        if answer_text.startswith(text):
+            return k, answer_text[len(text):]
+    return 0, answer_text
+
+
+def _continue_cache(turn: _Turn, answer: np.ndarray) -> tuple[KVCache, list[list[int]], np.ndarray]:
+    """The cache of `turn` holding each row's prompt + its first `answer[b]` generated tokens
+    (slots past them, e.g. tokens generated beyond a stop string, are masked out), and the
+    answer tokens still to feed (a row's last token is generated but never fed back)."""
     fed = np.minimum(turn.lengths, turn.steps - 1)
-    answer = turn.lengths - turn.hit_eos.astype(int)
     kept = np.minimum(fed, answer)
     pending = [turn.tokens[b, kept[b]:answer[b]].tolist() for b in range(len(answer))]
     slots = np.arange(turn.cache.max_length)
@@ -403,6 +415,11 @@ def generate_followup(model, conversations: Sequence[list[dict]], followup_suffi
     the next generation prompt) and generates the second reply. The second turn costs a
     forward pass over the suffix alone, not over the whole conversation again.
 
+    With `sampling.stop`, the answer is cut before the first stop string and the second turn
+    continues that cut answer: the cache drops the tokens generated past the cut (a token
+    that straddles it is dropped and the text of it before the cut is fed with the suffix),
+    so the second reply is the one the model gives to the conversation as returned.
+
     Returns per conversation `n` (first Completion, follow-up Completion) pairs.
     """
     tokenizer = model.tokenizer
@@ -425,10 +442,14 @@ def generate_followup(model, conversations: Sequence[list[dict]], followup_suffi
         first = _run_turn(model, cache, chunks, np.zeros(len(padded), np.int32), row_ids, sampling)
         firsts = [_completion(tokenizer, first, b, len(chunks[b]), sampling.stop)
                   for b in range(len(padded))]
-        cache, pending, positions = _continue_cache(first)
+        # The second turn continues the answer's text as returned (cut at a stop string):
+        # the cache keeps the tokens that spell it, the rest of it is fed with the suffix.
+        answers = [_answer_tokens(tokenizer, first.tokens[b, :first.lengths[b] - first.hit_eos[b]].tolist(),
+                                  firsts[b].text) for b in range(len(padded))]
+        cache, pending, positions = _continue_cache(first, np.array([k for k, _ in answers]))
         suffixes = []
         for b, (p, _) in enumerate(padded):
-            text = followup_suffix(tokenizer, conversations[p], firsts[b].text)
+            text = answers[b][1] + followup_suffix(tokenizer, conversations[p], firsts[b].text)
             suffix = pending[b] + list(tokenizer(text, add_special_tokens=False)["input_ids"])
             if len(suffix) > _SUFFIX_BUDGET:
                 raise ValueError(f"followup_suffix: {len(suffix)} tokens, more than the "
