@@ -8,13 +8,14 @@ value the trainer cannot use, naming the field and what it expects.
 from __future__ import annotations
 
 import difflib
+import json
 
 import ml_collections
 
 from corea_jax import rewards
 from corea_jax.data.records import validate_data_config
 from corea_jax.rl import grpo
-from corea_jax.rl.train_state import SCHEDULES
+from corea_jax.rl.train_state import SCHEDULES, schedule_uses_run_length
 
 MODES = ("grpo", "sft")
 BEHAVIOUR_LOGPROBS = ("trainer", "sampler")
@@ -202,3 +203,40 @@ def loss_config(config: ml_collections.ConfigDict) -> grpo.LossConfig:
     return grpo.LossConfig(eps_low=g.eps_low, eps_high=g.eps_high, kl_beta=g.kl_beta,
                            on_policy=g.behaviour_logprobs == "trainer" and g.num_minibatches * g.num_epochs == 1,
                            temperature=float(config.rollout.temperature))
+
+
+# Groups a resumed run may change: they cannot change its results (mesh: the same programs
+# sharded otherwise, equal up to the float reduction order).
+RESUMABLE_CHANGES = ("log", "checkpoint", "mesh")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resume_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+    """The result-changing fields in which `config` differs from a run's saved config.json
+    (`saved`, parsed), each as "config.<field>: <saved> in the workdir, <now> now".
+
+    Every field counts except those under RESUMABLE_CHANGES, and total_steps only when the
+    learning-rate schedule depends on the run length (`schedule_uses_run_length`).
+    """
+    now = _flat(json.loads(config.to_json_best_effort()))
+    before = _flat(saved)
+    absent = "<absent>"
+    out = []
+    for field in sorted(set(now) | set(before)):
+        if field.split(".", 1)[0] in RESUMABLE_CHANGES:
+            continue
+        if field == "total_steps" and not schedule_uses_run_length(config.optim):
+            continue
+        if before.get(field, absent) != now.get(field, absent):
+            out.append(f"config.{field}: {before.get(field, absent)!r} in the workdir, "
+                       f"{now.get(field, absent)!r} now")
+    return out
