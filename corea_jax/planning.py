@@ -31,7 +31,6 @@ import math
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from corea_jax.generation import GenerationProgram, SamplingParams

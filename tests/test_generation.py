@@ -3,7 +3,6 @@ contract on tiny random models (seeds, batching, compile budget, log-probs, EOS,
 
 import dataclasses
 
-import jax
 import numpy as np
 import pytest
 

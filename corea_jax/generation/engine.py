@@ -13,7 +13,6 @@ memory plans.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 from typing import Any, Sequence
