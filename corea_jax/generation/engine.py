@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from corea_jax.generation import sampling as sampling_lib
 from corea_jax.models.config import ModelConfig
 from corea_jax.models.decoder import Decoder, KVCache, init_cache, positions_from_mask
+from corea_jax.models.model import cache_shardings, param_shapes, param_shardings
 
 _MIN_BUCKET = 16
 
@@ -195,8 +196,6 @@ class GenerationProgram:
         """ShapeDtypeStructs of every argument for `batch_size` rows of prompts of up to
         `prompt_length` tokens (bucketed as `generate` does), sharded on `mesh` as `generate`
         places them (params by the sharding rules, cache and rows over the batch axes)."""
-        from corea_jax.models.model import cache_shardings, param_shapes, param_shardings
-
         b, prompt_bucket = batch_size, _bucket(prompt_length)
         cache = jax.eval_shape(lambda: init_cache(self.config, b, prompt_bucket + self.new_bucket))
         keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), b))
@@ -352,8 +351,6 @@ def _new_cache(model, batch: int, length: int) -> KVCache:
 @functools.lru_cache(maxsize=64)
 def _sharded_cache_maker(config: ModelConfig, batch: int, length: int, mesh):
     """One jitted zero-cache builder per (shape, mesh), not a new jit wrapper per batch."""
-    from corea_jax.models.model import cache_shardings
-
     return jax.jit(functools.partial(init_cache, config, batch, length),
                    out_shardings=cache_shardings(config, batch, length, mesh))
 
