@@ -11,6 +11,8 @@ from corea_jax.generation import generate_followup
 from corea_jax.data.toy import ToyTokenizer
 from tests.fetched_models import QWEN_05B, SMOLLM2, fetched_dir
 
+pytestmark = pytest.mark.real_model  # every test reads SmolLM2
+
 
 @pytest.fixture(scope="module")
 def smol():
