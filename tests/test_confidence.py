@@ -11,7 +11,6 @@ from corea_jax.generation import generate_followup
 from corea_jax.data.toy import ToyTokenizer
 from tests.fetched_models import QWEN_05B, SMOLLM2, fetched_dir
 
-pytestmark = pytest.mark.real_model  # every test reads SmolLM2
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +18,7 @@ def smol():
     return corea_jax.load_model(fetched_dir(SMOLLM2))
 
 
+@pytest.mark.real_model
 def test_answer_token_span_covers_the_boxed_answer(smol):
     tok = smol.tokenizer
     text = "12 * 7 = 84, so the answer is \\boxed{84}.\nConfidence: \\boxed{0.9}"
@@ -28,6 +28,7 @@ def test_answer_token_span_covers_the_boxed_answer(smol):
     assert "84" in spelled and "0.9" not in spelled and len(spelled) <= 6
 
 
+@pytest.mark.real_model
 def test_confidence_scores_read_every_source(smol):
     tok = smol.tokenizer
     text = "So \\boxed{19}.\nConfidence: 0.75"
@@ -43,6 +44,7 @@ def test_confidence_scores_read_every_source(smol):
     assert math.isnan(none["verbal"]) and math.isnan(none["answer_mean_prob"])
 
 
+@pytest.mark.real_model
 def test_followup_turn_on_the_cache_equals_reencoding_the_conversation(smol):
     """Continuing the first turn's KV cache gives the tokens a full re-encode gives."""
     questions = ["What is 12 times 7?", "Tom has 3 apples and buys 5 more. How many now?",
@@ -62,6 +64,7 @@ def test_followup_turn_on_the_cache_equals_reencoding_the_conversation(smol):
         assert follow.num_prompt_tokens > first.num_prompt_tokens
 
 
+@pytest.mark.real_model
 def test_followup_rejects_bad_settings(smol):
     conv = [prompts.build_messages("1+1?", prompts.PROMPTS["rlvr"])]
     with pytest.raises(ValueError, match="followup_sampling.n"):
@@ -69,6 +72,7 @@ def test_followup_rejects_bad_settings(smol):
                           corea_jax.SamplingParams(max_new_tokens=4, n=2), progress=False)
 
 
+@pytest.mark.real_model
 def test_elicit_and_summarize_on_a_real_model(smol):
     records = evaluation.elicit(smol, ["What is 2 + 3?", "What is 10 - 4?"], ["5", "6"],
                                 task="gsm8k", mode="two_turn", max_new_tokens=24,
