@@ -1,4 +1,12 @@
-"""Batched generation: a jitted prefill + `lax.while_loop` decode over an explicit KV cache.
+"""Batched generation: jitted prefill + decode programs over an explicit KV cache.
+
+Two schedules (`generate(..., schedule=)`): "continuous" keeps B slots busy, decoding in
+fixed-trip chunks (`fori_loop`, no per-token host round trip) and refilling a slot whose row
+ended (EOS, budget, stop string) with the next waiting row between chunks; "static" runs
+batches of rows, each a prefill + `lax.while_loop` decode until its longest row ends. Either
+way the n samples of a prompt share one prefill (its cache copied to their rows), and row
+(prompt p, sample s) draws step t with fold_in(fold_in(key(seed), p * n + s), t), so a
+completion does not depend on the schedule or on the rows beside it.
 
 The SLM's answers, the RL rollouts and the LLM all come through `generate`. It runs the
 same `Decoder` graph the trainer differentiates, so the log-probs it returns (under the
@@ -386,7 +394,7 @@ def _admit(program: _SlotProgram, params, state: _SlotState, chunk_ids, chunk_ma
     cache = _place_rows(state.cache, small, source, rows, index - small.max_length)
     set_rows = lambda x, v: x.at[rows].set(v, mode="drop")  # noqa: E731
     first = lambda v: jnp.zeros((rows.shape[0], program.new_bucket), v.dtype).at[:, 0].set(v)  # noqa: E731
-    return _SlotState(
+    return _replicate_outputs(_SlotState(
         tokens=set_rows(state.tokens, first(token)),
         logprobs=set_rows(state.logprobs, first(logprob)),
         count=set_rows(state.count, jnp.ones_like(token)),
@@ -394,7 +402,7 @@ def _admit(program: _SlotProgram, params, state: _SlotState, chunk_ids, chunk_ma
         position=set_rows(state.position, end[source]),
         done=set_rows(state.done, _is_eos(token, eos_ids, scalars) | (scalars.max_new_tokens <= 1)),
         keys=set_rows(state.keys, row_keys),
-        cache=cache)
+        cache=cache))
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
@@ -418,7 +426,15 @@ def _decode_chunk(program: _SlotProgram, params, state: _SlotState, eos_ids,
                          count=count, last=jnp.where(live, token, s.last), position=s.position + live,
                          done=s.done | (live & ended), cache=cache)
 
-    return jax.lax.fori_loop(0, program.chunk, step, state)
+    state = jax.lax.fori_loop(0, program.chunk, step, state)
+    return _replicate_outputs(state)
+
+
+def _replicate_outputs(state: _SlotState) -> _SlotState:
+    """The fields the host reads, replicated on a mesh (every process reads all rows)."""
+    replicated = lambda x: nn.with_logical_constraint(x, (None,) * x.ndim)  # noqa: E731
+    return state.replace(tokens=replicated(state.tokens), logprobs=replicated(state.logprobs),
+                         count=replicated(state.count), done=replicated(state.done))
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
