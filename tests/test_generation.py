@@ -242,8 +242,8 @@ def test_continuous_completion_does_not_depend_on_its_batch(tiny):
     model = dataclasses.replace(tiny, config=tiny.config.replace(eos_token_ids=tuple(range(100, 115))))
     sampling = corea_jax.SamplingParams(max_new_tokens=16, temperature=1.0, n=2, seed=11)
     mixed = _prompts([6, 3, 28, 11, 40, 13], model.config.vocab_size, seed=7)
-    alone = corea_jax.generate(model, mixed[:1], sampling, progress=False)
-    among = corea_jax.generate(model, mixed, sampling, batch_size=2, progress=False)
+    alone = corea_jax.generate(model, mixed[:1], sampling, progress=False, schedule="continuous")
+    among = corea_jax.generate(model, mixed, sampling, batch_size=2, progress=False, schedule="continuous")
     static = corea_jax.generate(model, mixed, sampling, batch_size=4, progress=False, schedule="static")
     assert _tokens(among)[0] == _tokens(alone)[0]
     np.testing.assert_allclose(among[0][1].logprobs, alone[0][1].logprobs, atol=1e-5)

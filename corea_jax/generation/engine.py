@@ -622,12 +622,13 @@ _SHIFT = 64  # cache slots a continuous run reclaims at a time
 
 
 def generate_tokens(model, prompt_ids: list[list[int]], sampling: SamplingParams, *,
-                    batch_size: int = 32, progress: bool = True, schedule: str = "continuous",
+                    batch_size: int = 32, progress: bool = True, schedule: str = "static",
                     ) -> list[list[tuple[list[int], list[float], bool]]]:
     """Token-level generation: per prompt, n tuples (token_ids, logprobs, hit_eos).
 
     schedule: "continuous" (a slot whose row ends takes the next waiting row; decoding in
-    fixed chunks of steps) or "static" (batches of rows, each run until its longest row ends).
+    fixed chunks of steps) or "static" (batches of rows, each run until its longest row ends;
+    the default: faster in the one CPU measurement so far, 8 GSM8K questions, 64 tokens).
     Both give the same tokens for the same seed: a row's PRNG stream depends only on (seed,
     prompt, sample) and its own step count. The n samples of a prompt share one prefill.
     Stop strings are not applied here (`generate` cuts at them).
@@ -850,7 +851,7 @@ def _cut_at_stop(tokenizer, token_ids: list[int], stop: tuple[str, ...]) -> tupl
 
 def generate(model, prompts: Sequence[Any], sampling: SamplingParams | None = None, *,
              raw: bool = False, batch_size: int = 32, progress: bool = True,
-             schedule: str = "continuous") -> list[list[Completion]]:
+             schedule: str = "static") -> list[list[Completion]]:
     """Generates `sampling.n` completions for each prompt.
 
     Args:
