@@ -7,6 +7,8 @@ often separates right from wrong; both are kept so the cascade can use either.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from typing import Sequence
 
@@ -17,25 +19,52 @@ from corea_jax import grading
 SOURCES = ("verbal", "answer_mean_prob", "answer_min_prob", "sequence_mean_prob")
 
 
+def _decode_pieces(tokenizer, token_ids: Sequence[int]) -> list[str]:
+    """The text each token adds when the completion is decoded left to right, in one pass.
+
+    A token that ends inside a character (byte-level BPE, SentencePiece byte fallback) adds
+    "" and the token that completes the character adds it. HF tokenizers use the tokenizers
+    library's incremental decoder; a duck-typed tokenizer with only `decode` (the toy one)
+    is decoded over a sliding window of the last few tokens, as vLLM's detokenizer does:
+    the text a token adds is the window's text with it minus the window's text without it.
+    """
+    ids = [int(t) for t in token_ids]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        from tokenizers.decoders import DecodeStream
+
+        stream = DecodeStream(skip_special_tokens=True)
+        return [stream.step(backend, t) or "" for t in ids]
+    pieces, prefix, read = [], 0, 0  # window ids[prefix:read] is decoded; ids[read:] pending
+    for k in range(len(ids)):
+        before = tokenizer.decode(ids[prefix:read], skip_special_tokens=True)
+        after = tokenizer.decode(ids[prefix:k + 1], skip_special_tokens=True)
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            pieces.append(after[len(before):])
+            prefix, read = read, k + 1
+        else:
+            pieces.append("")
+    return pieces
+
+
 def answer_token_span(tokenizer, token_ids: Sequence[int], task: str = "math") -> tuple[int, int] | None:
     """[start, end) indices of the tokens that spell the final answer, or None without one.
 
-    The answer is what `grading.extract_answer` reads (the last box off the confidence line,
-    or the task's fallback); its last occurrence in the decoded text is mapped back to tokens.
+    The answer is the one `grading.extract_answer_span` locates in the decoded completion
+    (the last box off the confidence line, or the task's fallback), so for
+    `\\boxed{9}\\nConfidence: 0.9` it is the tokens of `9`, never the confidence's. Its
+    character span maps to the tokens that overlap it; tokens that hold only part of the
+    answer's first character (a split multi-byte character) count too.
     """
-    text = tokenizer.decode(list(token_ids), skip_special_tokens=True)
-    answer = grading.extract_answer(text, task)
-    if not answer:
+    pieces = _decode_pieces(tokenizer, token_ids)
+    span = grading.extract_answer_span("".join(pieces), task)
+    if span is None or span[0] == span[1]:
         return None
-    begin = text.rfind(answer)
-    if begin < 0:
-        return None
-    end_char = begin + len(answer)
-    # Character offset where each token's text ends, from incremental decoding.
-    ends = [len(tokenizer.decode(list(token_ids[:k + 1]), skip_special_tokens=True))
-            for k in range(len(token_ids))]
-    start = next(k for k, e in enumerate(ends) if e > begin)
-    stop = next((k for k, e in enumerate(ends) if e >= end_char), len(ends) - 1)
+    ends = list(itertools.accumulate(len(piece) for piece in pieces))
+    start = bisect.bisect_right(ends, span[0])  # the first token whose text passes span[0]
+    while start > 0 and not pieces[start - 1]:
+        start -= 1
+    stop = bisect.bisect_left(ends, span[1])  # the first token whose text reaches span[1]
     return start, stop + 1
 
 

@@ -52,12 +52,30 @@ class CalibrationBins(NamedTuple):
     accuracy: np.ndarray
 
 
-def calibration_bins(conf, correct, n_bins: int = 10) -> CalibrationBins:
-    """Equal-width bins [0, 1/n), [1/n, 2/n), ..., [(n-1)/n, 1]: confidence 1.0 is in the last."""
-    conf, correct = _validate(conf, correct)
+# Float products miss exact bin edges by ~1e-16 relative (0.57 * 100 is 56.99999999999999):
+# a position this close below an integer counts as on it. Verbalized confidences have a few
+# digits, so none lies genuinely within 1e-9 of a bin below an edge.
+_EDGE_TOLERANCE = 1e-9
+
+
+def bin_index(conf, n_bins: int = 10) -> np.ndarray:
+    """The equal-width bin of each confidence: min(floor(c * n_bins), n_bins - 1), int64 [N].
+
+    Exact for decimal confidences: 0.3, 0.6 and 0.7 fall in bins 3, 6 and 7 of ten (a
+    float edge such as `linspace(0, 1, 11)[3] = 0.30000000000000004` would put 0.3 in
+    bin 2), while 0.29999999 stays in bin 2. A value within `_EDGE_TOLERANCE` bin widths
+    below an edge counts as on the edge.
+    """
     _check_bins(n_bins)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    index = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, n_bins - 1)
+    position = np.asarray(conf, dtype=np.float64) * n_bins
+    return np.clip(np.floor(position + _EDGE_TOLERANCE), 0, n_bins - 1).astype(np.int64)
+
+
+def calibration_bins(conf, correct, n_bins: int = 10) -> CalibrationBins:
+    """Equal-width bins [0, 1/n), [1/n, 2/n), ..., [(n-1)/n, 1] by `bin_index`: 1.0 is in the last."""
+    conf, correct = _validate(conf, correct)
+    index = bin_index(conf, n_bins)
+    edges = np.arange(n_bins + 1) / n_bins
     count = np.bincount(index, minlength=n_bins).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_confidence = np.bincount(index, weights=conf, minlength=n_bins) / count
@@ -73,7 +91,9 @@ def _weighted_gap(count: np.ndarray, mean_confidence: np.ndarray, accuracy: np.n
 
 
 def ece(conf, correct, n_bins: int = 10) -> float:
-    """Expected calibration error over equal-width bins, weighted by bin frequency."""
+    """Expected calibration error over the equal-width bins of `calibration_bins`, weighted by
+    bin frequency. Every ECE the package reports (evaluation, the trainer's metrics.jsonl,
+    the reliability diagram's legend) is this function or its bins."""
     bins = calibration_bins(conf, correct, n_bins)
     return _weighted_gap(bins.count, bins.mean_confidence, bins.accuracy)
 

@@ -7,7 +7,7 @@ Compiles the train step and the rollout generation (training configs) or the gen
 program (configs with a `generation` group) on abstract arrays of the full model shapes
 (no weights allocated) and prints per-device memory, FLOPs per step and whether it fits;
 the last line is one JSON object (bytes_per_device, device_memory_bytes, fits, ...).
---mesh defaults to the config's mesh. See corea_jax/parallel/plan.py.
+--mesh defaults to the config's mesh. See corea_jax/planning.py.
 """
 
 import os
@@ -52,7 +52,8 @@ def main(argv):
     quiet_logs()
     import jax
 
-    from corea_jax.parallel import plan, sharding
+    from corea_jax import planning
+    from corea_jax.parallel import sharding
 
     try:
         shape = sharding.parse_mesh(_MESH.value) if _MESH.value else dict(_CONFIG.value.mesh)
@@ -60,10 +61,10 @@ def main(argv):
             raise ValueError(f"devices: expected {_DEVICES.value} fake CPU devices, found "
                              f"{len(jax.devices())} (XLA_FLAGS was set before launch.plan could)")
         mesh = sharding.make_mesh(shape, jax.devices())
-        report = plan.plan(_CONFIG.value, mesh, int(_MEMORY.value * plan.GiB))
+        report = planning.plan(_CONFIG.value, mesh, int(_MEMORY.value * planning.GiB))
     except ValueError as err:  # a bad mesh or config: say which, no traceback
         raise app.UsageError(str(err)) from err
-    print("\n".join(plan.report_lines(report)))
+    print("\n".join(planning.report_lines(report)))
     print(json.dumps(report))
 
 

@@ -3,7 +3,6 @@ contract on tiny random models (seeds, batching, compile budget, log-probs, EOS,
 
 import dataclasses
 
-import jax
 import numpy as np
 import pytest
 
@@ -192,30 +191,100 @@ def test_results_do_not_depend_on_batch_size(tiny, sampling):
             np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_varied_prompt_lengths_compile_a_handful_of_programs(tiny):
+@pytest.mark.parametrize("schedule, new_tokens, most", [
+    # One program per prompt-length bucket (64, 32, 16), at most one more.
+    ("static", 20, 4),
+    # One admit (prefill) program per (length bucket, distinct-prompt count 1 or 2), one decode
+    # chunk and one cache shift.
+    ("continuous", 40, 3 * 2 + 2),
+])
+def test_varied_prompt_lengths_compile_a_handful_of_programs(tiny, schedule, new_tokens, most):
     lengths = np.linspace(3, 60, 20).astype(int).tolist()
     prompts = _prompts(lengths, tiny.config.vocab_size, seed=2)
-    # 20 new tokens: a new-token bucket (32) no other test uses, so this run compiles afresh.
+    # A new-token bucket (32, 64) no other test uses, so this run compiles afresh.
     before = compile_count()
-    out = corea_jax.generate(tiny, prompts, corea_jax.SamplingParams(max_new_tokens=20),
-                             batch_size=2, progress=False)
+    out = corea_jax.generate(tiny, prompts, corea_jax.SamplingParams(max_new_tokens=new_tokens),
+                             batch_size=2, progress=False, schedule=schedule)
     compiled = compile_count() - before
-    assert 1 <= compiled <= 4, f"{compiled} programs for 10 batches"
+    assert 1 <= compiled <= most, f"{compiled} programs for 20 prompts in 2 slots"
     assert [c[0].num_prompt_tokens for c in out] == lengths
     # Another budget in the same bucket, another seed: nothing new to compile.
     before = compile_count()
-    corea_jax.generate(tiny, prompts, corea_jax.SamplingParams(max_new_tokens=30, seed=9),
-                       batch_size=2, progress=False)
+    corea_jax.generate(tiny, prompts, corea_jax.SamplingParams(max_new_tokens=new_tokens + 5, seed=9),
+                       batch_size=2, progress=False, schedule=schedule)
     assert compile_count() == before
 
 
 @pytest.mark.parametrize("sampling", [
+    corea_jax.SamplingParams(max_new_tokens=12, temperature=1.0, n=3, seed=2),
+    corea_jax.SamplingParams(max_new_tokens=12, temperature=0.7, n=2, seed=3),
+    corea_jax.SamplingParams(max_new_tokens=12, n=2),
+], ids=["temperature1", "temperature0.7", "greedy"])
+def test_samples_sharing_a_prefill_match_separately_prefilled_rows(tiny, sampling):
+    """n samples of a prompt are prefilled once and copied to n rows; they give the tokens and
+    log-probs of n separate copies of the prompt (row p * n + s keyed alike), on both schedules."""
+    prompts = _prompts([5, 23, 9], tiny.config.vocab_size, seed=6)
+    copies = [p for p in prompts for _ in range(sampling.n)]
+    want = corea_jax.generate(tiny, copies, dataclasses.replace(sampling, n=1), progress=False,
+                              schedule="static")
+    for schedule in corea_jax.generation.SCHEDULES:
+        got = corea_jax.generate(tiny, prompts, sampling, progress=False, schedule=schedule)
+        assert [c.token_ids for per in got for c in per] == [c[0].token_ids for c in want], schedule
+        for a, b in zip(_logprobs(got), _logprobs(want)):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_continuous_completion_does_not_depend_on_its_batch(tiny):
+    """A prompt alone and among others of other lengths, rows ending at EOS at different steps
+    (slots refilled mid-run, the cache shifted), gives the same completions; so does the static
+    path."""
+    # 15 EOS tokens: at temperature 1 some rows end early, some run the whole budget.
+    model = dataclasses.replace(tiny, config=tiny.config.replace(eos_token_ids=tuple(range(100, 115))))
+    sampling = corea_jax.SamplingParams(max_new_tokens=16, temperature=1.0, n=2, seed=11)
+    mixed = _prompts([6, 3, 28, 11, 40, 13], model.config.vocab_size, seed=7)
+    alone = corea_jax.generate(model, mixed[:1], sampling, progress=False, schedule="continuous")
+    among = corea_jax.generate(model, mixed, sampling, batch_size=2, progress=False, schedule="continuous")
+    static = corea_jax.generate(model, mixed, sampling, batch_size=4, progress=False, schedule="static")
+    assert _tokens(among)[0] == _tokens(alone)[0]
+    np.testing.assert_allclose(among[0][1].logprobs, alone[0][1].logprobs, atol=1e-5)
+    assert _tokens(among) == _tokens(static)
+    assert {c.finish_reason for per in among for c in per} == {"stop", "length"}
+    for a, b in zip(_logprobs(among), _logprobs(static)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_unknown_schedule_names_the_field(tiny):
+    with pytest.raises(ValueError, match=r"^schedule: expected one of"):
+        corea_jax.generation.generate_tokens(tiny, [[4, 5]], corea_jax.SamplingParams(max_new_tokens=2),
+                                             schedule="eager")
+
+
+def _sampling_log_probs(logits: np.ndarray, sampling) -> np.ndarray:
+    """Reference log-probs [..., V] of the distribution `sampling` draws from: softmax(logits / T)
+    (greedy: T = 1), renormalised over the top-k / top-p set when those filter."""
+    scaled = logits / (sampling.temperature or 1.0)
+    log_probs = scaled - np.logaddexp.reduce(scaled, axis=-1, keepdims=True)
+    if sampling.greedy or (sampling.top_k == 0 and sampling.top_p == 1):
+        return log_probs
+    order = np.argsort(-scaled, axis=-1, kind="stable")
+    probs = np.take_along_axis(np.exp(log_probs), order, axis=-1)
+    ranks = np.arange(scaled.shape[-1])
+    keep_sorted = (ranks < (sampling.top_k or scaled.shape[-1])) & (np.cumsum(probs, -1) - probs < sampling.top_p)
+    keep = np.zeros_like(keep_sorted)
+    np.put_along_axis(keep, order, keep_sorted, axis=-1)
+    kept = np.where(keep, scaled, -np.inf)
+    return kept - np.logaddexp.reduce(kept, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("sampling", [
     corea_jax.SamplingParams(max_new_tokens=16, temperature=1.0, n=2, seed=5),
-    # Log-probs are under the unmodified model: temperature and filters do not enter them.
+    # Log-probs are under the sampling distribution: logits / T, as the trainer scores them.
+    corea_jax.SamplingParams(max_new_tokens=16, temperature=0.7, n=2, seed=7),
+    # ... renormalised over the tokens the filters keep.
     corea_jax.SamplingParams(max_new_tokens=16, temperature=0.7, top_k=20, top_p=0.8, n=2, seed=6),
     corea_jax.SamplingParams(max_new_tokens=16),
-], ids=["temperature1", "filtered", "greedy"])
-def test_logprobs_equal_trainer_log_probs(tiny, sampling):
+], ids=["temperature1", "temperature0.7", "filtered", "greedy"])
+def test_logprobs_are_under_the_sampling_distribution(tiny, sampling):
     prompts = _prompts([4, 17, 30], tiny.config.vocab_size, seed=3)
     out = corea_jax.generate(tiny, prompts, sampling, progress=False)
     rows = [(p, c) for p, per_prompt in zip(prompts, out) for c in per_prompt]
@@ -226,11 +295,11 @@ def test_logprobs_equal_trainer_log_probs(tiny, sampling):
     for r, (p, c) in enumerate(rows):
         seq = p + c.token_ids
         ids[r, :len(seq)], mask[r, :len(seq)] = seq, True
-    log_probs = np.asarray(jax.nn.log_softmax(corea_jax.logits(tiny, ids, mask), axis=-1))
+    logits = np.asarray(corea_jax.logits(tiny, ids, mask), np.float64)
     for r, (p, c) in enumerate(rows):
         steps = len(p) - 1 + np.arange(len(c.token_ids))
-        trainer = log_probs[r, steps, c.token_ids]
-        assert np.abs(np.asarray(c.logprobs) - trainer).max() <= 1e-4
+        reference = _sampling_log_probs(logits[r, steps], sampling)[np.arange(len(steps)), c.token_ids]
+        assert np.abs(np.asarray(c.logprobs) - reference).max() <= 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -272,6 +341,72 @@ def test_ignore_eos_generates_exactly_max_new_tokens(eos_case, sampling):
             assert c.finish_reason == "length"
     if sampling.greedy:  # the EOS token really was generated, and generation went on
         assert model.config.eos_token_ids[0] in out[0][0].token_ids[:-1]
+
+
+# ------------------------------------------------- two turns (a character tokenizer)
+
+
+_CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def chat_tiny(tmp_path_factory):
+    """The tiny random qwen2 with a one-character-a-token tokenizer and a chat template, so
+    every generated token spells text (ids 0-2: <pad>, <|im_start|>, <|im_end|> = EOS)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("chat_tiny")
+    save_random_hf_model("qwen2_untied", out)
+    chars = [chr(c) for c in range(32, 127)] + ["\n"]
+    chars += [chr(0x100 + i) for i in range(211 - 3 - len(chars))]
+    vocab = {t: i for i, t in enumerate(["<pad>", "<|im_start|>", "<|im_end|>", *chars])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="?"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<|im_end|>",
+                                        additional_special_tokens=["<|im_start|>"],
+                                        clean_up_tokenization_spaces=False)
+    tokenizer.chat_template = _CHAT
+    model = dataclasses.replace(corea_jax.load_model(out), tokenizer=tokenizer)
+    assert model.tokenizer.decode(model.tokenizer("a b\nc")["input_ids"]) == "a b\nc"
+    return model
+
+
+def test_followup_after_a_stop_string_continues_the_cut_answer(chat_tiny):
+    """The second turn after a stop string is the model's reply to the answer as returned
+    (cut before the stop): the first turn's tokens past the cut are not in the cache."""
+    from corea_jax import prompts
+    from corea_jax.generation import chat_token_ids, generate_followup
+
+    model, tok = chat_tiny, chat_tiny.tokenizer
+
+    def followup(conversation, answer):  # a short question: one character is one token here
+        return [*conversation, {"role": "assistant", "content": answer}, {"role": "user", "content": "Sure?"}]
+
+    def suffix(tokenizer, conversation, answer):
+        prefix = prompts.render(tokenizer, conversation) + answer
+        return prompts.render(tokenizer, followup(conversation, answer))[len(prefix):]
+
+    conversations = [[{"role": "user", "content": "What is 2 + 3?"}],
+                     [{"role": "user", "content": "Name a prime number larger than ten, please."}]]
+    first, follow = (corea_jax.SamplingParams(max_new_tokens=24, ignore_eos=True),
+                     corea_jax.SamplingParams(max_new_tokens=8))
+    free = corea_jax.generate(model, conversations, first, progress=False)
+    text = free[0][0].text
+    stop = text[10:13]  # cuts row 0 mid-answer (only its first occurrence counts)
+    assert text.find(stop) >= 5 and len(free[0][0].token_ids) == 24, text
+    cut = dataclasses.replace(first, stop=(stop,))
+    out = generate_followup(model, conversations, suffix, cut, follow, progress=False)
+    assert out[0][0][0].text == text[:text.find(stop)] and out[0][0][0].finish_reason == "stop"
+    # The reference: the whole two-turn conversation, with the cut answer, encoded afresh.
+    for conversation, ((answer, reply),) in zip(conversations, out):
+        messages = followup(conversation, answer.text)
+        [[want]] = corea_jax.generate(model, [chat_token_ids(tok, messages)], follow, progress=False)
+        assert reply.token_ids == want.token_ids
+        np.testing.assert_allclose(reply.logprobs, want.logprobs, atol=1e-4)
+        assert reply.num_prompt_tokens == want.num_prompt_tokens
 
 
 # ------------------------------------------------------------------------ bad input

@@ -2,6 +2,7 @@
 
 import math
 import os
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -19,13 +20,17 @@ def _sample(seed: int, n: int = 2000, ties: bool = False):
     return conf, correct
 
 
+def _exact_bin(c: float, n_bins: int) -> int:
+    """min(floor(c * n_bins), n_bins - 1) in exact rationals, c read as its shortest decimal."""
+    return min(math.floor(Fraction(repr(float(c))) * n_bins), n_bins - 1)
+
+
 def _ece_reference(conf, correct, n_bins):
-    """Equal-width bins by explicit comparisons, last bin closed."""
-    edges = np.linspace(0, 1, n_bins + 1)
+    """Equal-width bins by exact rational arithmetic, last bin closed."""
+    index = np.array([_exact_bin(c, n_bins) for c in conf])
     total = 0.0
     for b in range(n_bins):
-        last = b == n_bins - 1
-        in_bin = (conf >= edges[b]) & ((conf <= edges[b + 1]) if last else (conf < edges[b + 1]))
+        in_bin = index == b
         if in_bin.any():
             total += in_bin.mean() * abs(correct[in_bin].mean() - conf[in_bin].mean())
     return total
@@ -83,6 +88,34 @@ def test_ece_by_hand():
     conf = [0.2, 0.25, 1.0, 0.95]
     correct = [1, 0, 1, 1]
     assert metrics.ece(conf, correct) == pytest.approx(0.5 * 0.275 + 0.5 * 0.025, abs=1e-12)
+
+
+def test_decimal_confidences_on_an_edge_fall_in_the_bin_they_open():
+    # 0.3 is bin 3 of ten, not bin 2: 0.3 correct and 0.2 wrong are 0.7 and 0.2 off.
+    conf = [0.3] * 10 + [0.2] * 10
+    correct = [1] * 10 + [0] * 10
+    assert metrics.ece(conf, correct) == pytest.approx(0.5 * 0.7 + 0.5 * 0.2, abs=1e-12)
+    assert metrics.calibration_bins(conf, correct).count.tolist() == [0, 0, 10, 10, 0, 0, 0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("n_bins", [1, 3, 5, 7, 10, 15, 20, 100])
+def test_bin_index_is_exact_on_every_three_digit_decimal(n_bins):
+    decimals = [i / 1000 for i in range(1001)]
+    expected = [_exact_bin(c, n_bins) for c in decimals]
+    assert metrics.bin_index(decimals, n_bins).tolist() == expected
+
+
+def test_just_below_an_edge_stays_below():
+    assert metrics.bin_index([0.29999999, 0.2999, 0.69999, 0.3, 0.6, 0.7, 0.99999999, 1.0]).tolist() == [
+        2, 2, 6, 3, 6, 7, 9, 9]
+
+
+def test_reliability_diagram_uses_the_same_bins(tmp_path, monkeypatch):
+    seen = []
+    original = metrics.calibration_bins
+    monkeypatch.setattr(metrics, "calibration_bins", lambda *a, **k: seen.append(original(*a, **k)) or seen[-1])
+    metrics.reliability_diagram([0.3] * 3 + [0.7], [1, 1, 0, 1], tmp_path / "r.png")
+    assert seen[0].count.tolist() == [0, 0, 0, 3, 0, 0, 0, 1, 0, 0]
 
 
 def test_confidence_one_falls_in_the_last_bin_and_zero_in_the_first():

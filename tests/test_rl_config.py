@@ -90,6 +90,9 @@ def test_dataset_without_the_answer_column(tmp_path, no_model):
     ("optim.schedule", "step", r"config.optim.schedule: expected one of"),
     ("mode", "dpo", r"config.mode: expected one of"),
     ("data.source", "gsm8k.jsonl", r"config.data.source"),
+    # GRPO's log-probs are under softmax(logits / T): a filtered rollout is another distribution.
+    ("rollout.top_p", 0.95, r"config.rollout.top_p: expected 1.0 in a GRPO config .*, found 0.95"),
+    ("rollout.top_k", 50, r"config.rollout.top_k: expected 0 in a GRPO config .*, found 50"),
 ])
 def test_other_bad_values(tmp_path, no_model, field, value, match):
     def edit(c):
@@ -97,3 +100,4 @@ def test_other_bad_values(tmp_path, no_model, field, value, match):
         setattr(c[group] if group else c, key, value)
 
     _bad(tmp_path, no_model, match, edit, error=(ValueError, FileNotFoundError))
+

@@ -90,6 +90,38 @@ def test_on_policy_ratio_is_exactly_one(toy):
     np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
 
 
+def test_sampler_and_trainer_log_probs_agree_at_the_rollout_temperature(toy):
+    """Off-policy against the engine's own log-probs at T = 0.7: the importance ratio is 1
+    (to 1e-5), because both are under softmax(logits / T)."""
+    from corea_jax.generation import SamplingParams
+    from corea_jax.models.model import Model
+    from corea_jax.rl import rollout
+    from corea_jax.rl.config import defaults, loss_config
+
+    config, params = toy
+    run = defaults()
+    run.rollout.temperature = 0.7
+    run.grpo.behaviour_logprobs = "sampler"  # old log-probs = the engine's
+    cfg = loss_config(run)
+    assert cfg.temperature == 0.7 and not cfg.on_policy
+    prompt_ids = np.random.default_rng(0).integers(3, 20, (B, P)).tolist()
+    roll = rollout.sample_groups(Model(config, params), prompt_ids,
+                                 SamplingParams(max_new_tokens=C, temperature=0.7, n=G, seed=1,
+                                                ignore_eos=True), prompt_length=P, batch_size=16)
+    rows = {"completion_tokens": roll.completion_tokens, "completion_mask": roll.completion_mask,
+            "advantages": np.ones((B, G), np.float32), "sampler_logprobs": roll.sampler_logprobs,
+            "old_logprobs": roll.sampler_logprobs, "ref_logprobs": np.zeros_like(roll.sampler_logprobs)}
+    batch = _first(_one_batch(roll.prompt_tokens, roll.prompt_mask, rows))
+    mask = np.asarray(batch["completion_mask"])
+    trainer = np.asarray(jax.jit(completion_logprobs, static_argnums=0, static_argnames="temperature")(
+        config, params, batch, temperature=cfg.temperature))
+    ratio = np.exp(trainer - np.asarray(batch["sampler_logprobs"]))[mask]
+    assert mask.sum() == B * G * C and np.abs(ratio - 1).max() <= 1e-5
+    _, sums = jax.jit(lambda p: grpo.grpo_loss(p, batch, model_config=config, loss_config=cfg))(params)
+    assert abs(float(sums["ratio"]) / float(sums["tokens"]) - 1) <= 1e-5
+    assert float(sums["clipped"]) == 0.0
+
+
 def _torch_reference(logprobs, batch, eps_low, eps_high, beta, aggregation):
     """The GRPO loss written out in torch, with its own aggregation; returns (loss, dloss/dlogprobs)."""
     lp = torch.tensor(np.asarray(logprobs), dtype=torch.float64, requires_grad=True)

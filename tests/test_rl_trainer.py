@@ -82,6 +82,7 @@ def test_minibatches_epochs_and_kl(tmp_path):
         assert row["groups_trained"] == 8
 
 
+@pytest.mark.real_model  # SmolLM2's tokenizer files
 def test_gsm8k_records_through_a_real_tokenizer(tmp_path):
     """Real data end to end: GSM8K questions under SmolLM2's chat template and tokenizer,
     sampled from a small random Llama, graded as GSM8K, one GRPO update."""
@@ -176,3 +177,118 @@ def test_bfloat16_compute_keeps_float32_master_weights():
         big = jnp.abs(wb) >= 2.0**-10
         assert float(jnp.mean(big)) > 0.5
         assert bool(jnp.all(jnp.where(big, wb - jnp.bfloat16(1e-6) * jnp.sign(wb) == wb, True)))
+
+
+# ------------------------------------------------------------------------ resuming
+
+
+def _short_config(steps=2):
+    config = tiny_config()
+    config.total_steps, config.checkpoint.every_steps = steps, 1
+    return config
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """A finished 2-step run (checkpoints at steps 1 and 2) and its metrics rows."""
+    workdir = tmp_path_factory.mktemp("short_run")
+    trainer.train(_short_config(), workdir, log=lambda _: None)
+    return workdir, read_metrics(workdir)
+
+
+def _copy_run(source, target):
+    import shutil
+
+    shutil.copytree(source, target)
+    return target
+
+
+def test_a_restart_with_another_result_changing_config_is_refused(short_run, tmp_path, monkeypatch):
+    from corea_jax.generation import compile_count
+    from corea_jax.rl import policy
+
+    workdir = _copy_run(short_run[0], tmp_path / "run")
+    saved = (workdir / "config.json").read_text()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the trainer built a model before refusing the config")
+
+    monkeypatch.setattr(policy, "build_model", fail)
+    compiled = compile_count()
+    config = _short_config()
+    config.optim.learning_rate = 3e-4
+    config.rollout.temperature = 0.7
+    config.log.tensorboard = True  # logging and checkpoint cadence may change
+    config.checkpoint.every_steps = 5
+    with pytest.raises(ValueError, match=r"holds a run with another config") as err:
+        trainer.train(config, workdir, log=lambda _: None)
+    message = str(err.value)
+    assert "config.optim.learning_rate: 0.001 in the workdir, 0.0003 now" in message
+    assert "config.rollout.temperature: 1.0 in the workdir, 0.7 now" in message
+    assert "log." not in message and "checkpoint." not in message
+    assert compile_count() == compiled and (workdir / "config.json").read_text() == saved
+
+    config = _short_config()  # the run length counts once the schedule depends on it
+    config.optim.schedule, config.total_steps = "linear", 3
+    with pytest.raises(ValueError) as err:
+        trainer.train(config, workdir, log=lambda _: None)
+    assert "config.total_steps: 2 in the workdir, 3 now" in str(err.value)
+
+
+def test_resume_longer_and_past_a_half_written_metrics_line(short_run, tmp_path):
+    """A kill during the write of a metrics row leaves half a line; the resume drops it.
+    A constant learning rate does not depend on the run length, so the run may be extended."""
+    workdir = _copy_run(short_run[0], tmp_path / "run")
+    with open(workdir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "loss": 0.12')  # no newline: the write was cut short
+    config = _short_config(steps=3)
+    config.log.tensorboard = True
+    trainer.train(config, workdir, log=lambda _: None)
+    rows = read_metrics(workdir)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[:2] == short_run[1]
+
+
+def test_the_checkpointed_rng_key_is_the_one_a_resumed_run_samples_with(short_run, tmp_path):
+    import json
+    import shutil
+
+    import jax
+
+    from corea_jax.rl.checkpointing import key_data
+
+    workdir = _copy_run(short_run[0], tmp_path / "run")
+    meta_file = workdir / "checkpoints" / "1" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    assert set(meta) == {"step", "seed", "rng_key"}  # the step is the data position
+    assert meta["rng_key"] == key_data(jax.random.key(0))
+    shutil.rmtree(workdir / "checkpoints" / "2")
+    meta_file.write_text(json.dumps(dict(meta, rng_key=key_data(jax.random.key(123)))))
+    trainer.train(_short_config(), workdir, log=lambda _: None)
+    rows, reference = read_metrics(workdir), short_run[1]
+    assert rows[0] == reference[0]
+    assert rows[1]["reward_mean"] != reference[1]["reward_mean"] or rows[1]["loss"] != reference[1]["loss"]
+
+
+def test_logged_learning_rate_follows_the_optimizers_own_count(tmp_path, monkeypatch):
+    """Steps whose groups all tie make no update, so they do not advance the schedule."""
+    from corea_jax.rl import scoring
+
+    score_texts, calls = scoring.score_texts, []
+
+    def tie_odd_steps(*args, **kwargs):
+        scores = score_texts(*args, **kwargs)
+        calls.append(1)
+        if len(calls) % 2:  # steps 1 and 3: every completion gets the same reward
+            scores = dict(scores, total=np.zeros_like(scores["total"]))
+        return scores
+
+    monkeypatch.setattr(scoring, "score_texts", tie_odd_steps)
+    config = tiny_config()
+    config.total_steps = 4
+    config.optim.schedule, config.optim.final_lr_ratio = "linear", 0.0  # 1e-3 -> 0 over 4 updates
+    trainer.train(config, tmp_path, log=lambda _: None)
+    rows = read_metrics(tmp_path)
+    assert [r["groups_trained"] > 0 for r in rows] == [False, True, False, True]
+    # Updates run at optimizer counts 0 (step 2) and 1 (step 4): rates 1e-3 and 7.5e-4.
+    np.testing.assert_allclose([r["lr"] for r in rows], [1e-3, 1e-3, 1e-3, 7.5e-4], rtol=1e-6)

@@ -48,13 +48,21 @@ def top_k_top_p_mask(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> j
     return logits >= threshold
 
 
+def sampling_logits(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array, *,
+                    filtered: bool) -> jax.Array:
+    """The logits [B, V] of the distribution `sample` draws from: logits / temperature, and with
+    `filtered` the tokens top-k / top-p drop set to the float32 minimum (probability 0)."""
+    scaled = logits / jnp.maximum(temperature, 1e-6)
+    if filtered:
+        scaled = jnp.where(top_k_top_p_mask(scaled, top_k, top_p), scaled, _NEG_INF)
+    return scaled
+
+
 def sample(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_k: jax.Array,
            top_p: jax.Array, *, filtered: bool) -> jax.Array:
     """Samples one token per row [B] from softmax(logits / temperature) (optionally filtered).
 
     keys: [B] typed PRNG keys, one per row, so a row's samples do not depend on its batch.
     """
-    scaled = logits / jnp.maximum(temperature, 1e-6)
-    if filtered:
-        scaled = jnp.where(top_k_top_p_mask(scaled, top_k, top_p), scaled, _NEG_INF)
+    scaled = sampling_logits(logits, temperature, top_k, top_p, filtered=filtered)
     return jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)

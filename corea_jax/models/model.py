@@ -21,7 +21,7 @@ import numpy as np
 
 from corea_jax.models import checkpoint
 from corea_jax.models.config import ModelConfig, SUPPORTED_DTYPES
-from corea_jax.models.decoder import Decoder, KVCache, positions_from_mask
+from corea_jax.models.decoder import Decoder, KVCache, cache_logical_axes, init_cache, positions_from_mask
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
@@ -142,6 +142,16 @@ def param_shardings(config: ModelConfig, mesh) -> dict:
     axes = param_logical_axes(config)
     check_divisible(axes, param_shapes(config), mesh)
     return logical_to_sharding(axes, mesh)
+
+
+def cache_shardings(config: ModelConfig, batch: int, length: int, mesh):
+    """NamedShardings of a `KVCache` ([L, batch, K, length, Dh] or one [batch, K, length, Dh]
+    per layer) on `mesh` by the sharding rules; an axis a mesh axis does not divide (a batch of
+    1 on a data:8 mesh) stays replicated."""
+    from corea_jax.parallel.sharding import fitted_shardings
+
+    return fitted_shardings(cache_logical_axes(config), jax.eval_shape(lambda: init_cache(config, batch, length)),
+                            mesh)
 
 
 def decoding_scan_layers(mesh) -> bool:

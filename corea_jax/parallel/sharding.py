@@ -97,15 +97,10 @@ def logical_to_sharding(axes_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
     return jax.tree.map(one, axes_tree, is_leaf=is_axes)
 
 
-def cache_shardings(config, batch: int, length: int, mesh: Mesh, rules=LOGICAL_RULES):
-    """NamedShardings of a `KVCache` ([L, batch, K, length, Dh] or one [batch, K, length, Dh]
-    per layer) on `mesh` by the logical rules; an axis a mesh axis does not divide (a batch of
-    1 on a data:8 mesh) stays replicated."""
-    from corea_jax.models.decoder import cache_logical_axes, init_cache
-
-    axes = cache_logical_axes(config)
-    shapes = jax.eval_shape(lambda: init_cache(config, batch, length))
-
+def fitted_shardings(axes_tree: Any, shapes_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
+    """NamedShardings of a pytree of arrays (anything with `.shape`) by their logical axes, where
+    a dimension that its mesh axes do not divide (a batch of 1 on a data:8 mesh) stays
+    replicated instead of failing."""
     def fit(names, shape):
         kept = []
         for name, size in zip(names, shape.shape):
@@ -115,7 +110,7 @@ def cache_shardings(config, batch: int, length: int, mesh: Mesh, rules=LOGICAL_R
             kept.append(name if size % ways == 0 else None)
         return tuple(kept)
 
-    fitted = jax.tree.map(fit, axes, shapes, is_leaf=is_axes)
+    fitted = jax.tree.map(fit, axes_tree, shapes_tree, is_leaf=is_axes)
     return logical_to_sharding(fitted, mesh, rules)
 
 

@@ -1,9 +1,10 @@
 """orbax checkpoints of a training run: the train state plus a small JSON of run position.
 
 Saved per step: params, optimizer state and step (one pytree), and JSON metadata with the
-data position (records consumed), the base PRNG key and the seed. orbax writes each step to
-a temporary directory and renames it when complete, so a run killed mid-save leaves the
-previous checkpoint as the latest one.
+seed and the run's base PRNG key, which a resumed run samples with. The step is the data
+position (step s reads the records `data.records.step_indices` picks for s). orbax writes
+each step to a temporary directory and renames it when complete, so a run killed mid-save
+leaves the previous checkpoint as the latest one.
 """
 
 from __future__ import annotations
@@ -63,3 +64,8 @@ class Checkpointer:
 def key_data(key: jax.Array) -> list[int]:
     """A typed PRNG key as a JSON-able list of uint32."""
     return np.asarray(jax.random.key_data(key)).astype(np.uint32).ravel().tolist()
+
+
+def key_from_data(data: list[int]) -> jax.Array:
+    """The typed PRNG key `key_data` wrote."""
+    return jax.random.wrap_key_data(np.asarray(data, np.uint32))

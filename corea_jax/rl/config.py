@@ -8,13 +8,14 @@ value the trainer cannot use, naming the field and what it expects.
 from __future__ import annotations
 
 import difflib
+import json
 
 import ml_collections
 
 from corea_jax import rewards
 from corea_jax.data.records import validate_data_config
 from corea_jax.rl import grpo
-from corea_jax.rl.train_state import SCHEDULES
+from corea_jax.rl.train_state import SCHEDULES, schedule_uses_run_length
 
 MODES = ("grpo", "sft")
 BEHAVIOUR_LOGPROBS = ("trainer", "sampler")
@@ -128,6 +129,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _expect(r.temperature > 0, "rollout.temperature", "a number > 0 (RL samples)", r.temperature)
     _expect(0 < r.top_p <= 1, "rollout.top_p", "a number in (0, 1]", r.top_p)
     _expect(_is_int(r.top_k) and r.top_k >= 0, "rollout.top_k", "an integer >= 0", r.top_k)
+    if config.mode == "grpo":
+        # The trainer scores softmax(logits / T); a filtered rollout was drawn from another
+        # distribution, so its importance ratios would be against the wrong one.
+        _expect(r.top_p == 1, "rollout.top_p", "1.0 in a GRPO config (the loss's log-probs are "
+                "under softmax(logits / temperature), unfiltered)", r.top_p)
+        _expect(r.top_k == 0, "rollout.top_k", "0 in a GRPO config (the loss's log-probs are "
+                "under softmax(logits / temperature), unfiltered)", r.top_k)
 
     _expect(config.reward.preset in rewards.PRESETS, "reward.preset",
             f"one of {sorted(rewards.PRESETS)}", config.reward.preset)
@@ -188,3 +196,54 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _expect(not unknown, "mesh", f"axes from {MESH_AXES}", unknown)
     for axis, size in mesh.items():
         _expect(_is_int(size) and size >= 1, f"mesh.{axis}", "an integer >= 1", size)
+
+
+def loss_config(config: ml_collections.ConfigDict) -> grpo.LossConfig:
+    """The GRPO loss settings of a run config (the trainer's and the memory planner's).
+
+    On-policy (ratio 1 exactly, no old log-probs) when the old log-probs would be the
+    trainer's own at the sampling params: behaviour_logprobs = "trainer" and one update per
+    rollout batch (num_minibatches x num_epochs = 1). Log-probs are taken at the rollout
+    temperature.
+    """
+    g = config.grpo
+    return grpo.LossConfig(eps_low=g.eps_low, eps_high=g.eps_high, kl_beta=g.kl_beta,
+                           on_policy=g.behaviour_logprobs == "trainer" and g.num_minibatches * g.num_epochs == 1,
+                           temperature=float(config.rollout.temperature))
+
+
+# Groups a resumed run may change: they cannot change its results (mesh: the same programs
+# sharded otherwise, equal up to the float reduction order).
+RESUMABLE_CHANGES = ("log", "checkpoint", "mesh")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resume_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+    """The result-changing fields in which `config` differs from a run's saved config.json
+    (`saved`, parsed), each as "config.<field>: <saved> in the workdir, <now> now".
+
+    Every field counts except those under RESUMABLE_CHANGES, and total_steps only when the
+    learning-rate schedule depends on the run length (`schedule_uses_run_length`).
+    """
+    now = _flat(json.loads(config.to_json_best_effort()))
+    before = _flat(saved)
+    absent = "<absent>"
+    out = []
+    for field in sorted(set(now) | set(before)):
+        if field.split(".", 1)[0] in RESUMABLE_CHANGES:
+            continue
+        if field == "total_steps" and not schedule_uses_run_length(config.optim):
+            continue
+        if before.get(field, absent) != now.get(field, absent):
+            out.append(f"config.{field}: {before.get(field, absent)!r} in the workdir, "
+                       f"{now.get(field, absent)!r} now")
+    return out

@@ -36,12 +36,16 @@ class LossConfig:
 
     on_policy: the params are those that sampled the batch, so the behaviour log-probs
       are the current ones: ratio = exp(logp - stop_gradient(logp)) = 1 exactly.
+    temperature: the rollout's sampling temperature; log-probs (policy, old, reference) are
+      taken under softmax(logits / temperature), the distribution the rollout was drawn from.
+    Build it from a run config with `rl.config.loss_config`.
     """
 
     eps_low: float = 0.2
     eps_high: float = 0.2
     kl_beta: float = 0.0
     on_policy: bool = True
+    temperature: float = 1.0
 
 
 def group_advantages(rewards: np.ndarray, scale: str = "std", eps: float = 1e-6) -> np.ndarray:
@@ -122,14 +126,16 @@ def policy_objective(logprobs: jax.Array, batch, cfg: LossConfig):
 
 def grpo_loss(params, batch, *, model_config: ModelConfig, loss_config: LossConfig):
     """The jittable GRPO loss of one micro-batch: (loss, token sums incl. entropy)."""
-    logprobs, entropy = completion_logprobs(model_config, params, batch, with_entropy=True)
+    logprobs, entropy = completion_logprobs(model_config, params, batch, with_entropy=True,
+                                            temperature=loss_config.temperature)
     loss, sums = policy_objective(logprobs, batch, loss_config)
     sums["entropy"] = jnp.sum(entropy)
     return loss, sums
 
 
 def sft_loss(params, batch, *, model_config: ModelConfig, loss_config: LossConfig | None = None):
-    """Supervised loss of one micro-batch: -sum(weights * log p(target token)), completions only."""
+    """Supervised loss of one micro-batch: -sum(weights * log p(target token)), completions only
+    (temperature 1: SFT fits the model's own distribution)."""
     del loss_config
     logprobs, entropy = completion_logprobs(model_config, params, batch, with_entropy=True)
     m = batch["completion_mask"].astype(jnp.float32)

@@ -49,9 +49,12 @@ def completion_hidden(config: ModelConfig, params, batch) -> jax.Array:
     return jnp.concatenate([first, rest_hidden], axis=1)
 
 
-def _chunk_stats(hidden, head, tokens, with_entropy: bool):
-    """(log p(tokens), entropy or None) [n, c] of one chunk, from hidden [n, c, D]."""
+def _chunk_stats(hidden, head, tokens, with_entropy: bool, temperature: float):
+    """(log p(tokens), entropy or None) [n, c] of one chunk, from hidden [n, c, D], under
+    softmax(logits / temperature)."""
     logits = jnp.einsum("ncd,dv->ncv", hidden, head, preferred_element_type=jnp.float32)
+    if temperature != 1.0:
+        logits = logits / temperature
     log_normalizer = jax.nn.logsumexp(logits, axis=-1)
     target = jnp.take_along_axis(logits, tokens[..., None], axis=-1)[..., 0]
     token_logprobs = target - log_normalizer
@@ -62,11 +65,15 @@ def _chunk_stats(hidden, head, tokens, with_entropy: bool):
     return token_logprobs, log_normalizer - jnp.sum(probs * logits, axis=-1)
 
 
-def completion_logprobs(config: ModelConfig, params, batch, with_entropy: bool = False):
+def completion_logprobs(config: ModelConfig, params, batch, with_entropy: bool = False,
+                        temperature: float = 1.0):
     """log p(completion_tokens) [N, C] float32 (0 on padding), and the entropy [N, C] if asked.
 
-    log p = logit[token] - logsumexp(logits), the LM head applied LOGIT_CHUNK_TOKENS at a
-    time; the entropy (logsumexp - E_p[logit]) comes from the same pass over each chunk.
+    p = softmax(logits / temperature), the distribution the generation engine sampled from
+    at that temperature (its `Completion.logprobs`), so behaviour and trainer log-probs of a
+    rollout agree (verl and TRL score at the rollout temperature too). log p =
+    logit[token] - logsumexp(logits), the LM head applied LOGIT_CHUNK_TOKENS at a time; the
+    entropy (logsumexp - E_p[logit]) comes from the same pass over each chunk.
     """
     tokens = batch["completion_tokens"]
     mask = batch["completion_mask"]
@@ -81,7 +88,7 @@ def completion_logprobs(config: ModelConfig, params, batch, with_entropy: bool =
     # [chunks, N, chunk, ...]: lax.map runs one chunk at a time.
     hidden = hidden.reshape(num_rows, num_chunks, chunk, -1).swapaxes(0, 1)
     padded_tokens = padded_tokens.reshape(num_rows, num_chunks, chunk).swapaxes(0, 1)
-    stats = jax.checkpoint(lambda h, t: _chunk_stats(h, head, t, with_entropy))
+    stats = jax.checkpoint(lambda h, t: _chunk_stats(h, head, t, with_entropy, float(temperature)))
     token_logprobs, entropy = jax.lax.map(lambda xs: stats(*xs), (hidden, padded_tokens))
     unchunk = lambda x: x.swapaxes(0, 1).reshape(num_rows, num_chunks * chunk)[:, :length]
     token_logprobs = jnp.where(mask, unchunk(token_logprobs), 0.0)

@@ -1,8 +1,8 @@
 """Per-step metrics as JSONL (`workdir/metrics.jsonl`) and TensorBoard events (tensorboardX).
 
 On resume from step s, rows past s (written after the checkpoint the run resumed from)
-are dropped from the JSONL and TensorBoard's `purge_step` hides their events, so the
-files read as if the run had never stopped.
+are dropped from the JSONL, with a last line a kill cut short, and TensorBoard's
+`purge_step` hides their events, so the files read as if the run had never stopped.
 """
 
 from __future__ import annotations
@@ -41,10 +41,9 @@ class MetricsWriter:
     def _truncate(self, resume_step: int) -> None:
         if not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+        keep = [row for row in _rows(self.path) if row.get("step", 0) <= resume_step]
         tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in keep))
         os.replace(tmp, self.path)
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
@@ -63,7 +62,22 @@ class MetricsWriter:
             self._tb.close()
 
 
+def _rows(path: Path) -> list[dict]:
+    """The JSON rows of a JSONL file. A last line cut short (the run was killed while writing
+    it) is dropped; an unreadable line before it is an error naming it."""
+    lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    rows = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}:{n}: not a JSON object ({err}); only the last line may be "
+                             "cut short") from err
+    return rows
+
+
 def read_metrics(workdir: str | Path) -> list[dict]:
-    """The rows of `workdir/metrics.jsonl`."""
-    path = Path(workdir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The rows of `workdir/metrics.jsonl` (a half-written last line is left out)."""
+    return _rows(Path(workdir) / "metrics.jsonl")

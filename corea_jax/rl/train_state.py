@@ -58,9 +58,22 @@ def make_optimizer(optim, total_updates: int) -> optax.GradientTransformation:
     The same settings give the same object: the optimizer is static in TrainState, so
     equal settings then share compiled update steps.
     """
-    if optim.schedule == "constant" and not optim.warmup_steps:
+    if not schedule_uses_run_length(optim):
         total_updates = 0  # the run length changes nothing
     return _optimizer(tuple(optim[f] for f in _OPTIM_FIELDS), total_updates)
+
+
+def schedule_uses_run_length(optim) -> bool:
+    """Whether the learning rate at an update depends on the run's total updates (warmup is
+    capped by it, decay ends at it); a constant rate without warmup does not."""
+    return not (optim.schedule == "constant" and not optim.warmup_steps)
+
+
+def optimizer_updates(state: TrainState) -> int:
+    """Optimizer updates made so far: the optimizer state's own count (a step whose groups all
+    tied made none), not a function of the step."""
+    counts = optax.tree_utils.tree_get_all_with_path(state.opt_state, "count")
+    return int(jax.device_get(counts[0][1])) if counts else 0
 
 
 @functools.lru_cache(maxsize=32)

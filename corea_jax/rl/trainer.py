@@ -30,13 +30,13 @@ from corea_jax.data.records import load_records, step_indices
 from corea_jax.generation import SamplingParams
 from corea_jax.models.model import Model, save_hf
 from corea_jax.rl import batching, flops, grpo, policy, rollout, scoring
-from corea_jax.rl.checkpointing import Checkpointer, key_data
-from corea_jax.rl.config import validate
+from corea_jax.rl.checkpointing import Checkpointer, key_data, key_from_data
+from corea_jax.rl.config import loss_config as run_loss_config, resume_differences, validate
 from corea_jax.rl.metrics_writer import MetricsWriter
 from corea_jax.parallel.multihost import global_array, place_tree
 from corea_jax.parallel.sharding import mesh_context
 from corea_jax.rl.train_state import (TrainState, init_train_state, learning_rate_schedule, make_optimizer,
-                                     train_state_shardings)
+                                     optimizer_updates, train_state_shardings)
 from corea_jax.rl.update import micro_batch_shardings, score_logprobs, sharded_update_step, update_step
 
 
@@ -102,6 +102,18 @@ def versions() -> dict[str, str]:
             ref = ref_file.read_text().strip() if ref_file.exists() else ref
         out["git_commit"] = ref
     return out
+
+
+def check_resumable(workdir: Path, config) -> None:
+    """Raises ValueError naming every result-changing field (`rl.config.resume_differences`) in
+    which `config` differs from the config.json a run already wrote to `workdir`."""
+    saved = workdir / "config.json"
+    if not saved.exists():
+        return
+    differences = resume_differences(json.loads(saved.read_text()), config)
+    if differences:
+        raise ValueError(f"{workdir} holds a run with another config; resuming it with this one would "
+                         "mix two runs (use a new workdir, or these values):\n  " + "\n  ".join(differences))
 
 
 def write_run_info(workdir: Path, config) -> None:
@@ -207,10 +219,12 @@ def _grpo_updates(state: TrainState, minibatches: list[dict], model: Model, conf
         recompute_old = g.behaviour_logprobs == "trainer" and not ctx.loss_config.on_policy
         for mb in minibatches:
             if recompute_old:
-                mb["old_logprobs"] = score_logprobs(state.params, mb, model_config=model.config)
+                mb["old_logprobs"] = score_logprobs(state.params, mb, model_config=model.config,
+                                                    temperature=ctx.loss_config.temperature)
                 passes += 1
             if g.kl_beta:
-                mb["ref_logprobs"] = score_logprobs(ctx.ref_params, mb, model_config=model.config)
+                mb["ref_logprobs"] = score_logprobs(ctx.ref_params, mb, model_config=model.config,
+                                                    temperature=ctx.loss_config.temperature)
                 passes += 1
         if recompute_old:
             tokens = sum(float(jnp.sum(mb["completion_mask"])) for mb in minibatches)
@@ -304,13 +318,15 @@ def train(config, workdir: str | Path, *, log: Callable[[str], None] = logging.i
     """Runs (or resumes) a training run in `workdir`; returns the final train state.
 
     Everything that can be checked before compiling is: the config (fields and values),
-    the reward preset, and the dataset's columns. On several hosts every process runs this
-    (the same records, the same steps); only process 0 writes config, metrics and logs.
+    that it matches the config of a run already in `workdir` (`check_resumable`), the reward
+    preset, and the dataset's columns. On several hosts every process runs this (the same
+    records, the same steps); only process 0 writes config, metrics and logs.
     """
     validate(config)
+    workdir = Path(workdir)
+    check_resumable(workdir, config)
     reward_config = rewards.get_preset(config.reward.preset)
     records = load_records(config.data)
-    workdir = Path(workdir)
     primary = jax.process_index() == 0
     if primary:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -331,11 +347,13 @@ def train(config, workdir: str | Path, *, log: Callable[[str], None] = logging.i
     checkpointer = Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
                                 async_save=config.checkpoint.async_save)
     restored = checkpointer.restore(state)
+    base_key = jax.random.key(config.seed)
     if restored is not None:
         state, meta = restored
         if meta.get("seed") != config.seed:
             raise ValueError(f"config.seed: the checkpoints in {workdir} were written with seed "
                              f"{meta.get('seed')}, found {config.seed}")
+        base_key = key_from_data(meta["rng_key"])  # the run's own key, whatever derives it
         log(f"resumed from step {int(state.step)} in {checkpointer.directory}")
     if mesh is None:
         # Commit every array to the device: fresh and restored states then share compiled programs.
@@ -346,9 +364,7 @@ def train(config, workdir: str | Path, *, log: Callable[[str], None] = logging.i
         state = place_tree(state, state_shardings)
     start = int(jax.device_get(state.step))
     writer = MetricsWriter(workdir, resume_step=start, tensorboard=config.log.tensorboard) if primary else None
-    base_key = jax.random.key(config.seed)
-    loss_config = grpo.LossConfig(eps_low=g.eps_low, eps_high=g.eps_high, kl_beta=g.kl_beta,
-                                  on_policy=g.behaviour_logprobs == "trainer" and updates_per_step == 1)
+    loss_config = run_loss_config(config)
     ctx = StepContext(base_key=base_key, reward_config=reward_config, ref_params=ref_params,
                       loss_config=loss_config,
                       update=make_update_fn(model.config, loss_config, mesh, state_shardings))
@@ -358,16 +374,15 @@ def train(config, workdir: str | Path, *, log: Callable[[str], None] = logging.i
         for step in range(start, config.total_steps):
             state, metrics = step_fn(state, model, records, step, config, ctx)
             state = state.replace(step=state.step + 1)
-            metrics["lr"] = float(schedule((step + 1) * updates_per_step - 1))
+            # The rate of the latest update: the optimizer's own count (tied steps make none).
+            metrics["lr"] = float(schedule(max(optimizer_updates(state) - 1, 0)))
             if writer is not None:
                 writer.write(step + 1, metrics)
             log(f"step {step + 1}: " + ", ".join(
                 f"{k}={metrics[k]:.4g}" for k in ("loss", "reward_mean", "accuracy", "ece", "time_step")
                 if k in metrics))
             if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == config.total_steps:
-                checkpointer.save(state, {"step": step + 1, "seed": config.seed,
-                                          "data_position": (step + 1) * config.rollout.prompts_per_step,
-                                          "rng_key": key_data(base_key)})
+                checkpointer.save(state, {"step": step + 1, "seed": config.seed, "rng_key": key_data(base_key)})
     finally:
         checkpointer.wait()
         checkpointer.close()

@@ -98,9 +98,11 @@ def sharded_update_step(state_shardings: TrainState, batch_shardings, mesh, *, m
                    out_shardings=(state_shardings, replicated(mesh)), donate_argnums=(0,))
 
 
-@functools.partial(jax.jit, static_argnames=("model_config",))
-def score_logprobs(params, micro_batches, *, model_config: ModelConfig):
-    """Per-token log-probs [M, n, C] of every micro-batch under `params` (no gradient)."""
+@functools.partial(jax.jit, static_argnames=("model_config", "temperature"))
+def score_logprobs(params, micro_batches, *, model_config: ModelConfig, temperature: float = 1.0):
+    """Per-token log-probs [M, n, C] of every micro-batch under `params` at the sampling
+    `temperature` (softmax(logits / temperature); no gradient)."""
     from corea_jax.rl.logprobs import completion_logprobs
 
-    return jax.lax.map(lambda mb: completion_logprobs(model_config, params, mb), micro_batches)
+    return jax.lax.map(lambda mb: completion_logprobs(model_config, params, mb, temperature=temperature),
+                       micro_batches)

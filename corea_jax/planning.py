@@ -5,14 +5,17 @@ carry their shardings (no weight is allocated), the programs a config runs:
 
   training config (config.rollout / config.grpo): the update step (`rl.update.sharded_update_step`,
     one optimizer step over the config's micro-batches, float32 master weights under the
-    compute dtype, remat as configured) and the rollout generation (`generation.engine`'s
-    jitted prefill + decode loop over config.rollout.batch_size rows, while the train state
-    stays resident);
+    compute dtype, remat as configured) and the rollout generation (the engine's
+    `generation.GenerationProgram`, prefill + decode loop over config.rollout.batch_size
+    rows, while the train state stays resident);
   generation config (config.generation): the generation program at its batch and lengths.
+
+It sits above `rl` and `generation` (it composes their programs) and is what
+`python -m launch.plan` runs.
 
 Memory is `compiled.memory_analysis()`: for an SPMD program these are the sizes of ONE
 device's buffers (arguments, outputs, temporaries; aliased = donated outputs that reuse an
-argument's buffer), checked in tests/test_parallel_plan.py against sharded vs unsharded
+argument's buffer), checked in tests/test_planning.py against sharded vs unsharded
 arguments. A program's peak is arguments + outputs + temporaries - aliased. The compile
 runs on CPU devices, whose XLA compiler fuses and schedules differently from GPU/TPU
 compilers, so the temporaries are an estimate (arguments and outputs are exact).
@@ -28,12 +31,18 @@ import math
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from corea_jax.generation import GenerationProgram, SamplingParams
 from corea_jax.models.architectures import ARCHITECTURES, architecture
 from corea_jax.models.config import ModelConfig
+from corea_jax.models.decoder import cache_logical_axes
+from corea_jax.models.model import decoding_scan_layers, param_shapes, param_shardings
 from corea_jax.parallel import sharding as sharding_lib
+from corea_jax.rl import batching, flops
+from corea_jax.rl.config import loss_config
+from corea_jax.rl.train_state import init_train_state, make_optimizer, train_state_shardings
+from corea_jax.rl.update import micro_batch_shardings, sharded_update_step
 
 GiB = 1024**3
 
@@ -108,8 +117,6 @@ def _compile(name: str, lowered_fn, model_flops: float, resident_bytes: int = 0)
 
 def abstract_micro_batches(config) -> dict:
     """ShapeDtypeStructs of one optimizer step's micro-batches, as `rl.batching` builds them."""
-    from corea_jax.rl import batching
-
     r, g = config.rollout, config.grpo
     group = 1 if config.mode == "sft" else r.group_size
     rows = {"completion_tokens": np.zeros((r.prompts_per_step, group, r.max_new_tokens), np.int32),
@@ -127,9 +134,6 @@ def abstract_micro_batches(config) -> dict:
 
 def abstract_train_state(config, cfg: ModelConfig, mesh):
     """The sharded abstract TrainState of a training config (master weights + AdamW moments)."""
-    from corea_jax.models.model import param_shapes, param_shardings
-    from corea_jax.rl.train_state import init_train_state, make_optimizer, train_state_shardings
-
     g = config.grpo
     tx = make_optimizer(config.optim, config.total_steps * g.num_minibatches * g.num_epochs)
     state = jax.eval_shape(lambda p: init_train_state(p, tx), param_shapes(cfg))
@@ -137,18 +141,12 @@ def abstract_train_state(config, cfg: ModelConfig, mesh):
 
 
 def update_plan(config, cfg: ModelConfig, mesh) -> ProgramPlan:
-    from corea_jax.rl import flops, grpo
-    from corea_jax.rl.update import micro_batch_shardings, sharded_update_step
-
     state = abstract_train_state(config, cfg, mesh)
     batch = abstract_micro_batches(config)
     batch_shardings = micro_batch_shardings(batch, mesh)
     batch = _abstract(batch, batch_shardings)
-    g = config.grpo
-    loss_config = grpo.LossConfig(eps_low=g.eps_low, eps_high=g.eps_high, kl_beta=g.kl_beta,
-                                  on_policy=g.num_minibatches * g.num_epochs == 1)
     step = sharded_update_step(jax.tree.map(lambda x: x.sharding, state), batch_shardings, mesh,
-                               model_config=cfg, loss_config=loss_config, objective=config.mode)
+                               model_config=cfg, loss_config=loss_config(config), objective=config.mode)
     m, k, p = batch["prompt_tokens"].shape
     rows, c = batch["completion_tokens"].shape[1:]
     model_flops = flops.update_flops(cfg, m * k * p, m * rows * c, p, c)
@@ -177,39 +175,21 @@ def generation_plan(cfg: ModelConfig, shape: GenerationShape, mesh, resident_byt
                     name: str = "generate") -> ProgramPlan:
     """The engine's prefill + decode-loop program for `shape.batch_size` rows, weights in the
     compute dtype, the KV cache for the bucketed prompt and new-token lengths."""
-    from corea_jax.generation import engine
-    from corea_jax.models.decoder import cache_logical_axes, init_cache
-    from corea_jax.models.model import decoding_scan_layers, param_shapes, param_shardings
-    from corea_jax.rl import flops
-
     # What `policy.sampling_model` and `load_model` generate with: compute-dtype weights in the
     # mesh's decoding layout.
     cfg = cfg.replace(param_dtype=cfg.dtype, remat=False, scan_layers=decoding_scan_layers(mesh))
+    program = GenerationProgram.for_sampling(cfg, SamplingParams(
+        max_new_tokens=shape.max_new_tokens, temperature=shape.temperature, top_k=shape.top_k,
+        top_p=shape.top_p))
+    args = program.abstract_args(shape.batch_size, shape.prompt_length, mesh)
+    sharding_lib.check_divisible(cache_logical_axes(cfg), args[1], mesh)
     b = shape.batch_size
-    prompt_bucket, new_bucket = engine._bucket(shape.prompt_length), engine._bucket(shape.max_new_tokens)
-    params = _abstract(param_shapes(cfg), param_shardings(cfg, mesh))
-    cache = jax.eval_shape(lambda: init_cache(cfg, b, prompt_bucket + new_bucket))
-    cache_shardings = sharding_lib.logical_to_sharding(cache_logical_axes(cfg), mesh)
-    sharding_lib.check_divisible(cache_logical_axes(cfg), cache, mesh)
-    cache = _abstract(cache, cache_shardings)
-    rows = lambda *s, dtype: jax.ShapeDtypeStruct((b, *s), dtype,  # noqa: E731
-                                                  sharding=sharding_lib.batch_sharding((b, *s), mesh))
-    keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), b))
-    keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=sharding_lib.batch_sharding((b,), mesh))
-    scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=sharding_lib.replicated(mesh))  # noqa: E731
-    args = (cfg, params, cache, rows(prompt_bucket, dtype=jnp.int32), rows(prompt_bucket, dtype=jnp.bool_),
-            rows(dtype=jnp.int32), keys,
-            jax.ShapeDtypeStruct((1,), jnp.int32, sharding=sharding_lib.replicated(mesh)),
-            scalar(jnp.int32), scalar(jnp.float32), scalar(jnp.int32), scalar(jnp.float32), scalar(jnp.bool_))
-    greedy = shape.temperature == 0
-    filtered = not greedy and (shape.top_k > 0 or shape.top_p < 1)
     model_flops = flops.rollout_flops(cfg, b * shape.prompt_length, b * shape.max_new_tokens,
                                       shape.prompt_length, shape.max_new_tokens)
 
     def lower():
         with sharding_lib.mesh_context(mesh):
-            return engine._generate_batch.lower(*args, new_bucket=new_bucket, greedy=greedy,
-                                                filtered=filtered)
+            return program.lower(*args)
 
     return _compile(name, lower, model_flops, resident_bytes)
 

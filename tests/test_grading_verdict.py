@@ -1,10 +1,6 @@
-"""Tests for corea_jax.grading: extraction, confidence parsing, grading, safety and time."""
+"""Tests for corea_jax.grading.verdict and .equivalence: responses graded against real gold answers."""
 
-import concurrent.futures
 import json
-import multiprocessing
-import threading
-import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -192,133 +188,6 @@ def test_gsm8k_gold_is_not_confused_with_a_neighbour():
 
 
 # ---------------------------------------------------------------------------
-# Answer extraction
-# ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "response, expected",
-    [
-        ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
-        ("first \\boxed{1} then \\boxed{2}", "2"),
-        ("\\boxed{\\{1, 2\\}}", "\\{1, 2\\}"),
-        ("\\boxed{{a}{b}}", "{a}{b}"),
-        ("\\fbox{7}", "7"),
-        ("so \\boxed 5.", "5"),
-        ("\\boxed {x}", "x"),
-        ("\\boxed{3} and an unclosed \\boxed{4", "3"),
-        ("no box here, the answer is 5", None),
-        ("\\boxed{42}\nConfidence: \\boxed{0.9}", "42"),
-        ("\\boxed{42}. Confidence: 0.9", "42"),
-        ("Confidence: \\(\\boxed{0.6}\\)", None),
-        ("**Confidence:** \\boxed{high}", None),
-        ("\\boxed{42}\n<confidence>\\boxed{0.8}</confidence>", "42"),
-        ("With confidence, the answer is \\boxed{42}", "42"),
-        ("\\boxed{7}\nthe confidence is \\(\\boxed{1}\\)", "7"),
-    ],
-)
-def test_extract_answer_math(response, expected):
-    assert grading.extract_answer(response, "math") == expected
-
-
-@pytest.mark.parametrize(
-    "response, expected",
-    [
-        ("blah\n#### 1,234", "1,234"),
-        ("#### 5\nThe answer is 6", "5"),
-        ("The answer is 12.", "12"),
-        ("Answer: $1,000", "$1,000"),
-        ("3 + 4 = 7 apples", "7"),
-        ("It is 7.\nConfidence: 0.9", "7"),
-        ("It is 7.\nConfidence: \\(\\boxed{0.6}\\)", "7"),
-        ("nothing numeric", None),
-    ],
-)
-def test_extract_answer_gsm8k_fallbacks(response, expected):
-    assert grading.extract_answer(response, "gsm8k") == expected
-
-
-def test_extract_answer_choice_fallbacks():
-    assert grading.extract_answer("The answer is (C).", "choice") == "C"
-    assert grading.extract_answer("Option B is right. Answer: D", "choice") == "D"
-    assert grading.extract_answer("the answer is a trick", "choice") is None
-
-
-# ---------------------------------------------------------------------------
-# Verbalized confidence
-# ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "response, expected",
-    [
-        ("0.85", 0.85),
-        (".85", 0.85),
-        ("85%", 0.85),
-        ("\\boxed{0.85}", 0.85),
-        ("Confidence: 0.85", 0.85),
-        ("confidence:0.85", 0.85),
-        ("CONFIDENCE = 0.85.", 0.85),
-        ("**Confidence:** 0.85", 0.85),
-        ("Confidence level: 85%", 0.85),
-        ("Confidence: 85\\%", 0.85),
-        ("Confidence: 17/20", 0.85),
-        ("Confidence: \\frac{17}{20}", 0.85),
-        ("Confidence: $0.85$", 0.85),
-        ("<confidence>0.85</confidence>", 0.85),
-        ("<confidence>\n0.85\n</confidence>", 0.85),
-        ("Confidence: \\(\\boxed{0.6}\\)", 0.6),
-        ("the confidence is \\(\\boxed{1}\\)", 1.0),
-        ("My confidence is about 0.7", 0.7),
-        ("I am 90% confident.", 0.9),
-        ("Confidence (0-1): 0.3", 0.3),
-        ("Confidence between 0 and 1: 0.3", 0.3),
-        ("Confidence: 0", 0.0),
-        ("Confidence: 1.0", 1.0),
-        ("Confidence: 0.2\nmore text\nConfidence: 0.7", 0.7),
-        ("\\boxed{12}\nConfidence: 0.4", 0.4),
-        # rejected
-        ("Confidence: high", None),
-        ("Confidence: very high", None),
-        ("Confidence: 85", None),
-        ("Confidence: 1.5", None),
-        ("Confidence: 150%", None),
-        ("Confidence: -0.5", None),
-        ("Confidence: nan", None),
-        ("Confidence: NaN", None),
-        ("Confidence: inf", None),
-        ("Confidence: 0,85", None),
-        ("Confidence: 0.7\nConfidence: 2", None),  # the last one counts, even if invalid
-        ("Confidence: <number between 0 and 1>", None),
-        ("The answer is 0.5", None),  # a bare number inside prose is not a confidence
-        ("\\boxed{12}", None),
-        ("", None),
-    ],
-)
-def test_parse_confidence(response, expected):
-    value = grading.parse_confidence(response)
-    if expected is None:
-        assert value is None
-    else:
-        assert value == pytest.approx(expected, abs=1e-12)
-
-
-@pytest.mark.parametrize(
-    "response, require_confidence, expected",
-    [
-        ("\\boxed{3}\nConfidence: 0.6", True, True),
-        ("\\boxed{3}", True, False),
-        ("\\boxed{3}", False, True),
-        ("3\nConfidence: \\(\\boxed{0.6}\\)", True, False),  # the only box is the confidence
-        ("#### 3\nConfidence: 0.6", True, False),  # grading fallbacks are not the format
-        ("\\boxed{3}\nConfidence: high", True, False),
-    ],
-)
-def test_format_ok(response, require_confidence, expected):
-    assert grading.format_ok(response, require_confidence=require_confidence) is expected
-
-
-# ---------------------------------------------------------------------------
 # Errors
 # ---------------------------------------------------------------------------
 
@@ -346,85 +215,7 @@ def test_grade_batch_matches_grade_and_checks_lengths():
 
 
 # ---------------------------------------------------------------------------
-# Threads, processes, time bounds, no execution
-# ---------------------------------------------------------------------------
-
-_NEEDS_SYMPY = ("\\boxed{-6+3x+x^3}", "x^3+3x-6")
-
-
-def test_grading_from_a_non_main_thread():
-    results = []
-
-    def run():
-        results.append(grading.grade(*_NEEDS_SYMPY, "math"))
-        results.append(grading.grade("\\boxed{x^3}", _NEEDS_SYMPY[1], "math"))
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(timeout=60)
-    assert results == [True, False]
-
-
-def test_grading_from_concurrent_threads():
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda i: grading.grade(f"\\boxed{{{i}+x}}", f"x+{i}", "math"), range(8)))
-    assert results == [True] * 8
-
-
-@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
-@pytest.mark.parametrize("method", ["spawn", "fork"])
-def test_grading_from_worker_processes(method):
-    # fork: a daemonic multiprocessing.Pool worker (may not start multiprocessing children).
-    # spawn: a fresh interpreter that imports corea_jax.grading itself.
-    grading.grade(*_NEEDS_SYMPY, "math")  # a warm parent pool must not leak into a fork
-    with multiprocessing.get_context(method).Pool(1) as pool:
-        results = pool.starmap(grading.grade, [(*_NEEDS_SYMPY, "math"), ("\\boxed{x}", "y", "math")])
-    assert results == [True, False]
-
-
-def test_a_timed_out_worker_is_replaced():
-    # A deadline shorter than any parse forces the kill-and-replace path.
-    start = time.monotonic()
-    assert grading.grade("\\boxed{\\sin^2 y + \\cos^2 y}", "1", "math", timeout_s=0.001) is False
-    assert time.monotonic() - start < 2.0
-    assert grading.grade("\\boxed{\\sin^2 y + \\cos^2 y}", "1", "math") is True
-
-
-@pytest.mark.parametrize(
-    "pred",
-    [
-        "(10^{10})!",  # sympy expands it exactly; the worker's timer stops it
-        "9^{99999999}",
-        "10^{10^{10}}",
-        "2^{2^{2^{2^{2^{2}}}}}",
-        "\\sqrt{" * 60 + "2" + "}" * 60,
-        "{" * 10_000 + "1" + "}" * 10_000,
-        "1" * 100_000,
-        "9" * 50 + "." + "9" * 50,
-    ],
-)
-def test_adversarial_answers_are_false_and_bounded(pred):
-    start = time.monotonic()
-    assert grading.grade(f"\\boxed{{{pred}}}", "3", "math", timeout_s=1.5) is False
-    assert time.monotonic() - start < 5.0
-
-
-def test_model_text_is_never_executed(tmp_path):
-    marker = tmp_path / "pwned"
-    payloads = [
-        f"__import__('os').system('touch {marker}')",
-        f"open('{marker}', 'w').write('x')",
-        f"exec(\"open('{marker}','w')\")",
-    ]
-    for payload in payloads:
-        for task in ("math", "gsm8k"):
-            grading.grade(f"\\boxed{{{payload}}}", "3", task)
-            grading.grade(f"{payload}\nThe answer is {payload}", "3", task)
-    assert not marker.exists()
-
-
-# ---------------------------------------------------------------------------
-# Property: no exception, each call under 5 s
+# Property: no exception on any text
 # ---------------------------------------------------------------------------
 
 _PIECES = [
@@ -439,13 +230,6 @@ _RESPONSES = st.one_of(st.text(max_size=300), _ADVERSARIAL)
 _GOLDS = {"math": "\\frac{14}{3}", "gsm8k": "#### 18", "choice": "B"}
 
 
-def _timed(fn, *args):
-    start = time.monotonic()
-    value = fn(*args)
-    assert time.monotonic() - start < 5.0, (fn.__name__, args)
-    return value
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_RESPONSES)
 @example("x" * 100_000)
@@ -455,22 +239,11 @@ def _timed(fn, *args):
 @example("9" * 100_000 + "% confident")
 @example("\\boxed{" + "9" * 100_000 + "}")
 @example("def f():\n    return __import__('os').system('echo hi')\n\\boxed{f()}\nConfidence: 0.5")
-def test_property_grade_and_parse_never_raise_and_are_fast(response):
+def test_property_grade_and_parse_never_raise(response):
     for task, gold in _GOLDS.items():
-        assert isinstance(_timed(grading.grade, response, gold, task), bool)
-        answer = _timed(grading.extract_answer, response, task)
+        assert isinstance(grading.grade(response, gold, task), bool)
+        answer = grading.extract_answer(response, task)
         assert answer is None or isinstance(answer, str)
-    confidence = _timed(grading.parse_confidence, response)
+    confidence = grading.parse_confidence(response)
     assert confidence is None or 0.0 <= confidence <= 1.0
-    assert isinstance(_timed(grading.format_ok, response), bool)
-
-
-def test_a_worker_that_cannot_start_is_reported(monkeypatch):
-    grading.shutdown()
-    failing_boot = "import json; print(json.dumps({'ready': False, 'error': 'no math_verify here'}))"
-    monkeypatch.setattr(grading, "_WORKER_BOOT", failing_boot)
-    with pytest.raises(RuntimeError, match="no math_verify here"):
-        grading.grade(*_NEEDS_SYMPY, "math")
-    monkeypatch.undo()
-    grading.shutdown()
-    assert grading.grade(*_NEEDS_SYMPY, "math") is True
+    assert isinstance(grading.format_ok(response), bool)

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import pytest
 
 from corea_jax.models.model import param_shapes, param_shardings
-from corea_jax.parallel import plan, sharding
+from corea_jax import planning as plan
+from corea_jax.parallel import sharding
 from tests.helpers import REPO
 from tests.test_parallel_sharding import CFG
 
@@ -100,3 +101,28 @@ def _generation_config():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
+
+
+def test_the_update_plan_compiles_the_trainers_loss(monkeypatch):
+    """The planner and the trainer build the GRPO loss settings with one function
+    (`rl.config.loss_config`): off-policy when the old log-probs are the sampler's."""
+    from corea_jax.rl.config import defaults, loss_config
+
+    class Captured(Exception):
+        pass
+
+    def capture(*args, **kwargs):
+        raise Captured(kwargs["loss_config"])
+
+    monkeypatch.setattr(plan, "sharded_update_step", capture)
+    config = defaults()
+    config.model.name = "Qwen/Qwen2.5-0.5B-Instruct"
+    config.rollout.temperature = 0.7
+    config.grpo.behaviour_logprobs = "sampler"
+    config.grpo.micro_batch_size = 8
+    mesh = sharding.make_mesh({"fsdp": 8})
+    with pytest.raises(Captured) as err:
+        plan.update_plan(config, plan.model_config(config), mesh)
+    [planned] = err.value.args
+    assert planned == loss_config(config)
+    assert not planned.on_policy and planned.temperature == 0.7
