@@ -56,6 +56,7 @@ class Split:
     llm_cost: np.ndarray
     confidence: dict[str, np.ndarray]
     hidden: np.ndarray | None
+    llm_on_all: bool = True  # False: the LLM answered only deferred items (llm_on == "deferred")
 
     @property
     def n(self) -> int:
@@ -63,11 +64,18 @@ class Split:
 
     @property
     def has_llm(self) -> bool:
-        return bool(self.n) and not np.isnan(self.llm_correct).any()
+        """Whether LLM-alone, Oracle and Random can be scored (the LLM answered every item)."""
+        return self.llm_on_all and bool(self.n) and not np.isnan(self.llm_correct).any()
+
+
+def latest_records(records: Sequence[dict]) -> list[dict]:
+    """The last record of every (id, model), failed ones included (a later line supersedes)."""
+    return list({(r["id"], r["model"]): r for r in records}.values())
 
 
 def _latest(records: Sequence[dict], model: str, split: str) -> dict[str, dict]:
-    return {r["id"]: r for r in records
+    """id -> the latest record of `model` on `split`, unless that one failed."""
+    return {r["id"]: r for r in latest_records(records)
             if r["model"] == model and r["split"] == split and not r.get("failed")}
 
 
@@ -93,7 +101,7 @@ def build_split(records: Sequence[dict], split: str, cost_model: CostModel,
     return Split(ids=list(ids), slm_correct=column(lambda r: float(r["correct"]), slm),
                  llm_correct=column(lambda r: float(r["correct"]), llm),
                  slm_cost=column(cost_model, slm), llm_cost=column(cost_model, llm),
-                 confidence=confidence, hidden=hidden)
+                 confidence=confidence, hidden=hidden, llm_on_all=require_llm)
 
 
 def add_probe(calibration: Split, test: Split, l2: float, seed: int = 0) -> bool:
@@ -252,6 +260,7 @@ def compute_report(config, records: Sequence[dict], cost_model: CostModel,
                    test_ids: Sequence[str] | None = None) -> tuple[dict, dict]:
     """(report.json content without runtime_s, the plot data); a pure function of the records."""
     all_llm = config.llm_on == "all"
+    records = latest_records(records)
     calibration = build_split(records, "calibration", cost_model, calibration_ids)
     test = build_split(records, "test", cost_model, test_ids, require_llm=all_llm)
     if calibration.n == 0:

@@ -116,14 +116,15 @@ def risk_controlled_threshold(confidence: Sequence[float | None], slm_correct: S
                          f"{conf.size}, {slm_correct.size}, {llm_correct.size}")
     if conf.size == 0:
         raise ValueError("confidence: expected at least one calibration item, found none")
-    harmful = llm_correct & ~slm_correct
+    harmful = llm_correct & ~slm_correct & ~np.isnan(conf)
     grid = DEFAULT_GRID if grid is None else np.sort(np.asarray(grid, np.float64))[::-1]
-    certified = math.inf
-    for tau in grid:
-        losses = int(np.sum(keeps(conf, tau) & harmful))
-        if binomial_p_value(losses, conf.size, epsilon) > delta:
-            break
-        certified = float(tau)
+    # losses(tau) = harmful items with c >= tau, for the whole grid at once.
+    harmful_conf = np.sort(conf[harmful])
+    losses = harmful_conf.size - np.searchsorted(harmful_conf, grid, side="left")
+    p_values = stats.binom.cdf(losses, conf.size, epsilon)
+    failed = np.flatnonzero(p_values > delta)
+    certified_count = failed[0] if failed.size else grid.size  # fixed sequence: stop at the first
+    certified = math.inf if certified_count == 0 else float(grid[certified_count - 1])
     return certified
 
 
