@@ -16,7 +16,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
-def tiny_tokenizer(vocab_size: int = 400):
+def tiny_tokenizer(vocab_size: int = 1200):
     """A trained byte-level BPE tokenizer with a chat template and an <|end|> EOS token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

@@ -22,6 +22,7 @@ def model_config(name: str, prompt: str, probe_hidden: bool = False) -> ml_colle
     spec.mode = "one_turn"  # or "two_turn" (answer, then a confidence-only follow-up)
     spec.prompt = prompt  # corea_jax.prompts.PROMPTS preset
     spec.system_prompt = ""  # "" keeps the chat template's default system message
+    spec.worked_example = ml_collections.FieldReference(None, field_type=bool)  # None: the preset's
     spec.max_new_tokens = 192
     spec.followup_tokens = 24
     spec.batch_size = 32
@@ -70,11 +71,12 @@ def get_config() -> ml_collections.ConfigDict:
     # The Coder model answers GSM8K with a Python program (no box, no result) unless told not to.
     config.llm.system_prompt = ("You are a helpful assistant. Solve math problems in words and "
                                 "arithmetic, without writing code.")
+    config.llm.max_new_tokens = 160
     config.data = ml_collections.ConfigDict()
     config.data.test = data_config("gsm8k", "test", 200)
-    config.data.calibration = data_config("gsm8k", "train", 64)
+    config.data.calibration = data_config("gsm8k", "train", 32)
     config.llm_on = "all"  # or "deferred": the LLM answers only deferred test items
-    config.chunk_size = 64  # test items per SLM/LLM alternation
+    config.chunk_size = 32  # test items per SLM/LLM alternation
     config.cost_model = "flops"  # "flops", "price" or "time"
     config.threshold = ml_collections.ConfigDict()
     config.threshold.rule = "paper"  # COREA's tau: "paper", "fixed", "usage" or "risk"

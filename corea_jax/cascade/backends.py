@@ -68,15 +68,18 @@ def failed_answer(error: str, seconds: float = 0.0) -> Answer:
 
 
 def messages_for(item: Item, prompt: str, ask_confidence: bool | None = None,
-                 system_prompt: str | None = None) -> list[dict]:
+                 system_prompt: str | None = None, worked_example: bool | None = None) -> list[dict]:
     """Chat messages for `item` under preset `prompt`; options listed for a multiple-choice item.
 
     ask_confidence overrides the preset's (two-turn elicitation asks for it in the follow-up);
-    system_prompt, when given, replaces the preset's system message.
+    system_prompt, when given, replaces the preset's system message; worked_example, when not
+    None, overrides the preset's (a shorter prompt for a model that needs no example).
     """
     cfg = prompts.get_prompt_config(prompt)
     if ask_confidence is not None:
         cfg = dataclasses.replace(cfg, ask_confidence=ask_confidence)
+    if worked_example is not None:
+        cfg = dataclasses.replace(cfg, worked_example=worked_example)
     if system_prompt:
         cfg = dataclasses.replace(cfg, system_prompt=system_prompt)
     if item.choices is not None:
@@ -117,7 +120,7 @@ class LocalBackend:
     def __init__(self, model, *, name: str = "local", mode: str = "one_turn", prompt: str = "corea",
                  max_new_tokens: int = 256, followup_tokens: int = 24, batch_size: int = 32,
                  temperature: float = 0.0, seed: int = 0, system_prompt: str | None = None,
-                 probe_hidden: bool = False, probe_window: int = 0, progress: bool = False):
+                 worked_example: bool | None = None, probe_hidden: bool = False, probe_window: int = 0, progress: bool = False):
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, found {mode!r}")
         prompts.get_prompt_config(prompt)
@@ -125,6 +128,7 @@ class LocalBackend:
             raise ValueError(f"{name}: the model has no tokenizer; the cascade asks in chat messages")
         self.model, self.name, self.mode, self.prompt = model, name, mode, prompt
         self.system_prompt = system_prompt or None
+        self.worked_example = worked_example
         self.batch_size, self.probe_hidden, self.progress = batch_size, probe_hidden, progress
         if probe_window < 0:
             raise ValueError(f"probe_window: expected an integer >= 0 (0 = whole sequence), found {probe_window}")
@@ -139,14 +143,15 @@ class LocalBackend:
         start = time.perf_counter()
         tok = self.model.tokenizer
         if self.mode == "one_turn":
-            conversations = [messages_for(item, self.prompt, system_prompt=self.system_prompt)
-                             for item in items]
+            conversations = [messages_for(item, self.prompt, system_prompt=self.system_prompt,
+                                          worked_example=self.worked_example) for item in items]
             outputs = generate(self.model, conversations, self.sampling, batch_size=self.batch_size,
                                progress=self.progress)
             pairs = [(out[0], None) for out in outputs]
         else:
             conversations = [messages_for(item, self.prompt, ask_confidence=False,
-                                          system_prompt=self.system_prompt) for item in items]
+                                          system_prompt=self.system_prompt,
+                                          worked_example=self.worked_example) for item in items]
             outputs = generate_followup(self.model, conversations, prompts.followup_suffix,
                                         self.sampling, self.followup_sampling,
                                         batch_size=self.batch_size, progress=self.progress)

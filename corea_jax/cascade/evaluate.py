@@ -73,7 +73,8 @@ def make_backend(spec, role: str, progress: bool = True):
                   followup_tokens=_field(spec, "followup_tokens", 24),
                   batch_size=_field(spec, "batch_size", 32),
                   temperature=_field(spec, "temperature", 0.0),
-                  system_prompt=_field(spec, "system_prompt", "") or None)
+                  system_prompt=_field(spec, "system_prompt", "") or None,
+                  worked_example=_field(spec, "worked_example", None))
     if kind == "local":
         return backends_lib.LocalBackend(load_model(spec), **common,
                                          probe_hidden=bool(_field(spec, "probe_hidden", False)),

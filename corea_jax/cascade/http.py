@@ -66,6 +66,7 @@ class HTTPBackend:
 
     def __init__(self, *, base_url: str, model: str, api_key_env: str = "", name: str = "http",
                  mode: str = "one_turn", prompt: str = "corea", system_prompt: str | None = None,
+                 worked_example: bool | None = None,
                  max_new_tokens: int = 256, followup_tokens: int = 24, batch_size: int = 32,
                  temperature: float = 0.0, max_concurrency: int = 8, requests_per_second: float = 0.0,
                  timeout_s: float = 120.0, max_retries: int = 4, backoff_s: float = 1.0,
@@ -95,6 +96,7 @@ class HTTPBackend:
         self._openai = openai
         self.base_url, self.model, self.field = base_url, model, field
         self.name, self.mode, self.prompt, self.system_prompt = name, mode, prompt, system_prompt
+        self.worked_example = worked_example
         self.max_new_tokens, self.followup_tokens, self.temperature = max_new_tokens, followup_tokens, temperature
         self.batch_size, self.max_concurrency = batch_size, max_concurrency
         self.max_retries, self.backoff_s, self.logprobs = max_retries, backoff_s, logprobs
@@ -163,7 +165,7 @@ class HTTPBackend:
     def _answer_one(self, item: Item) -> Answer:
         start = time.perf_counter()
         ask_confidence = None if self.mode == "one_turn" else False
-        messages = messages_for(item, self.prompt, ask_confidence, self.system_prompt)
+        messages = messages_for(item, self.prompt, ask_confidence, self.system_prompt, self.worked_example)
         try:
             text, n_in, n_out, pieces, logprobs = self._with_retries(messages, self.max_new_tokens)
             stated = None
