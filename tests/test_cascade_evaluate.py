@@ -124,3 +124,19 @@ def test_rescore_only_needs_no_model_and_changes_only_what_it_should(models, tmp
 def test_bad_config_names_the_field(models, tmp_path, field, value, match):
     with pytest.raises(ValueError, match=match):
         evaluate.run(_config(models, **{field: value}), tmp_path, progress=False)
+
+
+@pytest.mark.real_model
+def test_local_backend_on_a_fetched_model_answers_gsm8k():
+    import corea_jax
+    from corea_jax.cascade import backends, datasets
+    from corea_jax.models import fetch
+
+    name = "smollm2-135m-instruct"
+    model = corea_jax.load_model(fetch.fetch_model(name, fetch.default_model_dir(name)))
+    items = datasets.load_items("gsm8k", split="test", limit=2)
+    answers = backends.LocalBackend(model, max_new_tokens=48, batch_size=2, probe_hidden=True).answer(items)
+    for answer in answers:
+        assert answer.response and answer.generated_tokens <= 48 and answer.prompt_tokens > 50
+        assert len(answer.hidden) == model.config.hidden_size
+        assert answer.confidence["sequence_mean_prob"] is not None
