@@ -338,9 +338,8 @@ def render_markdown(report: dict, title: str = "Cascade report") -> str:
             lines.append(f"| {name} | - | not available | | | | | | | |")
             continue
         ci = report["intervals"].get(name)
-        tau = report["taus_calibration"].get(name)
-        tau_text = num(m["tau"]) if m["tau"] is not None else ("inf (defer all)" if name in report["taus_calibration"]
-                                                               and tau is None and m["llm_usage"] == 1 else "-")
+        # A cascade without a tau deferred everything (tau = +inf: nothing was certified).
+        tau_text = num(m["tau"]) if m["tau"] is not None else ("inf (defers all)" if name in CASCADES else "-")
         drop, saving = report["accuracy_drop"].get(name), report["cost_saving"].get(name)
         lines.append(
             f"| {name} | {tau_text} | {pct(m['pass_at_1'])}{_interval(ci, 'pass_at_1', pct)} "
