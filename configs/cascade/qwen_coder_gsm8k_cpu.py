@@ -78,6 +78,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.calibration = data_config("gsm8k", "train", 32)
     config.llm_on = "all"  # or "deferred": the LLM answers only deferred test items
     config.chunk_size = 32  # test items per SLM/LLM alternation
+    # Hold one model at a time: with both loaded (12.5 GB) the run was the OOM killer's first
+    # pick on the shared 24 GB box; reloading per chunk costs a load (~1 min), no recompilation.
+    config.one_model_at_a_time = True
     config.cost_model = "flops"  # "flops", "price" or "time"
     config.threshold = ml_collections.ConfigDict()
     config.threshold.rule = "paper"  # COREA's tau: "paper", "fixed", "usage" or "risk"

@@ -11,8 +11,7 @@ its accuracy there) but only the test items some system defers.
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import gc
 import os
 import time
 from pathlib import Path
@@ -99,6 +98,12 @@ class _LazyBackend:
             self._backend = make_backend(self.spec, self.role, self.progress)
         return self._backend
 
+    def release(self) -> None:
+        """Drops the model (its memory returns once nothing else holds it)."""
+        if self._backend is not None:
+            self._backend = None
+            gc.collect()
+
 
 def cost_model_from_config(config, slm_params: int | None = None, llm_params: int | None = None) -> CostModel:
     """The CostModel config.cost_model names, with parameter counts and prices per model."""
@@ -134,10 +139,13 @@ def generate_records(config, workdir: Path, store: records_lib.RecordStore, cali
                      progress: bool = True) -> None:
     """Answers every item the records lack (see the module docstring for the order)."""
     lazy = {role: _LazyBackend(config[role], role, progress) for role in records_lib.MODELS}
+    one_at_a_time = bool(_field(config, "one_model_at_a_time", False))
 
     def collect(role, items, split):
         if all(store.done(item.id, role) for item in items):
             return
+        if one_at_a_time:  # a small box: never hold both models (reloading costs a load, not a compile)
+            lazy["llm" if role == "slm" else "slm"].release()
         backend = lazy[role].get()
         cost_model = cost_model_from_config(config, **{f"{role}_params": backend.non_embedding_params})
 
