@@ -101,7 +101,7 @@ def test_sigkill_midway_then_restart_gives_the_same_report_without_regenerating(
 
 def test_rescore_only_needs_no_model_and_changes_only_what_it_should(models, tmp_path):
     workdir = tmp_path / "run"
-    first = evaluate.run(_config(models), workdir, progress=False)
+    first = evaluate.run(_config(models, one_model_at_a_time=True), workdir, progress=False)
     missing = ("/nonexistent/slm", "/nonexistent/llm")  # loading either would fail
     again = evaluate.run(_config(missing, rescore_only=True), workdir, progress=False)
     assert _comparable(again) == _comparable(first)

@@ -22,5 +22,6 @@ def get_config():
     config.data.test.limit = 4
     config.data.calibration.limit = 2
     config.chunk_size = 2
+    config.one_model_at_a_time = False  # tiny models: keep both, no reloads
     config.bootstrap = 50
     return config

@@ -22,7 +22,7 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import numpy as np
