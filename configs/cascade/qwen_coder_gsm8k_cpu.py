@@ -6,7 +6,7 @@ Test: the first 200 GSM8K test problems; calibration (thresholds, the probe): th
 GSM8K training problems. Greedy, the one-turn COREA prompt (reasoning, boxed answer,
 `Confidence:` line) for both models; 192 / 256 new tokens (SLM / LLM: the 1.5B model writes longer solutions), batches of 32
 (the engine's fastest CPU batch). On the shared 2-core box (load 6-8) a batch of 32 took
-about 9 min for the 0.5B model and 17-25 min for the 1.5B one, so the whole run is hours
+about 10 min for the 0.5B model and 26 min for the 1.5B one, so the whole run is about 4 hours
 (README, Cascade); records.jsonl makes it resumable. Both models come from `launch.fetch_model`.
 """
 
