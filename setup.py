@@ -27,6 +27,7 @@ setup(
         "math-verify",
         "matplotlib",
         "tqdm",
+        "openai",  # the OpenAI-compatible HTTP backend of the cascade (vLLM, SGLang, hosted APIs)
         "tensorboardX",
         "numpy",
     ],

@@ -1,0 +1,96 @@
+"""The CPU cascade: Qwen2.5-Coder-0.5B-Instruct (SLM) and -1.5B-Instruct (LLM) on GSM8K.
+
+  python -m launch.cascade --config=configs/cascade/qwen_coder_gsm8k_cpu.py --workdir=DIR
+
+Test: the first 200 GSM8K test problems; calibration (thresholds, the probe): the first 32
+GSM8K training problems. Greedy, the one-turn COREA prompt for the SLM (reasoning, boxed answer,
+`Confidence:` line), the plain boxed-answer prompt for the LLM (told not to write code: the
+Coder model otherwise answers with a Python program). 192 / 160 new tokens (SLM / LLM), batches
+of 32 (the engine's fastest CPU batch). On the shared 2-core box (load 6-8) a batch of 32 took
+about 9 min for the 0.5B model and about 25 min for the 1.5B one, so the whole run is hours
+(README, Cascade); records.jsonl makes it resumable. Both models come from `launch.fetch_model`.
+"""
+
+import ml_collections
+
+
+def model_config(name: str, prompt: str, probe_hidden: bool = False) -> ml_collections.ConfigDict:
+    spec = ml_collections.ConfigDict()
+    spec.name = name  # a corea_jax.models.fetch registry name, an HF directory or a .gguf file
+    spec.backend = "local"  # "local" (JAX engine) or "http" (OpenAI-compatible server)
+    spec.dtype = "float32"  # XLA on CPU is faster in fp32
+    spec.mesh = ""  # e.g. "tensor:8"; empty: one device
+    spec.mode = "one_turn"  # or "two_turn" (answer, then a confidence-only follow-up)
+    spec.prompt = prompt  # corea_jax.prompts.PROMPTS preset
+    spec.system_prompt = ""  # "" keeps the chat template's default system message
+    spec.worked_example = ml_collections.FieldReference(None, field_type=bool)  # None: the preset's
+    spec.max_new_tokens = 192
+    spec.followup_tokens = 24
+    spec.batch_size = 32
+    spec.temperature = 0.0
+    spec.probe_hidden = probe_hidden  # keep the last hidden state (Cascade-Probe)
+    spec.probe_window = 128  # the probe's forward pass reads the last 128 tokens (0: all; CPU time)
+    spec.non_embedding_params = 0  # 0: counted from the loaded model (set it for an HTTP model)
+    spec.price_per_million = ()  # (USD per 1M input, per 1M output) for cost_model = "price"
+    spec.http = http_config()
+    return spec
+
+
+def http_config() -> ml_collections.ConfigDict:
+    http = ml_collections.ConfigDict()
+    http.base_url = ""  # e.g. http://127.0.0.1:8000/v1
+    http.model = ""  # the served model's name
+    http.api_key_env = ""  # name of the environment variable holding the key ("" = no key)
+    http.max_concurrency = 8
+    http.requests_per_second = 0.0  # 0: no rate limit
+    http.timeout_s = 120.0
+    http.max_retries = 4
+    http.backoff_s = 1.0
+    http.logprobs = True  # ask for token log-probs (AvgProb) when the server offers them
+    return http
+
+
+def data_config(source: str, split: str, limit: int) -> ml_collections.ConfigDict:
+    spec = ml_collections.ConfigDict()
+    spec.source = source  # a corea_jax.cascade.datasets.SOURCES name or a local file
+    spec.split = split
+    spec.limit = limit
+    spec.offset = 0
+    spec.seed = 0
+    spec.data_file = ml_collections.FieldReference(None, field_type=str)
+    spec.question_field = ml_collections.FieldReference(None, field_type=str)
+    spec.answer_field = ml_collections.FieldReference(None, field_type=str)
+    spec.choices_field = ml_collections.FieldReference(None, field_type=str)
+    spec.task = ml_collections.FieldReference(None, field_type=str)
+    return spec
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.slm = model_config("qwen2.5-coder-0.5b-instruct", "corea", probe_hidden=True)
+    config.llm = model_config("qwen2.5-coder-1.5b-instruct", "rlvr")
+    # The Coder model answers GSM8K with a Python program (no box, no result) unless told not to.
+    config.llm.system_prompt = ("You are a helpful assistant. Solve math problems in words and "
+                                "arithmetic, without writing code.")
+    config.llm.max_new_tokens = 160
+    config.data = ml_collections.ConfigDict()
+    config.data.test = data_config("gsm8k", "test", 200)
+    config.data.calibration = data_config("gsm8k", "train", 32)
+    config.llm_on = "all"  # or "deferred": the LLM answers only deferred test items
+    config.chunk_size = 32  # test items per SLM/LLM alternation
+    config.cost_model = "flops"  # "flops", "price" or "time"
+    config.threshold = ml_collections.ConfigDict()
+    config.threshold.rule = "paper"  # COREA's tau: "paper", "fixed", "usage" or "risk"
+    config.threshold.fixed_tau = 0.5
+    config.threshold.target_usage = 0.3  # "usage": the LLM answers this fraction of calibration items
+    # COREA-risk: allowed pass@1 drop below the LLM. With 32 calibration items and delta = 0.1,
+    # epsilon = 0.05 cannot be certified even with no loss at all (0.95^32 = 0.19 > delta);
+    # 0.1 can (0.9^32 = 0.03), with no harmful item kept.
+    config.threshold.epsilon = 0.1
+    config.threshold.delta = 0.1  # ... with probability >= 1 - delta
+    config.probe_l2 = 1.0  # ridge penalty of the linear probe (standardized features)
+    config.bootstrap = 1000  # paired bootstrap resamples for the 95% intervals
+    config.seed = 0
+    config.rescore_only = False  # True: no model; the report from records.jsonl alone
+    config.report = True  # False: generate records only
+    return config

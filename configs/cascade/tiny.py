@@ -1,0 +1,26 @@
+"""A seconds-long cascade on tiny random chat models (tests: resume after SIGKILL, the pipeline).
+
+  python -m launch.cascade --config=configs/cascade/tiny.py --workdir=DIR \
+      --config.slm.name=SLM_DIR --config.llm.name=LLM_DIR
+
+SLM_DIR / LLM_DIR: HF directories with a tokenizer and a chat template (the tests write random
+ones with `tests.cascade_helpers.save_tiny_chat_model`). 4 GSM8K test and 2 train problems,
+4 new tokens, batches of 2: the records grow a pair of lines at a time.
+"""
+
+from configs.cascade import qwen_coder_gsm8k_cpu
+
+
+def get_config():
+    config = qwen_coder_gsm8k_cpu.get_config()
+    for role in ("slm", "llm"):
+        config[role].name = f"tiny-{role}-dir"  # set on the command line
+        config[role].max_new_tokens = 4
+        config[role].batch_size = 2
+        config[role].probe_window = 0
+        config[role].system_prompt = ""
+    config.data.test.limit = 4
+    config.data.calibration.limit = 2
+    config.chunk_size = 2
+    config.bootstrap = 50
+    return config

@@ -1,0 +1,76 @@
+"""What a model call costs, as a function of one record (so a run can be re-costed offline).
+
+  flops  2 x non-embedding parameters x (prompt_tokens + generated_tokens): the forward-pass
+         matmul FLOPs of a decoder per token (Kaplan et al.'s C = 2N), attention and the LM
+         head left out; the same formula for both models, so ratios compare like with like.
+  price  USD: prompt_tokens x input price + generated_tokens x output price, the prices in USD
+         per 1M tokens per model (from the config).
+  time   measured wall seconds of the call (a batch's time shared among its items).
+
+A deferred item pays the SLM call it already made plus the LLM call (`report` adds them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+COST_MODELS = ("flops", "price", "time")
+
+
+@dataclasses.dataclass(frozen=True)
+class CostModel:
+    """name: one of COST_MODELS. params: model -> non-embedding parameters (flops).
+    prices: model -> (USD per 1M input tokens, USD per 1M output tokens) (price)."""
+
+    name: str
+    params: dict = dataclasses.field(default_factory=dict)
+    prices: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.name not in COST_MODELS:
+            raise ValueError(f"cost_model: expected one of {COST_MODELS}, found {self.name!r}")
+        for model, value in self.params.items():
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"{model}.non_embedding_params: expected a number > 0, found {value!r}")
+        for model, value in self.prices.items():
+            if value is not None and (len(value) != 2 or any(not (p >= 0) for p in value)):
+                raise ValueError(f"{model}.price_per_million: expected (input, output) USD >= 0, "
+                                 f"found {value!r}")
+
+    def __call__(self, record: dict) -> float:
+        """The cost of the call behind `record` (fields model, prompt_tokens, generated_tokens,
+        seconds)."""
+        model = record["model"]
+        if self.name == "time":
+            return float(record["seconds"])
+        tokens_in, tokens_out = record["prompt_tokens"], record["generated_tokens"]
+        if self.name == "flops":
+            params = self.params.get(model)
+            if params is None:
+                raise ValueError(f"{model}.non_embedding_params: needed by the flops cost model "
+                                 "(a served model's count is not known; set it in the config)")
+            return 2.0 * params * (tokens_in + tokens_out)
+        price = self.prices.get(model)
+        if price is None:
+            raise ValueError(f"{model}.price_per_million: needed by the price cost model, "
+                             "expected (USD per 1M input tokens, USD per 1M output tokens)")
+        return (tokens_in * price[0] + tokens_out * price[1]) / 1e6
+
+    @property
+    def unit(self) -> str:
+        return {"flops": "FLOPs", "price": "USD", "time": "s"}[self.name]
+
+
+def format_cost(value: float | None, unit: str) -> str:
+    """A cost for a table: 1.2e12 FLOPs -> '1.20 TFLOPs', USD with 4 significant digits."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    if unit == "FLOPs":
+        for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M")):
+            if abs(value) >= scale:
+                return f"{value / scale:.2f} {prefix}FLOPs"
+        return f"{value:.3g} FLOPs"
+    if unit == "USD":
+        return f"${value:.4g}"
+    return f"{value:.2f} s"

@@ -1,0 +1,186 @@
+"""The cascade job for one SLM and one LLM: items -> records.jsonl -> report.
+
+  run(config, workdir)  generates what records.jsonl lacks (unless config.rescore_only), then
+                        writes report.json / report.md / PNGs from the records alone.
+
+Stages, each resumable: the SLM and the LLM on the calibration split, then the test split in
+chunks of `config.chunk_size` items (SLM, then LLM), so a stopped run leaves complete pairs.
+With `config.llm_on == "deferred"` the LLM answers every calibration item (the thresholds need
+its accuracy there) but only the test items some system defers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from corea_jax.cascade import backends as backends_lib
+from corea_jax.cascade import datasets, records as records_lib
+from corea_jax.cascade.costs import CostModel
+
+LLM_ON = ("all", "deferred")
+
+
+def _field(config, name, default=None):
+    return config[name] if name in config else default
+
+
+def load_splits(config) -> tuple[list[datasets.Item], list[datasets.Item]]:
+    """(calibration items, test items) from config.data.calibration / config.data.test."""
+    splits = []
+    for name in ("calibration", "test"):
+        spec = config.data[name]
+        splits.append(datasets.load_items(
+            spec.source, split=_field(spec, "split", "test"), limit=_field(spec, "limit", 0),
+            offset=_field(spec, "offset", 0), seed=_field(spec, "seed", 0),
+            question_field=_field(spec, "question_field"), answer_field=_field(spec, "answer_field"),
+            choices_field=_field(spec, "choices_field"), task=_field(spec, "task"),
+            name=_field(spec, "name"), data_file=_field(spec, "data_file")))
+    calibration, test = splits
+    datasets.check_disjoint(calibration, test)
+    return calibration, test
+
+
+def load_model(spec) -> Any:
+    """A `corea_jax.Model` from spec.name: a `models.fetch` registry name (fetched on first use)
+    or a path (an HF directory, e.g. one exported by `launch.train`, or a .gguf file)."""
+    import corea_jax
+    from corea_jax.models import fetch
+
+    name = spec.name
+    if name in fetch.REGISTRY:
+        path = fetch.fetch_model(name, fetch.default_model_dir(name))
+    else:
+        path = name
+    mesh = None
+    if _field(spec, "mesh"):
+        from corea_jax.parallel.sharding import make_mesh, parse_mesh
+
+        mesh = make_mesh(parse_mesh(spec.mesh))
+    return corea_jax.load_model(path, dtype=_field(spec, "dtype", "float32"), mesh=mesh)
+
+
+def make_backend(spec, role: str, progress: bool = True):
+    """The backend config.<role> names: "local" (the JAX engine) or "http" (OpenAI-compatible)."""
+    kind = _field(spec, "backend", "local")
+    common = dict(name=f"{role}:{spec.name}", mode=_field(spec, "mode", "one_turn"),
+                  prompt=_field(spec, "prompt", "corea"),
+                  max_new_tokens=_field(spec, "max_new_tokens", 256),
+                  followup_tokens=_field(spec, "followup_tokens", 24),
+                  batch_size=_field(spec, "batch_size", 32),
+                  temperature=_field(spec, "temperature", 0.0),
+                  system_prompt=_field(spec, "system_prompt", "") or None,
+                  worked_example=_field(spec, "worked_example", None))
+    if kind == "local":
+        return backends_lib.LocalBackend(load_model(spec), **common,
+                                         probe_hidden=bool(_field(spec, "probe_hidden", False)),
+                                         probe_window=int(_field(spec, "probe_window", 0)),
+                                         progress=progress)
+    if kind == "http":
+        from corea_jax.cascade.http import HTTPBackend
+
+        return HTTPBackend.from_config(spec.http, **common)
+    raise ValueError(f"{role}.backend: expected 'local' or 'http', found {kind!r}")
+
+
+class _LazyBackend:
+    """Builds (loads) the backend on first use: a resumed run that has every record of a model
+    never loads it."""
+
+    def __init__(self, spec, role: str, progress: bool):
+        self.spec, self.role, self.progress, self._backend = spec, role, progress, None
+
+    def get(self):
+        if self._backend is None:
+            self._backend = make_backend(self.spec, self.role, self.progress)
+        return self._backend
+
+
+def cost_model_from_config(config, slm_params: int | None = None, llm_params: int | None = None) -> CostModel:
+    """The CostModel config.cost_model names, with parameter counts and prices per model."""
+    params, prices = {}, {}
+    for role, counted in (("slm", slm_params), ("llm", llm_params)):
+        spec = config[role]
+        params[role] = _field(spec, "non_embedding_params") or counted
+        price = _field(spec, "price_per_million")
+        prices[role] = tuple(price) if price else None
+    return CostModel(config.cost_model, params=params, prices=prices)
+
+
+def _params_from_records(store: records_lib.RecordStore) -> dict[str, int | None]:
+    """Non-embedding parameter counts recorded by earlier runs (rescoring needs no model)."""
+    out = {}
+    for role in records_lib.MODELS:
+        counts = [r.get("non_embedding_params") for r in store.records(role)]
+        out[role] = next((c for c in counts if c), None)
+    return out
+
+
+def validate_config(config) -> None:
+    if config.llm_on not in LLM_ON:
+        raise ValueError(f"llm_on: expected one of {LLM_ON}, found {config.llm_on!r}")
+    if config.chunk_size < 1:
+        raise ValueError(f"chunk_size: expected an integer >= 1, found {config.chunk_size}")
+    from corea_jax.cascade import thresholds
+
+    thresholds.validate(config.threshold)
+
+
+def generate_records(config, workdir: Path, store: records_lib.RecordStore, calibration, test,
+                     progress: bool = True) -> None:
+    """Answers every item the records lack (see the module docstring for the order)."""
+    lazy = {role: _LazyBackend(config[role], role, progress) for role in records_lib.MODELS}
+
+    def collect(role, items, split):
+        if all(store.done(item.id, role) for item in items):
+            return
+        backend = lazy[role].get()
+        cost_model = cost_model_from_config(config, **{f"{role}_params": backend.non_embedding_params})
+
+        def cost_fn(record):
+            record["non_embedding_params"] = backend.non_embedding_params
+            try:
+                return cost_model(record)
+            except ValueError:  # e.g. a price not configured: recomputed at report time
+                return None
+
+        records_lib.collect(backend, items, store, model=role, split=split, cost_fn=cost_fn,
+                            cost_model=config.cost_model, progress=progress)
+
+    collect("slm", calibration, "calibration")
+    collect("llm", calibration, "calibration")
+    for start in range(0, len(test), config.chunk_size):
+        chunk = test[start:start + config.chunk_size]
+        collect("slm", chunk, "test")
+        if config.llm_on == "all":
+            collect("llm", chunk, "test")
+    if config.llm_on == "deferred":
+        from corea_jax.cascade import report
+
+        deferred = report.deferred_ids(config, store.records())
+        collect("llm", [item for item in test if item.id in deferred], "test")
+
+
+def run(config, workdir: str | os.PathLike, progress: bool = True) -> dict:
+    """The whole cascade job; returns report.json's content. See the module docstring."""
+    validate_config(config)
+    start = time.perf_counter()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    calibration, test = load_splits(config)
+    store = records_lib.RecordStore(workdir / "records.jsonl")
+    if not config.rescore_only:
+        generate_records(config, workdir, store, calibration, test, progress)
+    generation_s = time.perf_counter() - start
+    if not _field(config, "report", True):
+        return {}
+    from corea_jax.cascade import report
+
+    params = _params_from_records(store)
+    cost_model = cost_model_from_config(config, params["slm"], params["llm"])
+    return report.write_report(config, workdir, store.records(include_failed=True), calibration, test,
+                               cost_model, started=start, generation_s=generation_s)

@@ -1,0 +1,440 @@
+"""The cascade report, a pure function of records.jsonl (and the config's threshold rules).
+
+Systems (`SYSTEMS`), each scored on the test items with its tau chosen on the calibration split:
+  SLM, LLM            one model answers everything (LLM omitted when config.llm_on == "deferred")
+  COREA               verbal confidence, tau by config.threshold.rule (the paper's: LLM pass@1)
+  COREA-risk          verbal confidence, the risk-controlled tau (`thresholds.risk_controlled_threshold`)
+  Cascade-AvgProb     mean probability of the answer tokens (the paper's AvgProb baseline)
+  Cascade-MinProb     minimum probability of the answer tokens
+  Cascade-Probe       a linear probe on the SLM's last hidden state (`probe`), fitted on calibration
+  Oracle              defers exactly the items the SLM gets wrong and the LLM right
+  Random              defers at random with COREA's LLM usage (expected values)
+
+Per system: pass_at_1, avg_cost (per item; a deferred item pays SLM + LLM), llm_usage, and the
+ECE / AUROC / Brier of its confidence against the SLM's correctness on the test items with a
+parsed confidence (null where a system has none), tau (null where none applies).
+Intervals: paired bootstrap over test items (the same resampled items for every system), 95%
+percentile intervals of pass@1, cost, the accuracy drop and the cost saving against the LLM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from corea_jax import metrics
+from corea_jax.cascade import probe as probe_lib
+from corea_jax.cascade import thresholds
+from corea_jax.cascade.costs import CostModel, format_cost
+
+CASCADES = {"COREA": "verbal", "COREA-risk": "verbal", "Cascade-AvgProb": "answer_mean_prob",
+            "Cascade-MinProb": "answer_min_prob", "Cascade-Probe": "probe"}
+SYSTEMS = ("SLM", "LLM", *CASCADES, "Oracle", "Random")
+SOURCES = ("verbal", "answer_mean_prob", "answer_min_prob", "probe")
+FIELDS = ("pass_at_1", "avg_cost", "llm_usage", "ece", "auroc", "brier", "tau")
+
+
+@dataclasses.dataclass
+class Split:
+    """Per-item arrays of one split over the items with the records they need.
+
+    llm_correct / llm_cost are NaN where the LLM has no record (llm_on == "deferred").
+    confidence: source -> [N] float, NaN where missing.
+    """
+
+    ids: list[str]
+    slm_correct: np.ndarray
+    llm_correct: np.ndarray
+    slm_cost: np.ndarray
+    llm_cost: np.ndarray
+    confidence: dict[str, np.ndarray]
+    hidden: np.ndarray | None
+    llm_on_all: bool = True  # False: the LLM answered only deferred items (llm_on == "deferred")
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    @property
+    def has_llm(self) -> bool:
+        """Whether LLM-alone, Oracle and Random can be scored (the LLM answered every item)."""
+        return self.llm_on_all and bool(self.n) and not np.isnan(self.llm_correct).any()
+
+
+def latest_records(records: Sequence[dict]) -> list[dict]:
+    """The last record of every (id, model), failed ones included (a later line supersedes)."""
+    return list({(r["id"], r["model"]): r for r in records}.values())
+
+
+def _latest(records: Sequence[dict], model: str, split: str) -> dict[str, dict]:
+    """id -> the latest record of `model` on `split`, unless that one failed."""
+    return {r["id"]: r for r in latest_records(records)
+            if r["model"] == model and r["split"] == split and not r.get("failed")}
+
+
+def build_split(records: Sequence[dict], split: str, cost_model: CostModel,
+                ids: Sequence[str] | None = None, require_llm: bool = True) -> Split:
+    """The Split of `split` from records: the items of `ids` (default: every SLM record of the
+    split, in file order) that have an SLM record, and an LLM record when `require_llm`."""
+    slm, llm = _latest(records, "slm", split), _latest(records, "llm", split)
+    ids = [i for i in (ids if ids is not None else slm) if i in slm and (i in llm or not require_llm)]
+    nan = math.nan
+
+    def column(fn, table):
+        return np.asarray([fn(table[i]) if i in table else nan for i in ids], np.float64)
+
+    confidence = {}
+    for source in SOURCES[:-1]:
+        confidence[source] = np.asarray(
+            [nan if slm[i]["confidence"].get(source) is None else slm[i]["confidence"][source]
+             for i in ids], np.float64)
+    hidden = None
+    if ids and all(slm[i].get("hidden") is not None for i in ids):
+        hidden = np.asarray([slm[i]["hidden"] for i in ids], np.float64)
+    return Split(ids=list(ids), slm_correct=column(lambda r: float(r["correct"]), slm),
+                 llm_correct=column(lambda r: float(r["correct"]), llm),
+                 slm_cost=column(cost_model, slm), llm_cost=column(cost_model, llm),
+                 confidence=confidence, hidden=hidden, llm_on_all=require_llm)
+
+
+def add_probe(calibration: Split, test: Split, l2: float, seed: int = 0) -> bool:
+    """Sets confidence["probe"] on both splits (cross-fitted on calibration, a full fit for
+    test); NaN when hidden states are missing. Returns whether the probe could be fitted."""
+    usable = (calibration.hidden is not None and test.hidden is not None and calibration.n >= 4
+              and 0 < calibration.slm_correct.mean() < 1)
+    if not usable:
+        for split in (calibration, test):
+            split.confidence["probe"] = np.full(split.n, math.nan)
+        return False
+    labels = calibration.slm_correct.astype(bool)
+    calibration.confidence["probe"] = probe_lib.cross_fit(calibration.hidden, labels, l2, seed=seed)
+    test.confidence["probe"] = probe_lib.fit_probe(calibration.hidden, labels, l2).predict(test.hidden)
+    return True
+
+
+def choose_taus(config, calibration: Split) -> dict[str, float | None]:
+    """tau of every cascade system, from the calibration split (None: no confidence there)."""
+    taus = {}
+    for name, source in CASCADES.items():
+        conf = calibration.confidence[source]
+        if np.isnan(conf).all():
+            taus[name] = None
+            continue
+        rule = "risk" if name == "COREA-risk" else config.threshold.rule
+        taus[name] = thresholds.choose_threshold(config.threshold, conf, calibration.slm_correct.astype(bool),
+                                                 calibration.llm_correct.astype(bool), rule)
+    return taus
+
+
+@dataclasses.dataclass
+class Outcome:
+    """Per test item: correct (expected value for Random), cost, deferred (0/1 or a probability)."""
+
+    correct: np.ndarray
+    cost: np.ndarray
+    deferred: np.ndarray
+    tau: float | None = None
+    source: str | None = None
+
+
+def outcomes(test: Split, taus: dict[str, float | None]) -> dict[str, Outcome]:
+    """Every system that the available records can score."""
+    out = {"SLM": Outcome(test.slm_correct, test.slm_cost, np.zeros(test.n), source="verbal")}
+    if test.has_llm:
+        out["LLM"] = Outcome(test.llm_correct, test.llm_cost, np.ones(test.n))
+    for name, source in CASCADES.items():
+        tau = taus.get(name)
+        if tau is None:
+            continue
+        kept = thresholds.keeps(test.confidence[source], tau)
+        out[name] = Outcome(np.where(kept, test.slm_correct, test.llm_correct),
+                            test.slm_cost + np.where(kept, 0.0, test.llm_cost),
+                            (~kept).astype(np.float64), tau, source)
+    if test.has_llm:
+        helps = (test.llm_correct == 1) & (test.slm_correct == 0)
+        out["Oracle"] = Outcome(np.where(helps, test.llm_correct, test.slm_correct),
+                                test.slm_cost + np.where(helps, test.llm_cost, 0.0),
+                                helps.astype(np.float64))
+        if "COREA" in out:
+            u = float(out["COREA"].deferred.mean())
+            out["Random"] = Outcome((1 - u) * test.slm_correct + u * test.llm_correct,
+                                    test.slm_cost + u * test.llm_cost, np.full(test.n, u))
+    return out
+
+
+def _finite(x) -> float | None:
+    return None if x is None or not math.isfinite(float(x)) else float(x)
+
+
+def system_metrics(outcome: Outcome, test: Split) -> dict:
+    """report.json's fields for one system (null where a field does not apply)."""
+    entry = dict(pass_at_1=float(np.mean(outcome.correct)), avg_cost=float(np.mean(outcome.cost)),
+                 llm_usage=float(np.mean(outcome.deferred)), ece=None, auroc=None, brier=None,
+                 tau=None if outcome.tau is None else (outcome.tau if math.isfinite(outcome.tau) else None))
+    if outcome.source is not None:
+        conf = test.confidence[outcome.source]
+        have = ~np.isnan(conf)
+        if have.any():
+            c, ok = np.clip(conf[have], 0, 1), test.slm_correct[have]
+            entry.update(ece=metrics.ece(c, ok), auroc=_finite(metrics.auroc(c, ok)),
+                         brier=metrics.brier(c, ok))
+    if outcome.tau is not None and math.isinf(outcome.tau):
+        entry["tau"] = None  # defer everything: tau = +inf has no JSON number
+    return entry
+
+
+def bootstrap(systems: dict[str, Outcome], n_resamples: int, seed: int) -> dict[str, dict]:
+    """Paired bootstrap: 95% intervals of pass@1, avg cost and, against the LLM, the accuracy
+    drop (LLM - system) and the cost saving (1 - cost / LLM cost)."""
+    if not systems or n_resamples < 1:
+        return {}
+    n = len(next(iter(systems.values())).correct)
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    interval = lambda v: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]  # noqa: E731
+    llm = systems.get("LLM")
+    out = {}
+    for name, o in systems.items():
+        acc, cost = o.correct[idx].mean(1), o.cost[idx].mean(1)
+        entry = {"pass_at_1": interval(acc), "avg_cost": interval(cost)}
+        if llm is not None:
+            entry["accuracy_drop"] = interval(llm.correct[idx].mean(1) - acc)
+            entry["cost_saving"] = interval(1 - cost / llm.cost[idx].mean(1))
+        out[name] = entry
+    return out
+
+
+def frontier(test: Split, source: str) -> list[tuple[float, float, float]]:
+    """(llm_usage, avg_cost, pass@1) at every tau of the sweep over test confidences."""
+    points = []
+    for tau in thresholds.sweep(test.confidence[source]):
+        kept = thresholds.keeps(test.confidence[source], tau)
+        points.append((float((~kept).mean()),
+                       float(np.mean(test.slm_cost + np.where(kept, 0.0, test.llm_cost))),
+                       float(np.mean(np.where(kept, test.slm_correct, test.llm_correct)))))
+    return points
+
+
+def parse_rates(records: Sequence[dict]) -> list[dict]:
+    """Per (model, split): items, failed, answer parse rate, verbal and token-probability coverage."""
+    rows = []
+    for model in ("slm", "llm"):
+        for split in ("calibration", "test"):
+            group = [r for r in records if r["model"] == model and r["split"] == split]
+            ok = [r for r in group if not r.get("failed")]
+            if not group:
+                continue
+            rate = lambda f: float(np.mean([f(r) for r in ok])) if ok else None  # noqa: E731
+            rows.append(dict(model=model, split=split, items=len(ok),
+                             failed=len(group) - len(ok),
+                             answer_parsed=rate(lambda r: bool(r.get("format_ok"))),
+                             verbal_parsed=rate(lambda r: r["confidence"].get("verbal") is not None),
+                             token_probs=rate(lambda r: r["confidence"].get("answer_mean_prob") is not None),
+                             mean_generated_tokens=rate(lambda r: r["generated_tokens"])))
+    return rows
+
+
+def deferred_ids(config, records: Sequence[dict], cost_model: CostModel | None = None) -> set[str]:
+    """Test items that some cascade system defers (what the LLM must answer when
+    config.llm_on == "deferred")."""
+    cost_model = cost_model or CostModel("time")
+    calibration = build_split(records, "calibration", cost_model)
+    test = build_split(records, "test", cost_model, require_llm=False)
+    add_probe(calibration, test, config.probe_l2, config.seed)
+    out = set()
+    for name, tau in choose_taus(config, calibration).items():
+        if tau is not None:
+            kept = thresholds.keeps(test.confidence[CASCADES[name]], tau)
+            out.update(i for i, k in zip(test.ids, kept) if not k)
+    return out
+
+
+def compute_report(config, records: Sequence[dict], cost_model: CostModel,
+                   calibration_ids: Sequence[str] | None = None,
+                   test_ids: Sequence[str] | None = None) -> tuple[dict, dict]:
+    """(report.json content without runtime_s, the plot data); a pure function of the records."""
+    all_llm = config.llm_on == "all"
+    records = latest_records(records)
+    calibration = build_split(records, "calibration", cost_model, calibration_ids)
+    test = build_split(records, "test", cost_model, test_ids, require_llm=all_llm)
+    if calibration.n == 0:
+        raise ValueError("records: no calibration item has both an SLM and an LLM record; "
+                         "the thresholds need them (run without rescore_only first)")
+    if test.n == 0:
+        raise ValueError("records: no test item has the records it needs")
+    probe_ok = add_probe(calibration, test, config.probe_l2, config.seed)
+    taus = choose_taus(config, calibration)
+    systems = outcomes(test, taus)
+    metrics_by_system = {name: (system_metrics(systems[name], test) if name in systems else None)
+                         for name in SYSTEMS}
+    llm = metrics_by_system["LLM"]
+    drop, saving = {}, {}
+    for name, m in metrics_by_system.items():
+        if m is not None and llm is not None:
+            drop[name] = llm["pass_at_1"] - m["pass_at_1"]
+            saving[name] = 1 - m["avg_cost"] / llm["avg_cost"] if llm["avg_cost"] else None
+    notes = []
+    if not all_llm:
+        notes.append("llm_on = 'deferred': the LLM answered only deferred test items, so LLM-alone, "
+                     "Oracle, Random and the savings against the LLM are not reported.")
+    if not probe_ok:
+        notes.append("Cascade-Probe: no probe (hidden states missing or a one-class calibration split).")
+    notes.append("Random is the expected value of deferring COREA's share of items at random.")
+    notes.append(f"Thresholds: tau chosen on the calibration split ({calibration.n} items) by rule "
+                 f"'{config.threshold.rule}' (COREA-risk: risk-controlled, epsilon="
+                 f"{config.threshold.epsilon}, delta={config.threshold.delta}); an item stays with "
+                 "the SLM when its confidence >= tau; a missing confidence defers.")
+    rates = parse_rates(records)
+    report = dict(
+        systems=metrics_by_system, n_test=test.n, n_calibration=calibration.n,
+        cost_model=cost_model.name, cost_unit=cost_model.unit,
+        llm_on=config.llm_on, threshold_rule=config.threshold.rule,
+        accuracy_drop=drop, cost_saving=saving,
+        intervals=bootstrap(systems, config.bootstrap, config.seed),
+        taus_calibration={k: _finite(v) for k, v in taus.items()},
+        parse_rates=rates,
+        failed={f"{r['model']}/{r['split']}": r["failed"] for r in rates},
+        recorded_model_seconds=float(sum(r["seconds"] for r in records if not r.get("failed"))),
+        notes=notes)
+    plot = dict(test=test, systems=systems, has_llm=test.has_llm)
+    return report, plot
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _interval(entry: dict | None, key: str, fmt) -> str:
+    if not entry or key not in entry:
+        return ""
+    lo, hi = entry[key]
+    return f" [{fmt(lo)}, {fmt(hi)}]"
+
+
+def render_markdown(report: dict, title: str = "Cascade report") -> str:
+    """report.md: the paper-style table, parse rates and item counts."""
+    unit = report["cost_unit"]
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    num = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    cost = lambda v: format_cost(v, unit)  # noqa: E731
+    lines = [f"# {title}", "",
+             f"{report['n_test']} test items, {report['n_calibration']} calibration items; "
+             f"cost model `{report['cost_model']}` ({unit} per item); LLM answers: "
+             f"`{report['llm_on']}`; wall time of this run {report['runtime_s']:.0f} s "
+             f"(model time in the records {report['recorded_model_seconds']:.0f} s).", "",
+             "| System | tau | pass@1 [95% CI] | accuracy drop vs LLM [95% CI] | cost / item [95% CI] "
+             "| cost saving vs LLM [95% CI] | LLM usage | ECE | AUROC | Brier |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, m in report["systems"].items():
+        if m is None:
+            lines.append(f"| {name} | - | not available | | | | | | | |")
+            continue
+        ci = report["intervals"].get(name)
+        # A cascade without a tau deferred everything (tau = +inf: nothing was certified).
+        tau_text = num(m["tau"]) if m["tau"] is not None else ("inf (defers all)" if name in CASCADES else "-")
+        drop, saving = report["accuracy_drop"].get(name), report["cost_saving"].get(name)
+        lines.append(
+            f"| {name} | {tau_text} | {pct(m['pass_at_1'])}{_interval(ci, 'pass_at_1', pct)} "
+            f"| {pct(drop)}{_interval(ci, 'accuracy_drop', pct)} "
+            f"| {cost(m['avg_cost'])}{_interval(ci, 'avg_cost', cost)} "
+            f"| {pct(saving)}{_interval(ci, 'cost_saving', pct)} | {pct(m['llm_usage'])} "
+            f"| {num(m['ece'])} | {num(m['auroc'])} | {num(m['brier'])} |")
+    lines += ["", "ECE / AUROC / Brier: the system's confidence against the SLM's correctness on test "
+              "items with a parsed confidence (SLM row: verbal).", "",
+              "## Parse rates and item counts", "",
+              "| model | split | items | failed | answer parsed | verbal confidence parsed "
+              "| answer-token probabilities | mean generated tokens |", "|---|---|---|---|---|---|---|---|"]
+    for r in report["parse_rates"]:
+        tokens = r["mean_generated_tokens"]
+        lines.append(f"| {r['model']} | {r['split']} | {r['items']} | {r['failed']} | {pct(r['answer_parsed'])} "
+                     f"| {pct(r['verbal_parsed'])} | {pct(r['token_probs'])} "
+                     f"| {'-' if tokens is None else f'{tokens:.0f}'} |")
+    lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+    lines += ["", "![accuracy-cost frontier](frontier.png)", "",
+              "![reliability of the SLM's verbal confidence](reliability_slm_verbal.png)", ""]
+    return "\n".join(lines)
+
+
+def _save_figure(fig, path: Path) -> None:
+    tmp = path.with_name("." + path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+
+
+def plot_frontier(plot: dict, path: Path, unit: str) -> None:
+    """Accuracy against relative cost for every confidence source's tau sweep, with the random
+    and oracle curves and the SLM / LLM / chosen-tau points."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    test, systems = plot["test"], plot["systems"]
+    llm_cost = float(np.mean(test.llm_cost)) if plot["has_llm"] else float(np.mean(test.slm_cost))
+    rel = lambda c: c / llm_cost  # noqa: E731
+    fig = Figure(figsize=(7.5, 5.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    colors = {"verbal": "#d62728", "answer_mean_prob": "#1f77b4", "answer_min_prob": "#2ca02c",
+              "probe": "#9467bd"}
+    labels = {"verbal": "verbal confidence", "answer_mean_prob": "answer-token mean prob",
+              "answer_min_prob": "answer-token min prob", "probe": "hidden-state probe"}
+    if plot["has_llm"]:
+        for source in SOURCES:
+            if np.isnan(test.confidence[source]).all():
+                continue
+            pts = frontier(test, source)
+            ax.plot([rel(c) for _, c, _ in pts], [a for _, _, a in pts], "-", color=colors[source],
+                    linewidth=1.3, alpha=0.85, label=f"sweep: {labels[source]}")
+        slm_acc, llm_acc = test.slm_correct.mean(), test.llm_correct.mean()
+        slm_c = test.slm_cost.mean()
+        u = np.linspace(0, 1, 21)
+        ax.plot(rel(slm_c + u * llm_cost), (1 - u) * slm_acc + u * llm_acc, "--", color="gray",
+                label="random deferral")
+        oracle = systems["Oracle"]
+        ax.plot([rel(slm_c), rel(oracle.cost.mean()), rel(slm_c + llm_cost)],
+                [slm_acc, oracle.correct.mean(), llm_acc], ":", color="black", label="oracle")
+    markers = {"SLM": ("s", "#444444"), "LLM": ("D", "#000000"), "COREA": ("*", "#d62728"),
+               "COREA-risk": ("P", "#ff7f0e"), "Cascade-AvgProb": ("o", "#1f77b4"),
+               "Cascade-MinProb": ("o", "#2ca02c"), "Cascade-Probe": ("o", "#9467bd")}
+    for name, (marker, color) in markers.items():
+        if name in systems:
+            o = systems[name]
+            ax.plot(rel(o.cost.mean()), o.correct.mean(), marker, color=color, markersize=11 if marker == "*" else 8,
+                    markeredgecolor="black", linestyle="none", label=f"{name} (chosen tau)" if o.tau is not None else name)
+    ax.set_xlabel(f"cost per item relative to the LLM alone ({unit})")
+    ax.set_ylabel("pass@1 on the test items")
+    ax.set_title(f"Accuracy-cost frontier (N = {test.n} test items)")
+    ax.grid(alpha=0.3, linewidth=0.5)
+    ax.legend(fontsize=7.5, loc="lower right", frameon=True)
+    _save_figure(fig, path)
+
+
+def write_report(config, workdir: str | os.PathLike, records: Sequence[dict], calibration_items,
+                 test_items, cost_model: CostModel, *, started: float | None = None,
+                 generation_s: float | None = None) -> dict:
+    """Writes report.json, report.md, frontier.png and reliability_slm_verbal.png; returns the
+    report. Items restrict the splits to the config's items (and fix their order)."""
+    workdir = Path(workdir)
+    report, plot = compute_report(config, records, cost_model,
+                                  [i.id for i in calibration_items], [i.id for i in test_items])
+    report["runtime_s"] = time.perf_counter() - started if started is not None else 0.0
+    report["slm"], report["llm"] = config.slm.name, config.llm.name
+    _write_atomic(workdir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+    _write_atomic(workdir / "report.md", render_markdown(
+        report, f"Cascade: {config.slm.name} -> {config.llm.name}"))
+    plot_frontier(plot, workdir / "frontier.png", report["cost_unit"])
+    test = plot["test"]
+    verbal = test.confidence["verbal"]
+    have = ~np.isnan(verbal)
+    if have.any():
+        metrics.reliability_diagram(verbal[have], test.slm_correct[have],
+                                    workdir / "reliability_slm_verbal.png",
+                                    title=f"SLM verbal confidence on test ({int(have.sum())} of {test.n} parsed)")
+    return report

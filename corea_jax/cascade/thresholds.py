@@ -1,0 +1,154 @@
+"""Deferral thresholds: an item stays with the SLM when its confidence >= tau, else the LLM answers.
+
+Every rule reads the calibration split only (disjoint from the test split). A missing
+confidence (unparseable, NaN or None) always defers.
+
+  fixed_threshold(tau)                        a given tau in [0, 1]
+  paper_threshold(llm_correct)                COREA's rule: tau = the LLM's pass@1
+  usage_threshold(confidence, target_usage)   the LLM answers `target_usage` of the items
+  sweep(confidence)                           every distinct tau (the accuracy-cost frontier)
+  risk_controlled_threshold(confidence, slm_correct, llm_correct, *, epsilon, delta)
+      the smallest tau whose cascade pass@1 is, with probability >= 1 - delta over the
+      calibration draw, at most epsilon below the LLM's; math.inf when none is certified.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from scipy import stats
+
+RULES = ("fixed", "paper", "usage", "risk")
+
+# Candidate taus of the risk-controlled rule, fixed before seeing data (fixed-sequence testing
+# needs a data-independent order): a 0.01 grid, refined near 1 where token probabilities crowd.
+DEFAULT_GRID = np.unique(np.concatenate([np.linspace(0.0, 1.0, 101),
+                                         1.0 - np.logspace(-4, -2, 9)]))[::-1]
+
+
+def as_confidence(values: Sequence[float | None]) -> np.ndarray:
+    """Confidences as float64 with NaN where missing (None); values are clipped to [0, 1]."""
+    out = np.asarray([math.nan if v is None else float(v) for v in values], np.float64)
+    return np.clip(out, 0.0, 1.0)
+
+
+def keeps(confidence: Sequence[float | None], tau: float) -> np.ndarray:
+    """[N] bool: True where the SLM keeps the item (confidence >= tau; missing defers)."""
+    conf = as_confidence(confidence)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isnan(conf), False, conf >= tau)
+
+
+def _check_unit(name: str, value: float, *, open_interval: bool = False) -> float:
+    ok = (0 < value < 1) if open_interval else (0 <= value <= 1)
+    if not isinstance(value, (int, float, np.floating)) or not ok:
+        interval = "(0, 1)" if open_interval else "[0, 1]"
+        raise ValueError(f"{name}: expected a number in {interval}, found {value!r}")
+    return float(value)
+
+
+def fixed_threshold(tau: float) -> float:
+    return _check_unit("tau", tau)
+
+
+def paper_threshold(llm_correct: Sequence[bool]) -> float:
+    """COREA's rule: tau = the LLM's pass@1 on the calibration split."""
+    llm_correct = np.asarray(llm_correct, bool)
+    if llm_correct.size == 0:
+        raise ValueError("llm_correct: expected at least one calibration item, found none")
+    return float(llm_correct.mean())
+
+
+def usage_threshold(confidence: Sequence[float | None], target_usage: float) -> float:
+    """The tau at which the LLM answers round(target_usage x N) of the N items (ties and
+    missing confidences can make it more); inf when every item must defer."""
+    target_usage = _check_unit("target_usage", target_usage)
+    conf = as_confidence(confidence)
+    defer = int(round(target_usage * conf.size))
+    present = np.sort(conf[~np.isnan(conf)])
+    extra = defer - (conf.size - present.size)  # deferred beyond the missing ones
+    if extra <= 0:
+        return 0.0
+    return float(present[extra]) if extra < present.size else math.inf
+
+
+def sweep(confidence: Sequence[float | None]) -> np.ndarray:
+    """Every tau that changes the deferred set, ascending: 0, the distinct confidences, inf."""
+    conf = as_confidence(confidence)
+    return np.unique(np.concatenate([[0.0], conf[~np.isnan(conf)], [math.inf]]))
+
+
+def binomial_p_value(losses: int, n: int, epsilon: float) -> float:
+    """P(Binomial(n, epsilon) <= losses): small when the true risk is below epsilon."""
+    return float(stats.binom.cdf(losses, n, epsilon))
+
+
+def risk_controlled_threshold(confidence: Sequence[float | None], slm_correct: Sequence[bool],
+                              llm_correct: Sequence[bool], *, epsilon: float, delta: float,
+                              grid: Sequence[float] | None = None) -> float:
+    """The smallest tau that certifies, with probability >= 1 - delta, a pass@1 drop <= epsilon.
+
+    Learn-then-Test (Angelopoulos et al., 2021) on the loss
+        L_i(tau) = 1{c_i >= tau} * 1{LLM right on i, SLM wrong on i},
+    whose mean R(tau) bounds the drop of the cascade's pass@1 below the LLM's (an item the SLM
+    keeps costs accuracy only where the LLM was right and the SLM wrong). R is non-increasing
+    in tau, so the nulls H(tau): R(tau) > epsilon are tested in a fixed sequence from tau = 1
+    downward over `grid` (default `DEFAULT_GRID`, fixed in advance), each with the exact
+    binomial p-value P(Bin(n, epsilon) <= sum_i L_i(tau)), stopping at the first p > delta.
+    Fixed-sequence testing controls the family-wise error at delta, so every certified tau,
+    and hence the smallest, has R(tau) <= epsilon with probability >= 1 - delta.
+
+    Args:
+      confidence: [N] SLM confidences on the calibration items (None/NaN: missing, defers).
+      slm_correct, llm_correct: [N] bool verdicts on the same items.
+      epsilon: the allowed drop in (0, 1). delta: the allowed failure probability in (0, 1).
+    Returns:
+      tau in [0, 1], or math.inf (defer everything) when not even tau = 1 is certified.
+    """
+    epsilon = _check_unit("epsilon", epsilon, open_interval=True)
+    delta = _check_unit("delta", delta, open_interval=True)
+    conf = as_confidence(confidence)
+    slm_correct, llm_correct = np.asarray(slm_correct, bool), np.asarray(llm_correct, bool)
+    if not conf.size == slm_correct.size == llm_correct.size:
+        raise ValueError(f"confidence, slm_correct, llm_correct: expected equal lengths, found "
+                         f"{conf.size}, {slm_correct.size}, {llm_correct.size}")
+    if conf.size == 0:
+        raise ValueError("confidence: expected at least one calibration item, found none")
+    harmful = llm_correct & ~slm_correct & ~np.isnan(conf)
+    grid = DEFAULT_GRID if grid is None else np.sort(np.asarray(grid, np.float64))[::-1]
+    # losses(tau) = harmful items with c >= tau, for the whole grid at once.
+    harmful_conf = np.sort(conf[harmful])
+    losses = harmful_conf.size - np.searchsorted(harmful_conf, grid, side="left")
+    p_values = stats.binom.cdf(losses, conf.size, epsilon)
+    failed = np.flatnonzero(p_values > delta)
+    certified_count = failed[0] if failed.size else grid.size  # fixed sequence: stop at the first
+    certified = math.inf if certified_count == 0 else float(grid[certified_count - 1])
+    return certified
+
+
+def validate(config) -> None:
+    """Checks a `threshold` ConfigDict (rule, fixed_tau, target_usage, epsilon, delta)."""
+    if config.rule not in RULES:
+        raise ValueError(f"threshold.rule: expected one of {RULES}, found {config.rule!r}")
+    _check_unit("threshold.fixed_tau", config.fixed_tau)
+    _check_unit("threshold.target_usage", config.target_usage)
+    _check_unit("threshold.epsilon", config.epsilon, open_interval=True)
+    _check_unit("threshold.delta", config.delta, open_interval=True)
+
+
+def choose_threshold(config, confidence, slm_correct, llm_correct, rule: str | None = None) -> float:
+    """tau by `rule` (default `config.rule`) on the calibration split; `config` holds the
+    rules' parameters (fixed_tau, target_usage, epsilon, delta)."""
+    rule = rule or config.rule
+    if rule not in RULES:
+        raise ValueError(f"threshold.rule: expected one of {RULES}, found {rule!r}")
+    if rule == "fixed":
+        return fixed_threshold(config.fixed_tau)
+    if rule == "paper":
+        return paper_threshold(llm_correct)
+    if rule == "usage":
+        return usage_threshold(confidence, config.target_usage)
+    return risk_controlled_threshold(confidence, slm_correct, llm_correct,
+                                     epsilon=config.epsilon, delta=config.delta)

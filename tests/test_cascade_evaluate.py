@@ -1,0 +1,142 @@
+"""The whole cascade job on tiny random chat models: records, resume after SIGKILL, rescoring."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from configs.cascade import tiny
+from corea_jax import generation
+from corea_jax.cascade import evaluate
+from tests.cascade_helpers import SHARED_DATA, save_tiny_chat_model
+from tests.helpers import REPO
+
+N_ITEMS = 6  # 4 test + 2 calibration, each answered by both models
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_cascade")
+    return (str(save_tiny_chat_model(root / "slm", seed=0)),
+            str(save_tiny_chat_model(root / "llm", seed=1, intermediate_size=96)))
+
+
+@pytest.fixture(autouse=True)
+def _shared_data(monkeypatch):
+    monkeypatch.setenv("COREA_SHARED_DATA", str(SHARED_DATA))
+
+
+def _config(models, **overrides):
+    config = tiny.get_config()
+    config.slm.name, config.llm.name = models
+    config.slm.probe_hidden = True
+    for key, value in overrides.items():
+        config[key] = value
+    return config
+
+
+@pytest.fixture
+def count_generate(monkeypatch):
+    """Counts the prompts handed to the engine's `generate`."""
+    calls = []
+    original = generation.generate
+
+    def counting(model, prompts, *args, **kwargs):
+        calls.append(len(prompts))
+        return original(model, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(generation, "generate", counting)
+    return calls
+
+
+def _comparable(report):
+    return {k: v for k, v in report.items()
+            if k not in ("runtime_s", "recorded_model_seconds", "slm", "llm")}
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_sigkill_midway_then_restart_gives_the_same_report_without_regenerating(
+        models, tmp_path, count_generate):
+    clean = evaluate.run(_config(models), tmp_path / "clean", progress=False)
+    assert sum(count_generate) == 2 * N_ITEMS
+
+    workdir = tmp_path / "killed"
+    records = workdir / "records.jsonl"
+    command = [sys.executable, "-m", "launch.cascade", "--config=configs/cascade/tiny.py",
+               f"--workdir={workdir}", f"--config.slm.name={models[0]}", f"--config.llm.name={models[1]}",
+               "--config.slm.probe_hidden=True"]
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        # Kill as soon as the first batch is on disk: the LLM's load and compile still lie ahead.
+        while len(_lines(records)) < 2 and proc.poll() is None:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    before = _lines(records)
+    assert 2 <= len(before) < 2 * N_ITEMS
+    with open(records, "a") as f:  # a write cut short by the kill
+        f.write('{"id": "gsm8k/test/0", "model": "sl')
+
+    count_generate.clear()
+    resumed = evaluate.run(_config(models), workdir, progress=False)
+    assert sum(count_generate) == 2 * N_ITEMS - len(before)
+    keys = [(r["id"], r["model"]) for r in _lines(records)]
+    assert len(keys) == len(set(keys)) == 2 * N_ITEMS
+    assert json.dumps(_comparable(resumed), sort_keys=True) == json.dumps(_comparable(clean), sort_keys=True)
+
+    count_generate.clear()  # a finished run regenerates nothing
+    evaluate.run(_config(models), workdir, progress=False)
+    assert count_generate == []
+
+
+def test_rescore_only_needs_no_model_and_changes_only_what_it_should(models, tmp_path):
+    workdir = tmp_path / "run"
+    first = evaluate.run(_config(models), workdir, progress=False)
+    missing = ("/nonexistent/slm", "/nonexistent/llm")  # loading either would fail
+    again = evaluate.run(_config(missing, rescore_only=True), workdir, progress=False)
+    assert _comparable(again) == _comparable(first)
+    by_time = evaluate.run(_config(missing, rescore_only=True, cost_model="time"), workdir, progress=False)
+    assert by_time["cost_model"] == "time"
+    for name, m in first["systems"].items():
+        if m is not None:
+            assert by_time["systems"][name]["pass_at_1"] == m["pass_at_1"]
+    for name in ("report.json", "report.md", "frontier.png"):
+        assert (workdir / name).exists()
+    record = _lines(workdir / "records.jsonl")[0]
+    for field in ("id", "model", "split", "response", "answer", "correct", "confidence", "prompt_tokens",
+                  "generated_tokens", "cost", "seconds"):
+        assert field in record
+    assert set(record["confidence"]) >= {"verbal", "answer_mean_prob", "answer_min_prob"}
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("llm_on", "some", "llm_on"), ("cost_model", "joules", "cost_model")])
+def test_bad_config_names_the_field(models, tmp_path, field, value, match):
+    with pytest.raises(ValueError, match=match):
+        evaluate.run(_config(models, **{field: value}), tmp_path, progress=False)
+
+
+@pytest.mark.real_model
+def test_local_backend_on_a_fetched_model_answers_gsm8k():
+    import corea_jax
+    from corea_jax.cascade import backends, datasets
+    from corea_jax.models import fetch
+
+    name = "smollm2-135m-instruct"
+    model = corea_jax.load_model(fetch.fetch_model(name, fetch.default_model_dir(name)))
+    items = datasets.load_items("gsm8k", split="test", limit=2)
+    answers = backends.LocalBackend(model, max_new_tokens=48, batch_size=2, probe_hidden=True).answer(items)
+    for answer in answers:
+        assert answer.response and answer.generated_tokens <= 48 and answer.prompt_tokens > 50
+        assert len(answer.hidden) == model.config.hidden_size
+        assert answer.confidence["sequence_mean_prob"] is not None

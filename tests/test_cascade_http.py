@@ -1,0 +1,175 @@
+"""The OpenAI-compatible backend against local servers on 127.0.0.1 started by the tests."""
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from corea_jax.cascade import records as records_lib
+from corea_jax.cascade.datasets import Item
+from corea_jax.cascade.http import HTTPBackend
+
+ITEMS = [Item(f"t/{k}", f"What is {k} + 1?", str(k + 1), "gsm8k") for k in range(6)]
+SECRET = "sk-test-secret-value"
+
+
+class _Server:
+    """A chat-completions server; `behaviour(server, body) -> (status, bytes)` decides each reply."""
+
+    def __init__(self, behaviour):
+        self.behaviour, self.requests, self.in_flight, self.max_in_flight = behaviour, [], 0, 0
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.lock:
+                    outer.requests.append((time.monotonic(), body, self.headers.get("Authorization")))
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                try:
+                    status, payload = outer.behaviour(outer, body)
+                finally:
+                    with outer.lock:
+                        outer.in_flight -= 1
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _completion(body, delay=0.0):
+    """A correct answer to "What is k + 1?" with usage and token log-probs."""
+    time.sleep(delay)
+    k = int(body["messages"][-1]["content"].split("What is ")[1].split(" ")[0])
+    pieces = ["So ", "the ", "answer ", "is ", "\\boxed{", str(k + 1), "}.", "\nConfidence: 0.8"]
+    content = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+               "choices": [{"index": 0, "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": "".join(pieces)},
+                            "logprobs": {"content": [{"token": p, "logprob": -0.1, "bytes": None,
+                                                      "top_logprobs": []} for p in pieces]}}],
+               "usage": {"prompt_tokens": 40, "completion_tokens": len(pieces), "total_tokens": 48}}
+    return 200, json.dumps(content).encode()
+
+
+@pytest.fixture
+def server():
+    servers = []
+
+    def start(behaviour):
+        servers.append(_Server(behaviour))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def _backend(url, **kwargs):
+    defaults = dict(base_url=url, model="served-llm", timeout_s=2.0, max_retries=2, backoff_s=0.01,
+                    batch_size=8, max_concurrency=4)
+    return HTTPBackend(**{**defaults, **kwargs})
+
+
+def test_answers_with_usage_logprobs_and_the_key_kept_secret(server, monkeypatch, tmp_path):
+    monkeypatch.setenv("COREA_TEST_KEY", SECRET)
+    s = server(lambda srv, body: _completion(body))
+    backend = _backend(s.url, api_key_env="COREA_TEST_KEY")
+    store = records_lib.RecordStore(tmp_path / "records.jsonl")
+    out = records_lib.collect(backend, ITEMS, store, model="llm", split="test", progress=False)
+    assert all(r["correct"] and not r["failed"] for r in out)
+    assert out[0]["prompt_tokens"] == 40 and out[0]["generated_tokens"] == 8
+    assert out[0]["confidence"]["verbal"] == 0.8
+    assert out[0]["confidence"]["answer_min_prob"] == pytest.approx(0.9048, abs=1e-3)
+    assert s.requests[0][1]["logprobs"] is True and s.requests[0][2] == f"Bearer {SECRET}"
+    assert SECRET not in (tmp_path / "records.jsonl").read_text() and SECRET not in repr(backend)
+
+
+def test_two_turn_asks_for_the_confidence_in_a_follow_up(server):
+    s = server(lambda srv, body: _completion(body) if len(body["messages"]) == 1 else
+               (200, json.dumps({"id": "y", "object": "chat.completion", "created": 0, "model": "m",
+                                 "choices": [{"index": 0, "finish_reason": "stop",
+                                              "message": {"role": "assistant", "content": "Confidence: 0.3"}}],
+                                 "usage": {"prompt_tokens": 60, "completion_tokens": 4, "total_tokens": 64}}).encode()))
+    answer = _backend(s.url, mode="two_turn").answer(ITEMS[:1])[0]
+    assert answer.correct and answer.confidence["verbal"] == 0.3
+    assert answer.prompt_tokens == 100 and answer.generated_tokens == 12
+
+
+def test_retries_500_and_429_then_succeeds(server):
+    codes = iter([500, 429, 503])
+
+    def flaky(srv, body):
+        code = next(codes, 200)
+        return (code, b'{"error": {"message": "busy"}}') if code != 200 else _completion(body)
+
+    s = server(flaky)
+    answer = _backend(s.url, max_retries=3, max_concurrency=1).answer(ITEMS[:1])[0]
+    assert answer.correct and not answer.failed and len(s.requests) == 4
+
+
+def test_persistent_errors_fail_the_item_which_is_retried_next_run(server, tmp_path):
+    bad = server(lambda srv, body: (500, b'{"error": {"message": "down"}}'))
+    store = records_lib.RecordStore(tmp_path / "records.jsonl")
+    out = records_lib.collect(_backend(bad.url, max_retries=1), ITEMS[:2], store, model="llm",
+                              split="test", progress=False)
+    assert all(r["failed"] and not r["correct"] and "500" in r["error"] for r in out)
+    assert len(bad.requests) == 4  # 2 items x (1 try + 1 retry)
+    good = server(lambda srv, body: _completion(body))
+    store = records_lib.RecordStore(tmp_path / "records.jsonl")  # a new run reads the failures
+    out = records_lib.collect(_backend(good.url), ITEMS[:2], store, model="llm", split="test", progress=False)
+    assert all(r["correct"] and not r["failed"] for r in out) and len(good.requests) == 2
+
+
+def test_a_stalled_server_times_out_and_fails_the_item(server):
+    s = server(lambda srv, body: _completion(body, delay=3.0))
+    answer = _backend(s.url, timeout_s=0.3, max_retries=1).answer(ITEMS[:1])[0]
+    assert answer.failed and "Timeout" in answer.error and len(s.requests) == 2
+
+
+def test_malformed_json_fails_the_item(server):
+    s = server(lambda srv, body: (200, b'{"choices": [ this is not json'))
+    answer = _backend(s.url).answer(ITEMS[:1])[0]
+    assert answer.failed and not answer.correct
+
+
+def test_concurrency_bound_and_rate_limit(server):
+    s = server(lambda srv, body: _completion(body, delay=0.2))
+    _backend(s.url, max_concurrency=2).answer(ITEMS)
+    assert s.max_in_flight == 2
+    limited = server(lambda srv, body: _completion(body))
+    _backend(limited.url, max_concurrency=4, requests_per_second=20).answer(ITEMS[:5])
+    starts = sorted(t for t, _, _ in limited.requests)
+    assert starts[-1] - starts[0] >= 4 * 0.05 * 0.9
+
+
+def test_refused_connection_and_unset_key_name_the_field(monkeypatch):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    with pytest.raises(ConnectionError, match=f"base_url: could not connect to http://127.0.0.1:{port}/v1"):
+        _backend(f"http://127.0.0.1:{port}/v1", max_retries=0).answer(ITEMS[:1])
+    monkeypatch.delenv("COREA_MISSING_KEY", raising=False)
+    with pytest.raises(ValueError, match="api_key_env: the environment variable 'COREA_MISSING_KEY' is unset"):
+        _backend("http://127.0.0.1:1/v1", api_key_env="COREA_MISSING_KEY")

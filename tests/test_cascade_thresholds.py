@@ -1,0 +1,93 @@
+"""Deferral thresholds; the risk-controlled tau's guarantee, checked by simulation."""
+
+import math
+
+import numpy as np
+import pytest
+
+from corea_jax.cascade import risk_controlled_threshold, thresholds
+
+
+def _population(rng, n, power):
+    """SLM confidence c = U^(1/power) (well calibrated: right with probability c); the LLM is
+    always right, so the pass@1 drop of keeping items is exactly the risk R(tau)."""
+    conf = rng.random(n) ** (1 / power)
+    slm = rng.random(n) < conf
+    return conf, slm, np.ones(n, bool)
+
+
+def _true_drop(tau, power):
+    """E[1{c >= tau} (1 - c)] for density power * c^(power-1) on [0, 1]."""
+    if math.isinf(tau):
+        return 0.0
+    integral = lambda x: x ** power - power / (power + 1) * x ** (power + 1)  # noqa: E731
+    return integral(1.0) - integral(tau)
+
+
+@pytest.mark.parametrize("power, epsilon", [(1, 0.05), (6, 0.05)])
+def test_risk_controlled_guarantee_holds_and_is_not_vacuous(power, epsilon):
+    delta, n, draws = 0.1, 400, 400
+    rng = np.random.default_rng(power)
+    taus = np.array([risk_controlled_threshold(*_population(rng, n, power), epsilon=epsilon, delta=delta)
+                     for _ in range(draws)])
+    drops = np.array([_true_drop(t, power) for t in taus])
+    violation_rate = np.mean(drops > epsilon)
+    # Monte-Carlo slack: 3 standard deviations of a Bernoulli(delta) mean over the draws.
+    assert violation_rate <= delta + 3 * math.sqrt(delta * (1 - delta) / draws)
+    # The best tau with drop <= epsilon keeps 1 - tau*^power of the items; the rule keeps most of it.
+    grid = np.linspace(0, 1, 100001)
+    best = grid[np.argmax([_true_drop(t, power) <= epsilon for t in grid])]
+    ideal_share = 1 - best ** power
+    kept = np.mean([0 if math.isinf(t) else 1 - t ** power for t in taus])
+    assert kept >= 0.75 * ideal_share
+    if power == 6:
+        assert kept > 0.5  # calibrated and mostly right: the SLM keeps most items
+
+
+def test_risk_controlled_defers_everything_when_nothing_is_certified():
+    conf = np.full(20, 0.9)
+    slm = np.zeros(20, bool)  # confidently wrong on everything
+    assert risk_controlled_threshold(conf, slm, np.ones(20, bool), epsilon=0.05, delta=0.1) == math.inf
+
+
+def test_risk_controlled_missing_confidence_defers_and_costs_no_risk():
+    conf = [None, math.nan, 0.99, 0.99]
+    tau = risk_controlled_threshold(conf * 50, [False, False, True, True] * 50, [True] * 200,
+                                    epsilon=0.05, delta=0.1)
+    assert tau == 0.0
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(epsilon=0.0, delta=0.1), "epsilon"), (dict(epsilon=1.0, delta=0.1), "epsilon"),
+    (dict(epsilon=0.1, delta=0.0), "delta"), (dict(epsilon=0.1, delta=1.5), "delta")])
+def test_risk_controlled_rejects_out_of_range_parameters(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        risk_controlled_threshold([0.5], [True], [True], **kwargs)
+
+
+def test_fixed_paper_usage_and_sweep():
+    assert thresholds.fixed_threshold(0.3) == 0.3
+    with pytest.raises(ValueError, match="tau"):
+        thresholds.fixed_threshold(1.2)
+    assert thresholds.paper_threshold([True, False, True, True]) == 0.75
+    conf = [0.1, 0.2, 0.3, 0.4, None]
+    tau = thresholds.usage_threshold(conf, 0.6)  # defer 3 of 5: the missing one and 0.1, 0.2
+    assert thresholds.keeps(conf, tau).tolist() == [False, False, True, True, False]
+    assert thresholds.usage_threshold(conf, 1.0) == math.inf
+    assert thresholds.usage_threshold(conf, 0.0) == 0.0
+    with pytest.raises(ValueError, match="target_usage"):
+        thresholds.usage_threshold(conf, -0.1)
+    assert thresholds.sweep(conf).tolist() == [0.0, 0.1, 0.2, 0.3, 0.4, math.inf]
+
+
+def test_validate_names_the_field():
+    import ml_collections
+
+    cfg = ml_collections.ConfigDict(dict(rule="paper", fixed_tau=0.5, target_usage=0.3,
+                                         epsilon=0.05, delta=0.1))
+    thresholds.validate(cfg)
+    for field, value in (("rule", "median"), ("fixed_tau", 2.0), ("epsilon", 0.0), ("delta", 1.0)):
+        bad = ml_collections.ConfigDict(cfg.to_dict())
+        bad[field] = value
+        with pytest.raises(ValueError, match=f"threshold.{field}"):
+            thresholds.validate(bad)
