@@ -3,6 +3,8 @@
   python -m benchmarks.generate [--model=qwen2.5-coder-0.5b-instruct] [--batches=1,8,32]
                                 [--dtypes=float32,bfloat16] [--out=benchmarks/results/generate.json]
   python -m benchmarks.generate --architecture=qwen2.5-7b-instruct --dtypes=bfloat16  # on a GPU
+  python -m benchmarks.generate --workload=gsm8k --dtypes=float32 --batches=16,32 --new_tokens=512
+                                [--questions=48]  # realistic: answers end at EOS
 
 `--architecture` (a corea_jax.models.architectures name) measures a model of the real shapes
 with random weights on both sides (nothing to download; prompts are random token ids):
@@ -39,6 +41,10 @@ _SCAN_LAYERS = flags.DEFINE_bool("scan_layers", False,
                                   "(the training layout) instead of one parameter set per layer")
 _SKIP_HF = flags.DEFINE_bool("skip_hf", False, "measure corea_jax only")
 _OUT = flags.DEFINE_string("out", None, "write the results as JSON here")
+_WORKLOAD = flags.DEFINE_enum("workload", "forced", ["forced", "gsm8k"],
+                              "forced: --new_tokens forced, EOS ignored; gsm8k: --questions GSM8K test "
+                              "questions under the chat template, greedy, up to --new_tokens, stop at EOS")
+_QUESTIONS = flags.DEFINE_integer("questions", 48, "gsm8k workload: how many test questions")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -135,9 +141,100 @@ def time_hf(hf_model, prompts, new_tokens, pad_id) -> float:
     return time.perf_counter() - start
 
 
+def gsm8k_prompts(tokenizer, count: int) -> list[list[int]]:
+    """The first `count` GSM8K test questions under the chat template, as they are."""
+    from corea_jax.generation import chat_token_ids
+
+    lines = (SHARED / "gsm8k" / "test.jsonl").read_text().splitlines()[:count]
+    return [chat_token_ids(tokenizer, [{"role": "user", "content": json.loads(line)["question"]}])
+            for line in lines]
+
+
+def time_corea_answers(model, prompts, new_tokens, batch, schedule) -> tuple[float, list[list[int]]]:
+    """(seconds, greedy completions) of `prompts` up to `new_tokens`, stopping at EOS, after a
+    warm-up on the first batch (programs the timed run needs beyond those still compile in it)."""
+    import corea_jax
+    from corea_jax.generation import generate_tokens
+
+    sampling = corea_jax.SamplingParams(max_new_tokens=new_tokens)
+    generate_tokens(model, prompts[:batch], sampling, batch_size=batch, progress=False, schedule=schedule)
+    start = time.perf_counter()
+    out = generate_tokens(model, prompts, sampling, batch_size=batch, progress=False, schedule=schedule)
+    return time.perf_counter() - start, [group[0][0] for group in out]
+
+
+def time_hf_answers(hf_model, prompts, new_tokens, batch, pad_id, eos_ids) -> tuple[float, list[list[int]]]:
+    """transformers greedy `generate` in batches of `batch` (left-padded), stopping at EOS."""
+    import torch
+
+    def run(chunk, max_new):
+        width = max(map(len, chunk))
+        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk], device=hf_model.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=hf_model.device)
+        out = hf_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
+                                pad_token_id=pad_id, eos_token_id=eos_ids)[:, width:].tolist()
+        cut = []
+        for row in out:
+            end = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))
+            cut.append(row[:end])
+        return cut
+
+    with torch.inference_mode():
+        run(prompts[:batch], 4)
+        start = time.perf_counter()
+        completions = [c for i in range(0, len(prompts), batch) for c in run(prompts[i:i + batch], new_tokens)]
+    return time.perf_counter() - start, completions
+
+
+def main_gsm8k() -> list[dict]:
+    """The realistic workload: answers/s and generated tokens/s of corea_jax (continuous and
+    static schedules) and transformers on the same prompts, batch size and dtype."""
+    from corea_jax.generation import eos_token_ids
+
+    rows = []
+    for dtype in _DTYPES.value:
+        model, hf_model = load_models(dtype)
+        prompts = gsm8k_prompts(model.tokenizer, _QUESTIONS.value)
+        eos = eos_token_ids(model)
+        for batch in map(int, _BATCHES.value):
+            row = dict(workload="gsm8k", dtype=dtype, batch=batch, questions=len(prompts),
+                       max_new_tokens=_NEW_TOKENS.value)
+            answers = {}
+            for schedule in ("continuous", "static"):
+                seconds, answers[schedule] = time_corea_answers(model, prompts, _NEW_TOKENS.value, batch,
+                                                                schedule)
+                row[f"corea_{schedule}_answers_s"] = len(prompts) / seconds
+                row[f"corea_{schedule}_tok_s"] = sum(map(len, answers[schedule])) / seconds
+            if hf_model is not None:
+                seconds, theirs = time_hf_answers(hf_model, prompts, _NEW_TOKENS.value, batch,
+                                                  model.config.pad_token_id or 0, eos)
+                row.update(hf_answers_s=len(prompts) / seconds, hf_tok_s=sum(map(len, theirs)) / seconds,
+                           same_answers_as_hf=sum(a == b for a, b in zip(answers["continuous"], theirs)))
+                row["ratio_continuous"] = row["corea_continuous_answers_s"] / row["hf_answers_s"]
+                row["ratio_static"] = row["corea_static_answers_s"] / row["hf_answers_s"]
+            row["same_answers_static_continuous"] = sum(
+                a == b for a, b in zip(answers["continuous"], answers["static"]))
+            rows.append(row)
+            print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),
+                  flush=True)
+        del model, hf_model
+    return rows
+
+
 def main(argv):
     del argv
     import jax
+
+    if _WORKLOAD.value == "gsm8k":
+        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+              f"jax {jax.__version__} on {jax.devices()[0].platform}, model {_MODEL.value}")
+        rows = main_gsm8k()
+        if _OUT.value:
+            Path(_OUT.value).parent.mkdir(parents=True, exist_ok=True)
+            Path(_OUT.value).write_text(json.dumps(
+                {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
+                 "model": _MODEL.value, "rows": rows}, indent=2))
+        return
 
     peaks = machine_peaks()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "

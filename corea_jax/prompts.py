@@ -4,6 +4,7 @@ Formats (presets in `PROMPTS`):
   corea  step-by-step reasoning, `\\boxed{answer}`, last line `Confidence: <0..1>`.
   rlvr   the same without the confidence line.
   choice multiple choice: the option letter boxed, then the confidence line.
+  question  the problem alone, no instruction (models trained on the format).
 
 Small instruct models (Qwen2.5-Coder-0.5B/1.5B on GSM8K) box the confidence, or box it
 instead of the answer; the instruction therefore says in words which goes where and,
@@ -54,18 +55,23 @@ class PromptConfig:
     multiple_choice: the answer is an option letter A-E and the options are listed.
     worked_example: append a short solved example showing the expected ending.
     system_prompt: a system message, or None to leave the chat template's default.
+    instruction: write the instruction; False sends the problem alone (models whose SFT taught
+      them the format, such as the reproduction's from-scratch models).
     """
 
     ask_confidence: bool = True
     multiple_choice: bool = False
     worked_example: bool = True
     system_prompt: str | None = None
+    instruction: bool = True
 
 
 PROMPTS: dict[str, PromptConfig] = {
     "corea": PromptConfig(),
     "rlvr": PromptConfig(ask_confidence=False),
     "choice": PromptConfig(multiple_choice=True),
+    # The question alone as the user turn (the trainer's data.prompt = "question").
+    "question": PromptConfig(instruction=False, worked_example=False),
 }
 
 
@@ -132,7 +138,8 @@ def build_messages(
         messages.append({"role": "system", "content": cfg.system_prompt})
     # Instruction (and worked example) first, the problem last: small models that saw the
     # example last copied its ending ("Confidence: 0.9") instead of solving the problem.
-    messages.append({"role": "user", "content": f"{instruction(cfg)}\n\nProblem: {problem}"})
+    content = f"{instruction(cfg)}\n\nProblem: {problem}" if cfg.instruction else problem
+    messages.append({"role": "user", "content": content})
     return messages
 
 

@@ -191,21 +191,72 @@ def test_results_do_not_depend_on_batch_size(tiny, sampling):
             np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_varied_prompt_lengths_compile_a_handful_of_programs(tiny):
+@pytest.mark.parametrize("schedule, new_tokens, most", [
+    # One program per prompt-length bucket (64, 32, 16), at most one more.
+    ("static", 20, 4),
+    # One admit (prefill) program per (length bucket, distinct-prompt count 1 or 2), one decode
+    # chunk and one cache shift.
+    ("continuous", 40, 3 * 2 + 2),
+])
+def test_varied_prompt_lengths_compile_a_handful_of_programs(tiny, schedule, new_tokens, most):
     lengths = np.linspace(3, 60, 20).astype(int).tolist()
     prompts = _prompts(lengths, tiny.config.vocab_size, seed=2)
-    # 20 new tokens: a new-token bucket (32) no other test uses, so this run compiles afresh.
+    # A new-token bucket (32, 64) no other test uses, so this run compiles afresh.
     before = compile_count()
-    out = corea_jax.generate(tiny, prompts, corea_jax.SamplingParams(max_new_tokens=20),
-                             batch_size=2, progress=False)
+    out = corea_jax.generate(tiny, prompts, corea_jax.SamplingParams(max_new_tokens=new_tokens),
+                             batch_size=2, progress=False, schedule=schedule)
     compiled = compile_count() - before
-    assert 1 <= compiled <= 4, f"{compiled} programs for 10 batches"
+    assert 1 <= compiled <= most, f"{compiled} programs for 20 prompts in 2 slots"
     assert [c[0].num_prompt_tokens for c in out] == lengths
     # Another budget in the same bucket, another seed: nothing new to compile.
     before = compile_count()
-    corea_jax.generate(tiny, prompts, corea_jax.SamplingParams(max_new_tokens=30, seed=9),
-                       batch_size=2, progress=False)
+    corea_jax.generate(tiny, prompts, corea_jax.SamplingParams(max_new_tokens=new_tokens + 5, seed=9),
+                       batch_size=2, progress=False, schedule=schedule)
     assert compile_count() == before
+
+
+@pytest.mark.parametrize("sampling", [
+    corea_jax.SamplingParams(max_new_tokens=12, temperature=1.0, n=3, seed=2),
+    corea_jax.SamplingParams(max_new_tokens=12, temperature=0.7, n=2, seed=3),
+    corea_jax.SamplingParams(max_new_tokens=12, n=2),
+], ids=["temperature1", "temperature0.7", "greedy"])
+def test_samples_sharing_a_prefill_match_separately_prefilled_rows(tiny, sampling):
+    """n samples of a prompt are prefilled once and copied to n rows; they give the tokens and
+    log-probs of n separate copies of the prompt (row p * n + s keyed alike), on both schedules."""
+    prompts = _prompts([5, 23, 9], tiny.config.vocab_size, seed=6)
+    copies = [p for p in prompts for _ in range(sampling.n)]
+    want = corea_jax.generate(tiny, copies, dataclasses.replace(sampling, n=1), progress=False,
+                              schedule="static")
+    for schedule in corea_jax.generation.SCHEDULES:
+        got = corea_jax.generate(tiny, prompts, sampling, progress=False, schedule=schedule)
+        assert [c.token_ids for per in got for c in per] == [c[0].token_ids for c in want], schedule
+        for a, b in zip(_logprobs(got), _logprobs(want)):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_continuous_completion_does_not_depend_on_its_batch(tiny):
+    """A prompt alone and among others of other lengths, rows ending at EOS at different steps
+    (slots refilled mid-run, the cache shifted), gives the same completions; so does the static
+    path."""
+    # 15 EOS tokens: at temperature 1 some rows end early, some run the whole budget.
+    model = dataclasses.replace(tiny, config=tiny.config.replace(eos_token_ids=tuple(range(100, 115))))
+    sampling = corea_jax.SamplingParams(max_new_tokens=16, temperature=1.0, n=2, seed=11)
+    mixed = _prompts([6, 3, 28, 11, 40, 13], model.config.vocab_size, seed=7)
+    alone = corea_jax.generate(model, mixed[:1], sampling, progress=False, schedule="continuous")
+    among = corea_jax.generate(model, mixed, sampling, batch_size=2, progress=False, schedule="continuous")
+    static = corea_jax.generate(model, mixed, sampling, batch_size=4, progress=False, schedule="static")
+    assert _tokens(among)[0] == _tokens(alone)[0]
+    np.testing.assert_allclose(among[0][1].logprobs, alone[0][1].logprobs, atol=1e-5)
+    assert _tokens(among) == _tokens(static)
+    assert {c.finish_reason for per in among for c in per} == {"stop", "length"}
+    for a, b in zip(_logprobs(among), _logprobs(static)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_unknown_schedule_names_the_field(tiny):
+    with pytest.raises(ValueError, match=r"^schedule: expected one of"):
+        corea_jax.generation.generate_tokens(tiny, [[4, 5]], corea_jax.SamplingParams(max_new_tokens=2),
+                                             schedule="eager")
 
 
 def _sampling_log_probs(logits: np.ndarray, sampling) -> np.ndarray:

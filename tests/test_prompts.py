@@ -98,8 +98,13 @@ def test_choices_must_match_the_config():
 
 
 def test_unknown_preset_names_the_valid_ones():
-    with pytest.raises(ValueError, match=r"'cot'.*\['choice', 'corea', 'rlvr'\]"):
+    with pytest.raises(ValueError, match=r"'cot'.*\['choice', 'corea', 'question', 'rlvr'\]"):
         prompts.get_prompt_config("cot")
+
+
+def test_question_preset_sends_the_problem_alone():
+    messages = prompts.build_messages(QUESTION, prompts.get_prompt_config("question"))
+    assert messages == [{"role": "user", "content": QUESTION}]
 
 
 def test_render_applies_the_chat_template():

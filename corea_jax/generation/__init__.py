@@ -5,6 +5,7 @@
 device program itself, for ahead-of-time compiles (`corea_jax.planning`).
 """
 
-from corea_jax.generation.engine import (Completion, GenerationProgram, SamplingParams, SamplingScalars,
+from corea_jax.generation.engine import (Completion, GenerationProgram, SCHEDULES, SamplingParams,
+                                         SamplingScalars,
                                          chat_token_ids, compile_count, eos_token_ids, generate,
                                          generate_followup, generate_tokens)

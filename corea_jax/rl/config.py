@@ -66,7 +66,10 @@ def defaults() -> ml_collections.ConfigDict:
         num_epochs=1,
         micro_batch_size=64))  # completions per gradient-accumulation micro-batch
 
-    c.sft = ml_collections.ConfigDict(dict(confidence=0.9))  # confidence written in SFT targets
+    # The confidence SFT targets state: `confidence`, or when `confidence_choices` is non-empty a
+    # value drawn from it per target (seeded by (seed, step)): uninformative like a constant,
+    # but every value keeps some probability, so RL can explore the stated confidence.
+    c.sft = ml_collections.ConfigDict(dict(confidence=0.9, confidence_choices=()))
 
     c.optim = ml_collections.ConfigDict(dict(
         learning_rate=1e-3, warmup_steps=0, schedule="constant", final_lr_ratio=0.1,
@@ -165,6 +168,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     from corea_jax.rl.batching import check_micro_batch_size
 
     check_micro_batch_size(g.micro_batch_size, group, r.prompts_per_step // g.num_minibatches * group)
+
+    for i, value in enumerate((config.sft.confidence, *config.sft.confidence_choices)):
+        _expect(isinstance(value, (int, float)) and 0 <= value <= 1,
+                "sft.confidence" if i == 0 else f"sft.confidence_choices[{i - 1}]", "a number in [0, 1]", value)
 
     o = config.optim
     _expect(o.learning_rate > 0, "optim.learning_rate", "a number > 0", o.learning_rate)

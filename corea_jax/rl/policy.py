@@ -11,6 +11,7 @@ import functools
 import re
 
 import jax
+import numpy as np
 
 from corea_jax import prompts
 from corea_jax.data.records import Record
@@ -102,6 +103,16 @@ def sft_target_text(record: Record, task: str, confidence: float) -> str:
         reasoning, answer = answer.rsplit("####", 1)
         reasoning = _CALCULATOR.sub("", reasoning).strip() + "\n"
     return f"{reasoning}The final answer is \\boxed{{{answer.strip()}}}.\nConfidence: {confidence:g}"
+
+
+def sft_confidences(sft_config, seed: int, step: int, n: int) -> list[float]:
+    """The confidences the n SFT targets of `step` state: sft.confidence, or draws from
+    sft.confidence_choices (a function of (seed, step), so a resumed run repeats them)."""
+    choices = tuple(sft_config.confidence_choices)
+    if not choices:
+        return [float(sft_config.confidence)] * n
+    picks = np.random.default_rng([seed, step, 7]).integers(0, len(choices), size=n)
+    return [float(choices[i]) for i in picks]
 
 
 def sft_completion(model: Model, record: Record, task: str, confidence: float) -> list[int]:

@@ -277,8 +277,9 @@ def sft_step(state: TrainState, model: Model, records, step: int, config, ctx: S
     r, g = config.rollout, config.grpo
     t0 = time.perf_counter()
     batch_records, prompt_ids = _step_prompts(model, records, step, config)
-    targets = [policy.sft_completion(model, rec, config.data.task, config.sft.confidence)
-               for rec in batch_records]
+    confidences = policy.sft_confidences(config.sft, config.seed, step, len(batch_records))
+    targets = [policy.sft_completion(model, rec, config.data.task, c)
+               for rec, c in zip(batch_records, confidences)]
     pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     prompt_tokens, prompt_mask = rollout.pad_prompts(prompt_ids, r.max_prompt_length, pad_id)
     tokens, mask, _ = rollout.pad_completions([[t] for t in targets], r.max_new_tokens, pad_id)

@@ -1,0 +1,114 @@
+"""The reproduction's synthetic reasoning task: chains of additions and subtractions.
+
+A problem defines a chain of variables, each from the one before, and asks for the last,
+"a=47;b=a+8;c=b-15;d=c+3;d?", with a worked solution of one line per operation,
+
+  a=47
+  b=47+8=55
+  c=55-15=40
+  d=40+3=43
+  #### 43
+
+the GSM8K gold convention, so the project's grader (task "gsm8k") reads it and the trainer's
+SFT turns it into "reasoning, \\boxed{43}, Confidence: c". Difficulty is visible in the
+question: more operations and longer operands mean more steps and harder single steps, so
+a small model's accuracy falls with both, and a calibrated confidence can be read off the
+question. A subtraction is only drawn when it keeps the running total non-negative.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainProblem:
+    """One problem: question text, GSM8K-style gold solution, answer, difficulty."""
+
+    question: str
+    solution: str  # steps, then "#### answer"
+    answer: str
+    num_ops: int
+    digits: int  # operand length in digits
+
+
+VARIABLES = "abcdefghijklmnopqrstuvwxyz"
+
+
+def make_problem(rng: np.random.Generator, num_ops: int, digits: int) -> ChainProblem:
+    """A chain of `num_ops` additions or subtractions, each defining the next variable from the
+    previous one ("a=7;b=a-6;c=b+1;c?"), with operands and running totals in
+    [0, 10**digits - 1]: every step is one fact of a small table, and a longer chain needs
+    more of them in a row. Operands are uniform; the sign is whichever keeps the total in
+    range (a coin flip when both do)."""
+    if not 1 <= num_ops < len(VARIABLES) or digits < 1:
+        raise ValueError(f"num_ops, digits: expected 1 <= num_ops < {len(VARIABLES)} and digits >= 1, "
+                         f"found {num_ops}, {digits}")
+    top = 10 ** digits - 1
+    total = int(rng.integers(0, top + 1))
+    definitions, steps = [f"a={total}"], [f"a={total}"]
+    for i in range(1, num_ops + 1):
+        while True:  # an operand, then a sign that keeps the total in range
+            x = int(rng.integers(0, top + 1))
+            signs = [op for op, ok in (("+", total + x <= top), ("-", x <= total)) if ok]
+            if signs:
+                break
+        op = signs[int(rng.integers(0, len(signs)))]
+        new = total + x if op == "+" else total - x
+        var, prev = VARIABLES[i], VARIABLES[i - 1]
+        definitions.append(f"{var}={prev}{op}{x}")
+        steps.append(f"{var}={total}{op}{x}={new}")
+        total = new
+    question = ";".join(definitions) + f";{VARIABLES[num_ops]}?"
+    return ChainProblem(question=question, solution="\n".join(steps) + f"\n#### {total}",
+                        answer=str(total), num_ops=num_ops, digits=digits)
+
+
+def make_problems(n: int, seed: int, *, max_ops: int, max_digits: int) -> list[ChainProblem]:
+    """`n` problems with num_ops uniform in [1, max_ops] and digits uniform in [1, max_digits]."""
+    rng = np.random.default_rng(seed)
+    ops = rng.integers(1, max_ops + 1, size=n)
+    digits = rng.integers(1, max_digits + 1, size=n)
+    return [make_problem(rng, int(k), int(d)) for k, d in zip(ops, digits)]
+
+
+SPLITS = ("train", "calibration", "test")
+
+
+def make_splits(sizes: dict[str, int], seed: int, *, max_ops: int, max_digits: int
+                ) -> dict[str, list[ChainProblem]]:
+    """Independent draws per split (seeds (seed, split index)); test and calibration questions
+    that also occur in train are redrawn, so evaluation measures more than recall."""
+    train = make_problems(sizes["train"], seed * 3, max_ops=max_ops, max_digits=max_digits)
+    seen = {p.question for p in train}
+    out = {"train": train}
+    for i, split in enumerate(SPLITS[1:], start=1):
+        rng = np.random.default_rng([seed, i])
+        problems: list[ChainProblem] = []
+        while len(problems) < sizes[split]:
+            p = make_problem(rng, int(rng.integers(1, max_ops + 1)), int(rng.integers(1, max_digits + 1)))
+            if p.question not in seen:
+                seen.add(p.question)
+                problems.append(p)
+        out[split] = problems
+    return out
+
+
+def write_jsonl(problems: Iterable[ChainProblem], path: str | os.PathLike) -> Path:
+    """One JSON object per problem (id "<file stem>-<index>", question, answer = the gold
+    solution, num_ops, digits); written to a temporary file and renamed, so a reader never
+    sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        for i, p in enumerate(problems):
+            f.write(json.dumps({"id": f"{path.stem}-{i:05d}", "question": p.question,
+                                "answer": p.solution, "num_ops": p.num_ops, "digits": p.digits}) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,87 @@
+"""The cascade stages of the reproduction, through the cascade package's public functions.
+
+  llm_answers       the LLM answers the calibration and test splits once (records.jsonl)
+  cascade_<slm>     one SLM answers both splits; its records plus the LLM's are scored by
+                    `corea_jax.cascade` (report.json / report.md / frontier and reliability
+                    PNGs of that SLM's cascade, in the stage directory)
+
+Every SLM meets the same LLM records, so the LLM never answers twice.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import ml_collections
+
+RECORDS = "records.jsonl"
+
+
+def _model_spec(name: Path, c) -> ml_collections.ConfigDict:
+    """A cascade model entry (configs/cascade/*: slm / llm) for a local HF directory."""
+    return ml_collections.ConfigDict(dict(
+        name=str(name), backend="local", dtype="float32", mesh="", mode="one_turn", prompt=c.prompt,
+        system_prompt="", max_new_tokens=c.max_new_tokens, followup_tokens=24, batch_size=c.batch_size,
+        temperature=0.0, probe_hidden=False, probe_window=0, non_embedding_params=0, price_per_million=()))
+
+
+def _data_spec(path: Path, split: str) -> ml_collections.ConfigDict:
+    spec = ml_collections.ConfigDict(dict(source=str(path), split=split, limit=0, offset=0, seed=0,
+                                          question_field="question", answer_field="answer", task="gsm8k"))
+    for field in ("data_file", "choices_field", "name"):  # ids: "<split>/<index>"
+        spec[field] = ml_collections.FieldReference(None, field_type=str)
+    return spec
+
+
+def cascade_config(config, *, task_dir: Path, slm_dir: Path, llm_dir: Path) -> ml_collections.ConfigDict:
+    """The `corea_jax.cascade.evaluate.run` config of one SLM against the LLM on the task's
+    calibration and test files (greedy, one turn, the task's prompt, FLOPs cost)."""
+    c = config.cascade
+    out = ml_collections.ConfigDict()
+    gen = ml_collections.ConfigDict(dict(prompt=config.task.prompt, max_new_tokens=config.task.max_new_tokens,
+                                         batch_size=c.batch_size))
+    out.slm, out.llm = _model_spec(slm_dir, gen), _model_spec(llm_dir, gen)
+    out.data = ml_collections.ConfigDict()
+    out.data.calibration = _data_spec(task_dir / "calibration.jsonl", "calibration")
+    out.data.test = _data_spec(task_dir / "test.jsonl", "test")
+    out.llm_on = "all"
+    out.chunk_size = 100000  # one pass per model: nothing here is worth interleaving
+    out.cost_model = c.cost_model
+    out.threshold = ml_collections.ConfigDict(dict(rule="paper", fixed_tau=0.5, target_usage=0.3,
+                                                   epsilon=c.risk_epsilon, delta=c.risk_delta))
+    out.probe_l2 = 1.0
+    out.bootstrap = c.bootstrap
+    out.seed = config.seed
+    out.rescore_only = False
+    out.report = True
+    return out
+
+
+def answer_llm(cascade_cfg, out: Path) -> None:
+    """`out/records.jsonl`: the LLM's answers to the calibration and test items."""
+    from corea_jax.cascade import evaluate, records
+    from corea_jax.cascade.costs import CostModel
+
+    calibration, test = evaluate.load_splits(cascade_cfg)
+    backend = evaluate.make_backend(cascade_cfg.llm, "llm")
+    cost = CostModel(cascade_cfg.cost_model, params={"llm": backend.non_embedding_params})
+
+    def cost_fn(record):
+        record["non_embedding_params"] = backend.non_embedding_params
+        return cost(record)
+
+    store = records.RecordStore(out / RECORDS)
+    for split, items in (("calibration", calibration), ("test", test)):
+        records.collect(backend, items, store, model="llm", split=split, cost_fn=cost_fn,
+                        cost_model=cascade_cfg.cost_model)
+
+
+def run_cascade(cascade_cfg, llm_records: Path, out: Path) -> dict:
+    """The cascade job of one SLM in `out`, starting from the LLM's records (so only the SLM
+    answers); returns its report.json."""
+    from corea_jax.cascade import evaluate
+
+    if not (out / RECORDS).exists():
+        shutil.copyfile(llm_records, out / RECORDS)
+    return evaluate.run(cascade_cfg, out)

@@ -1,0 +1,188 @@
+"""COREA end to end, as cached stages in one workdir (`python -m launch.reproduce`).
+
+  run(config, workdir)
+
+Stages, each a directory of the workdir (corea_jax.reproduction.stages caches them):
+
+  task        train / calibration / test .jsonl of the chain task (corea_jax.data.chains)
+  tokenizer   byte-level BPE trained on the task's text, a transformers tokenizer dir
+  slm_init, llm_init   random-init Qwen2 decoders at the config's sizes, HF dirs
+  slm_sft, llm_sft     the trainer's SFT from those (targets end in \\boxed{} and an
+                       uninformative, mostly high Confidence line); trained model in hf/
+  slm_rlvr, slm_rlcc, slm_brier   GRPO from the SFT SLM with the rlvr / rlcc_l1 /
+                       rlcc_brier rewards, the same steps and seed
+  llm_answers the LLM answers the calibration and test splits (cascade records)
+  cascade_sft, cascade_rlvr, cascade_rlcc, cascade_brier   each SLM answers both splits and
+                       the cascade package scores it against the LLM's records
+  report      report.md, report.json and the PNGs, in the workdir itself (not cached: a
+              pure function of the stages, written in a second)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from tqdm.auto import tqdm
+
+from corea_jax.data import chains, tokenizer_training
+from corea_jax.data.records import Record
+from corea_jax.reproduction import cascade_stages
+from corea_jax.reproduction import models as models_lib
+from corea_jax.reproduction import report as report_lib
+from corea_jax.reproduction.stages import Stage, run_stage
+
+
+def _plain(value):
+    """ConfigDict / FieldReference -> JSON-able dicts and lists (the stage inputs)."""
+    return json.loads(value.to_json_best_effort()) if hasattr(value, "to_json_best_effort") else value
+
+
+def build_task(config, out: Path) -> None:
+    t = config.task
+    splits = chains.make_splits({s: t[s] for s in chains.SPLITS}, config.seed, max_ops=t.max_ops,
+                                max_digits=t.max_digits)
+    for split, problems in splits.items():
+        chains.write_jsonl(problems, out / f"{split}.jsonl")
+
+
+def read_split(task_dir: Path, split: str) -> list[dict]:
+    """The rows of one split's .jsonl (id, question, answer, num_ops, digits)."""
+    with (task_dir / f"{split}.jsonl").open() as f:
+        return [json.loads(line) for line in f]
+
+
+def build_tokenizer(config, task_dir: Path, out: Path) -> None:
+    """Trained on what the models read and write: the chat roles, the questions and the SFT
+    targets (worked solution, boxed answer, confidence line)."""
+    from corea_jax.rl.policy import sft_target_text
+
+    rows = read_split(task_dir, "train")
+    texts = ["system", "user", "assistant"] + [r["question"] for r in rows]
+    texts += [sft_target_text(Record(r["question"], r["answer"]), "gsm8k", 0.9) for r in rows]
+    tokenizer_training.train_tokenizer(texts, out, vocab_size=config.tokenizer.vocab_size)
+
+
+def _progress_log(total: int, desc: str) -> tuple[Callable[[str], None], tqdm]:
+    """A trainer `log` that advances a tqdm bar on each "step N: ..." line."""
+    bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
+
+    def log(message: str) -> None:
+        if message.startswith("step "):
+            step, _, rest = message[5:].partition(":")
+            bar.n = int(step)
+            bar.set_postfix_str(rest.strip()[:60], refresh=False)
+            bar.refresh()
+        elif message.startswith("resumed from step "):
+            bar.n = int(message.split()[3])
+            bar.refresh()
+        else:
+            tqdm.write(message)
+
+    return log, bar
+
+
+def train_stage(workdir: Path, name: str, config, overrides: dict, *, model_dir: Path, task_dir: Path,
+                inputs: dict, log: Callable[[str], None]) -> Stage:
+    """A trainer run (`corea_jax.rl.trainer.train`) as a stage; its model is `<stage>/hf`."""
+    from corea_jax.rl import trainer
+
+    def build(out: Path) -> None:
+        tc = models_lib.trainer_config(config, overrides, model_dir=model_dir,
+                                       train_file=task_dir / "train.jsonl")
+        step_log, bar = _progress_log(tc.total_steps, name)
+        try:
+            trainer.train(tc, out, log=step_log)
+        finally:
+            bar.close()
+
+    return run_stage(workdir, name, dict(inputs, overrides=_plain(overrides)), build, log=log)
+
+
+def _sft_stages(config, workdir: Path, role: str, stages: dict[str, Stage], log) -> dict[str, Stage]:
+    """<role>_init (random weights) and <role>_sft (the trainer's SFT from them)."""
+    arch = config[role]
+    init = run_stage(workdir, f"{role}_init",
+                     {"tokenizer": stages["tokenizer"].key, "arch": _plain(arch), "seed": config.seed},
+                     lambda out: models_lib.init_model_dir(arch, stages["tokenizer"].path, out, config.seed),
+                     log=log)
+    overrides = dict(_plain(config.sft), total_steps=config[f"{role}_sft_steps"])
+    sft = train_stage(workdir, f"{role}_sft", config, overrides, model_dir=init.path,
+                      task_dir=stages["task"].path,
+                      inputs={"init": init.key, "task": stages["task"].key, "seed": config.seed}, log=log)
+    return {f"{role}_init": init, f"{role}_sft": sft}
+
+
+def train_models(config, workdir: Path, *, log: Callable[[str], None] = print) -> dict[str, Stage]:
+    """Stages task .. slm_brier; returns every stage by name."""
+    stages: dict[str, Stage] = {}
+    stages["task"] = run_stage(workdir, "task", {"seed": config.seed, "task": _plain(config.task)},
+                               lambda out: build_task(config, out), log=log)
+    task_dir = stages["task"].path
+    stages["tokenizer"] = run_stage(
+        workdir, "tokenizer", {"task": stages["task"].key, "tokenizer": _plain(config.tokenizer)},
+        lambda out: build_tokenizer(config, task_dir, out), log=log)
+    for role in ("slm", "llm"):
+        stages.update(_sft_stages(config, workdir, role, stages, log))
+        if role == "slm":  # the RL runs first: their results show before the LLM is trained
+            sft = stages["slm_sft"]
+            for run, preset in config.rl_runs.items():
+                overrides = _plain(config.rl)
+                overrides["reward"] = dict(overrides.get("reward", {}), preset=preset)
+                stages[f"slm_{run}"] = train_stage(
+                    workdir, f"slm_{run}", config, overrides, model_dir=sft.path / "hf", task_dir=task_dir,
+                    inputs={"sft": sft.key, "task": stages["task"].key, "seed": config.seed}, log=log)
+    return stages
+
+
+def evaluate_models(config, workdir: Path, stages: dict[str, Stage], *,
+                    log: Callable[[str], None] = print) -> dict[str, Stage]:
+    """Stages llm_answers and cascade_<run> for every SLM (SFT and the RL runs)."""
+    task_dir, llm_dir = stages["task"].path, stages["llm_sft"].path / "hf"
+    cascade_inputs = {"task": stages["task"].key, "cascade": _plain(config.cascade), "seed": config.seed,
+                      "prompt": config.task.prompt, "max_new_tokens": config.task.max_new_tokens}
+    slms = {"sft": stages["slm_sft"], **{run: stages[f"slm_{run}"] for run in config.rl_runs}}
+    out: dict[str, Stage] = {}
+
+    def cfg(slm_dir: Path):
+        return cascade_stages.cascade_config(config, task_dir=task_dir, slm_dir=slm_dir, llm_dir=llm_dir)
+
+    # The LLM's answers depend on how it is asked, not on thresholds or the bootstrap.
+    answer_inputs = dict(cascade_inputs, cascade={k: config.cascade[k] for k in ("batch_size", "cost_model")})
+    out["llm_answers"] = run_stage(
+        workdir, "llm_answers", dict(answer_inputs, llm=stages["llm_sft"].key),
+        lambda d: cascade_stages.answer_llm(cfg(slms["sft"].path / "hf"), d), log=log)
+    for run, slm in slms.items():
+        out[f"cascade_{run}"] = run_stage(
+            workdir, f"cascade_{run}", dict(cascade_inputs, slm=slm.key, llm=out["llm_answers"].key),
+            lambda d, slm=slm: cascade_stages.run_cascade(
+                cfg(slm.path / "hf"), out["llm_answers"].path / cascade_stages.RECORDS, d), log=log)
+    return out
+
+
+def write_report(config, workdir: Path, stages: dict[str, Stage]) -> dict:
+    """report.json / report.md / PNGs in the workdir, from the stages' outputs."""
+    runs = ["sft", *config.rl_runs]
+    cascades = {run: json.loads((stages[f"cascade_{run}"].path / "report.json").read_text()) for run in runs}
+    runtime = sum(stage.seconds for stage in stages.values())
+    curves = {label: report_lib.read_metrics(stages[f"slm_{run}"].path / "metrics.jsonl")
+              for run, label in (("rlvr", "RLVR"), ("rlcc", "RLCC-L1"), ("brier", "RLCC-Brier"))
+              if run in config.rl_runs}
+    return report_lib.write_all(workdir, cascades, curves,
+                                {run: stages[f"cascade_{run}"].path / cascade_stages.RECORDS for run in runs},
+                                runtime_s=runtime, stage_seconds={n: s.seconds for n, s in stages.items()})
+
+
+def run(config, workdir: str | Path, *, log: Callable[[str], None] = print) -> dict:
+    """The whole job; returns report.json's dict. Reruns skip every stage whose inputs held."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    stages = train_models(config, workdir, log=log)
+    stages.update(evaluate_models(config, workdir, stages, log=log))
+    report = write_report(config, workdir, stages)
+    log(f"report: {workdir / 'report.md'} (this run {time.perf_counter() - t0:.0f} s; "
+        f"from an empty workdir {report['runtime_s']:.0f} s)")
+    return report

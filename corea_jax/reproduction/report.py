@@ -1,0 +1,302 @@
+"""The reproduction's report: the paper-style table (markdown and PNG), reliability diagrams of
+the SLM before and after RLCC, the RL learning curves and the accuracy-cost frontier.
+
+Pure functions of numbers already computed (the cascade's per-system metrics, the trainer's
+metrics.jsonl, per-item confidences and grades); every PNG is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from corea_jax import metrics
+
+SYSTEMS = ("SFT-SLM", "RLVR-SLM", "RLVR-SLM-AvgProb", "Brier-SLM", "RLCC-SLM", "LLM", "COREA", "COREA-risk")
+COLUMNS = (("pass_at_1", "pass@1", "{:.1%}"), ("avg_cost", "avg cost (FLOPs)", "{:.3g}"),
+           ("cost_vs_llm", "cost / LLM", "{:.0%}"),
+           ("llm_usage", "LLM usage", "{:.1%}"), ("ece", "ECE", "{:.3f}"), ("auroc", "AUROC", "{:.3f}"),
+           ("brier", "Brier", "{:.3f}"), ("tau", "tau", "{:.2f}"))
+RUN_COLORS = {"RLVR": "#4878d0", "RLCC-L1": "#6acc64", "RLCC-Brier": "#d65f5f"}
+
+
+def _cell(value, fmt: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else fmt.format(value)
+
+
+def table_rows(systems: dict[str, dict]) -> list[list[str]]:
+    """[system, pass@1, avg cost, LLM usage, ECE, AUROC, Brier, tau] rows, in SYSTEMS order."""
+    names = [n for n in SYSTEMS if n in systems] + [n for n in systems if n not in SYSTEMS]
+    llm_cost = systems.get("LLM", {}).get("avg_cost")
+    rows = []
+    for name in names:
+        entry = dict(systems[name])
+        entry["cost_vs_llm"] = entry["avg_cost"] / llm_cost if llm_cost else None
+        rows.append([name] + [_cell(entry.get(key), fmt) for key, _, fmt in COLUMNS])
+    return rows
+
+
+def markdown_table(systems: dict[str, dict]) -> str:
+    header = ["system"] + [title for _, title, _ in COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(systems)]
+    return "\n".join(lines)
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".png")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=130)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def plot_table(systems: dict[str, dict], path: Path, title: str) -> Path:
+    """The table of `markdown_table` as a PNG."""
+    rows = table_rows(systems)
+    fig = _figure(11.0, 0.32 * len(rows) + 0.8)
+    ax = fig.subplots()
+    ax.axis("off")
+    widths = [0.19] + [0.09] * len(COLUMNS)
+    widths[2] = 0.14
+    table = ax.table(cellText=rows, colLabels=["system"] + [t for _, t, _ in COLUMNS], loc="center",
+                     cellLoc="center", colWidths=widths)
+    table.auto_set_font_size(False)
+    table.set_fontsize(10)
+    table.scale(1.0, 1.5)
+    for (r, c), cell in table.get_celld().items():
+        if r == 0:
+            cell.set_facecolor("#dde6f5")
+            cell.set_text_props(weight="bold")
+        elif rows[r - 1][0] in ("COREA", "COREA-risk"):
+            cell.set_facecolor("#eaf5e6")
+    ax.set_title(title, fontsize=11)
+    return _save(fig, path)
+
+
+def _reliability_panel(ax, conf: np.ndarray, correct: np.ndarray, title: str, n_bins: int) -> None:
+    bins = metrics.calibration_bins(conf, correct, n_bins)
+    centers = (bins.edges[:-1] + bins.edges[1:]) / 2
+    full = bins.count > 0
+    width = 1.0 / n_bins
+    ax.bar(centers[full], bins.accuracy[full], width=width, color="#4878d0", edgecolor="black", linewidth=0.6,
+           label="accuracy in bin")
+    ax.bar(centers[full], (bins.mean_confidence - bins.accuracy)[full], bottom=bins.accuracy[full], width=width,
+           color="#d65f5f", alpha=0.35, edgecolor="#b03030", hatch="//", linewidth=0.6,
+           label="gap to mean confidence")
+    ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=1.2, label="perfect calibration")
+    for x, n, acc in zip(centers[full], bins.count[full], bins.accuracy[full]):
+        ax.annotate(f"n={int(n)}", (x, 0.02), ha="center", fontsize=7, rotation=90, color="white")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="stated confidence", ylabel="accuracy")
+    ax.set_title(f"{title}\nECE {metrics.ece(conf, correct, n_bins):.3f}, "
+                 f"AUROC {metrics.auroc(conf, correct):.3f}, accuracy {np.mean(correct):.1%}", fontsize=10)
+    ax.grid(alpha=0.3, linewidth=0.5)
+    ax.legend(loc="upper left", fontsize=8)
+
+
+def plot_reliability(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], path: Path, n_bins: int = 10) -> Path:
+    """Side-by-side reliability diagrams: one (title, confidence [N], correct [N]) per panel."""
+    fig = _figure(5.0 * len(panels), 5.0)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    for ax, (title, conf, correct) in zip(axes, panels):
+        _reliability_panel(ax, np.asarray(conf, float), np.asarray(correct, bool), title, n_bins)
+    return _save(fig, path)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The trainer's metrics.jsonl rows."""
+    with Path(path).open() as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over `window` steps, NaNs skipped."""
+    out = np.full(len(values), np.nan)
+    for i in range(len(values)):
+        chunk = values[max(0, i - window + 1):i + 1]
+        if np.isfinite(chunk).any():
+            out[i] = np.nanmean(chunk)
+    return out
+
+
+def plot_learning_curves(runs: dict[str, list[dict]], path: Path, window: int = 10) -> Path:
+    """Reward, accuracy and ECE of the rollouts per step, one line per RL run (a trailing mean
+    over `window` steps; the raw values faint behind it)."""
+    fig = _figure(13.0, 4.0)
+    axes = fig.subplots(1, 3)
+    for ax, (key, title) in zip(axes, (("reward_mean", "reward (own preset)"), ("accuracy", "rollout accuracy"),
+                                       ("ece", "rollout ECE (stated confidence)"))):
+        for name, rows in runs.items():
+            steps = np.array([r["step"] for r in rows])
+            values = np.array([r.get(key, np.nan) for r in rows], float)
+            color = RUN_COLORS.get(name)
+            ax.plot(steps, values, color=color, alpha=0.2, linewidth=0.8)
+            ax.plot(steps, _smooth(values, window), color=color, linewidth=2, label=name)
+        ax.set(title=title, xlabel="RL step")
+        ax.grid(alpha=0.3, linewidth=0.5)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_frontier(curves: dict[str, tuple[np.ndarray, np.ndarray]], points: dict[str, tuple[float, float]],
+                  path: Path, llm_cost: float) -> Path:
+    """pass@1 against average cost (in units of the LLM's cost): one curve per confidence
+    source (every tau), and labelled points (single models, COREA)."""
+    fig = _figure(7.0, 5.0)
+    ax = fig.subplots()
+    for name, (cost, acc) in curves.items():
+        order = np.argsort(cost)
+        ax.plot(np.asarray(cost)[order] / llm_cost, np.asarray(acc)[order], linewidth=1.6, label=name)
+    for i, (name, (cost, acc)) in enumerate(points.items()):
+        ax.scatter([cost / llm_cost], [acc], s=45, zorder=3, edgecolor="black")
+        # Alternate the label side: COREA and COREA-risk often share a point.
+        ax.annotate(name, (cost / llm_cost, acc), xytext=(6, -12 if i % 2 else 6), textcoords="offset points",
+                    fontsize=8)
+    ax.set(xlabel="average cost per question (LLM alone = 1)", ylabel="pass@1 on test",
+           title="Accuracy-cost frontier (thresholds swept on test)")
+    ax.grid(alpha=0.3, linewidth=0.5)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- composition
+
+# report.json system -> (SLM run, system of that run's cascade report, confidence source of
+# its ECE / AUROC / Brier). The "-SLM" systems are the SLM answering alone.
+SYSTEM_SOURCES = {
+    "SFT-SLM": ("sft", "SLM", "verbal"),
+    "RLVR-SLM": ("rlvr", "SLM", "verbal"),
+    "RLVR-SLM-AvgProb": ("rlvr", "SLM", "answer_mean_prob"),
+    "Brier-SLM": ("brier", "SLM", "verbal"),
+    "RLCC-SLM": ("rlcc", "SLM", "verbal"),
+    "LLM": ("rlcc", "LLM", None),
+    "COREA": ("rlcc", "COREA", "verbal"),
+    "COREA-risk": ("rlcc", "COREA-risk", "verbal"),
+}
+CONFIDENCE_SYSTEM = {"verbal": "COREA", "answer_mean_prob": "Cascade-AvgProb"}
+
+
+def compose_systems(cascades: dict[str, dict]) -> dict[str, dict]:
+    """report.json's systems from each SLM run's cascade report ({run: report.json})."""
+    systems = {}
+    for name, (run, system, source) in SYSTEM_SOURCES.items():
+        entry = dict(cascades[run]["systems"][system])
+        if system == "SLM" and source is not None:
+            # The SLM alone, scored with `source`: the cascade report holds that source's
+            # ECE / AUROC / Brier on its cascade system (same test items, same SLM correctness).
+            scored = cascades[run]["systems"][CONFIDENCE_SYSTEM[source]]
+            entry.update({k: scored[k] for k in ("ece", "auroc", "brier")}, tau=None)
+        systems[name] = entry
+    return systems
+
+
+def cascade_rows(cascades: dict[str, dict]) -> dict[str, dict]:
+    """Each SLM run's own cascade at the paper's tau (verbal confidence), for report.md."""
+    labels = {"sft": "SFT-SLM -> LLM", "rlvr": "RLVR-SLM -> LLM", "brier": "Brier-SLM -> LLM",
+              "rlcc": "RLCC-SLM -> LLM (COREA)"}
+    return {labels[run]: cascades[run]["systems"]["COREA"] for run in labels if run in cascades}
+
+
+def _read_records(path: Path) -> list[dict]:
+    with Path(path).open() as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _test_split(records: list[dict], cost_model_name: str):
+    """The cascade's test Split (per-item correctness, costs, confidences) of one SLM's records."""
+    from corea_jax.cascade import report as cascade_report
+    from corea_jax.cascade.costs import CostModel
+
+    params = {}
+    for r in records:
+        params.setdefault(r["model"], r.get("non_embedding_params"))
+    return cascade_report.build_split(records, "test", CostModel(cost_model_name, params=params))
+
+
+def render_markdown(report: dict, cascades: dict[str, dict]) -> str:
+    s = report["systems"]
+    llm, corea = s["LLM"], s["COREA"]
+    lines = [
+        "# COREA reproduced on a toy: chain arithmetic, from-scratch Qwen2-family models", "",
+        f"{report['n_test']} test items, {report['n_calibration']} calibration items (thresholds); "
+        f"cost model `{report['cost_model']}` (2 x non-embedding parameters x tokens); "
+        f"{report['runtime_s']:.0f} s of stage time from an empty workdir.", "",
+        markdown_table(s), "",
+        f"COREA (RLCC-SLM -> LLM at tau = {_cell(corea['tau'], '{:.2f}')}, the LLM's calibration pass@1): "
+        f"pass@1 {corea['pass_at_1']:.1%} vs the LLM's {llm['pass_at_1']:.1%} "
+        f"({100 * (corea['pass_at_1'] - llm['pass_at_1']):+.1f} points) at "
+        f"{corea['avg_cost'] / llm['avg_cost']:.0%} of its cost; the LLM answers "
+        f"{corea['llm_usage']:.0%} of the questions.", "",
+        "The `-SLM` rows are the small model answering alone, with its verbalized confidence "
+        "(RLVR-SLM-AvgProb: the mean probability of its answer tokens) scored against its correctness.", "",
+        "## Each SLM in the cascade (verbal confidence, the paper's tau)", "",
+        markdown_table(cascade_rows(cascades)), "",
+        "Per-SLM cascade reports (intervals, parse rates, every baseline): `cascade_<run>/report.md`.", "",
+        "![table](table.png)", "", "![reliability](reliability.png)", "",
+        "![learning curves](learning_curves.png)", "", "![frontier](frontier.png)", "",
+        "## Stage times (s)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {name} | {sec:.1f} |" for name, sec in report["stage_seconds"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_all(workdir: Path, cascades: dict[str, dict], curves: dict[str, list[dict]],
+              records: dict[str, Path], *, runtime_s: float, stage_seconds: dict[str, float]) -> dict:
+    """report.json, report.md, table.png, reliability.png, learning_curves.png, frontier.png."""
+    first = cascades["rlcc"]
+    report = {"systems": compose_systems(cascades), "n_test": first["n_test"],
+              "n_calibration": first["n_calibration"], "cost_model": first["cost_model"],
+              "runtime_s": runtime_s, "stage_seconds": stage_seconds}
+    tmp = workdir / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, workdir / "report.json")
+    tmp = workdir / "report.md.tmp"
+    tmp.write_text(render_markdown(report, cascades))
+    os.replace(tmp, workdir / "report.md")
+
+    plot_table(report["systems"], workdir / "table.png",
+               f"COREA on chain arithmetic ({report['n_test']} test questions)")
+    splits = {run: _test_split(_read_records(path), report["cost_model"]) for run, path in records.items()}
+    panels = []
+    for run, title in (("sft", "SFT-SLM (before RL)"), ("rlcc", "RLCC-SLM (after RLCC)")):
+        verbal = splits[run].confidence["verbal"]
+        have = ~np.isnan(verbal)
+        panels.append((f"{title}, verbal confidence", verbal[have], splits[run].slm_correct[have] > 0.5))
+    plot_reliability(panels, workdir / "reliability.png")
+    if curves:
+        plot_learning_curves(curves, workdir / "learning_curves.png")
+
+    from corea_jax.cascade import report as cascade_report
+
+    sources = {"SFT-SLM": ("sft", "verbal"), "RLVR-SLM": ("rlvr", "verbal"),
+               "RLVR-SLM-AvgProb": ("rlvr", "answer_mean_prob"), "Brier-SLM": ("brier", "verbal"),
+               "RLCC-SLM (COREA)": ("rlcc", "verbal")}
+    lines = {}
+    for label, (run, source) in sources.items():
+        if run in splits and not np.isnan(splits[run].confidence[source]).all():
+            points = cascade_report.frontier(splits[run], source)
+            lines[f"{label} -> LLM"] = (np.array([p[1] for p in points]), np.array([p[2] for p in points]))
+    s = report["systems"]
+    points = {name: (s[name]["avg_cost"], s[name]["pass_at_1"])
+              for name in ("SFT-SLM", "RLVR-SLM", "RLCC-SLM", "LLM", "COREA", "COREA-risk")}
+    plot_frontier(lines, points, workdir / "frontier.png", llm_cost=s["LLM"]["avg_cost"])
+    return report

@@ -1,0 +1,65 @@
+"""The reproduction's chain task: problems are right, splits are disjoint and seeded."""
+
+import json
+
+import numpy as np
+import pytest
+
+from corea_jax import grading
+from corea_jax.data import chains
+
+
+def _evaluate(question: str) -> int:
+    """The value the question asks for, computed from the definitions alone."""
+    values = {}
+    *definitions, ask = question.split(";")
+    for d in definitions:
+        var, expr = d.split("=")
+        if expr.isdigit():
+            values[var] = int(expr)
+        else:
+            op = "+" if "+" in expr else "-"
+            prev, x = expr.split(op)
+            values[var] = values[prev] + int(x) if op == "+" else values[prev] - int(x)
+    return values[ask.rstrip("?")]
+
+
+@pytest.mark.parametrize("digits", [1, 2])
+def test_problems_are_right_and_in_range(digits):
+    for p in chains.make_problems(200, seed=3, max_ops=6, max_digits=digits):
+        assert int(p.answer) == _evaluate(p.question)
+        assert grading.grade(f"\\boxed{{{p.answer}}}", p.solution, "gsm8k")
+        lines = p.solution.split("\n")
+        assert len(lines) == p.num_ops + 2 and lines[-1] == f"#### {p.answer}"
+        numbers = [int(n) for n in "".join(c if c.isdigit() else " " for c in p.question).split()]
+        assert all(0 <= n < 10 ** p.digits for n in numbers)
+        assert 1 <= p.num_ops <= 6 and 1 <= p.digits <= digits
+
+
+def test_difficulty_is_spread_and_readable_from_the_question():
+    problems = chains.make_problems(600, seed=0, max_ops=5, max_digits=2)
+    assert {p.num_ops for p in problems} == {1, 2, 3, 4, 5}
+    assert {p.digits for p in problems} == {1, 2}
+    assert all(p.question.count(";") == p.num_ops + 1 for p in problems)
+
+
+def test_splits_are_seeded_and_disjoint(tmp_path):
+    sizes = {"train": 300, "calibration": 50, "test": 80}
+    a = chains.make_splits(sizes, seed=1, max_ops=4, max_digits=1)
+    b = chains.make_splits(sizes, seed=1, max_ops=4, max_digits=1)
+    assert a == b and {k: len(v) for k, v in a.items()} == sizes
+    train = {p.question for p in a["train"]}
+    held_out = [p.question for s in ("calibration", "test") for p in a[s]]
+    assert not train & set(held_out) and len(set(held_out)) == len(held_out)
+    assert a != chains.make_splits(sizes, seed=2, max_ops=4, max_digits=1)
+
+    path = chains.write_jsonl(a["test"], tmp_path / "test.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["id"] for r in rows[:2]] == ["test-00000", "test-00001"]
+    assert rows[0]["question"] == a["test"][0].question and rows[0]["answer"] == a["test"][0].solution
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_bad_sizes_are_refused():
+    with pytest.raises(ValueError, match="num_ops"):
+        chains.make_problem(np.random.default_rng(0), 0, 1)

@@ -1,0 +1,73 @@
+"""The main job end to end on its quick config: every stage, the report's structure, RLCC
+lowering the SFT model's ECE, and a rerun that rebuilds nothing."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO
+
+pytest.importorskip("corea_jax.cascade.evaluate", reason="the cascade package (issue 12) is not merged yet")
+
+from corea_jax.reproduction import pipeline  # noqa: E402
+from corea_jax.reproduction.report import SYSTEMS  # noqa: E402
+
+FIELDS = ("pass_at_1", "avg_cost", "llm_usage", "ece", "auroc", "brier", "tau")
+
+
+def _quick_config():
+    spec = importlib.util.spec_from_file_location("reproduce_config", REPO / "configs" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config("quick")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("reproduce")
+    messages = []
+    report = pipeline.run(_quick_config(), workdir, log=messages.append)
+    return workdir, report, messages
+
+
+def test_report_has_every_system_and_file(quick_run):
+    workdir, report, _ = quick_run
+    on_disk = json.loads((workdir / "report.json").read_text())
+    assert on_disk["systems"] == report["systems"]
+    assert list(on_disk["systems"]) == list(SYSTEMS)
+    for name, entry in on_disk["systems"].items():
+        assert set(FIELDS) <= set(entry), name
+        for key in ("pass_at_1", "llm_usage"):
+            assert 0 <= entry[key] <= 1, (name, key)
+        assert entry["avg_cost"] > 0
+    s = on_disk["systems"]
+    assert s["LLM"]["llm_usage"] == 1 and s["SFT-SLM"]["llm_usage"] == 0
+    assert s["SFT-SLM"]["avg_cost"] < s["LLM"]["avg_cost"]
+    assert s["COREA"]["tau"] is not None and s["LLM"]["ece"] is None
+    assert on_disk["n_test"] == 96 and on_disk["n_calibration"] == 64 and on_disk["cost_model"] == "flops"
+    assert on_disk["runtime_s"] > 0
+    for name in ("report.md", "table.png", "reliability.png", "learning_curves.png", "frontier.png"):
+        assert (workdir / name).stat().st_size > 1000, name
+    assert "| COREA |" in (workdir / "report.md").read_text()
+    for run in ("sft", "rlvr", "rlcc", "brier"):
+        assert (workdir / f"cascade_{run}" / "report.json").exists()
+        assert (workdir / f"slm_{run}" / "hf" / "config.json").exists() or run == "sft"
+    assert (workdir / "slm_sft" / "hf" / "model.safetensors").exists()
+    assert (workdir / "llm_sft" / "hf" / "tokenizer.json").exists()
+
+
+def test_rlcc_lowers_the_overconfident_sft_models_ece(quick_run):
+    s = quick_run[1]["systems"]
+    assert s["SFT-SLM"]["ece"] > 0.15
+    assert s["RLCC-SLM"]["ece"] < s["SFT-SLM"]["ece"]
+
+
+def test_rerun_rebuilds_nothing_and_gives_the_same_report(quick_run):
+    workdir, report, _ = quick_run
+    messages = []
+    again = pipeline.run(_quick_config(), workdir, log=messages.append)
+    assert again["systems"] == report["systems"]
+    assert not any("building" in m for m in messages), messages
+    assert sum("cached" in m for m in messages) >= 14
