@@ -15,7 +15,7 @@ NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 # What each notebook must display: (output MIME type, text it must contain or None), at least once.
 EXPECTED = {
     "quickstart.ipynb": [("text/markdown", "| COREA"), ("image/png", None)],
-    "rlcc_training.ipynb": [("image/png", None), ("text/markdown", "| RLCC-SLM")],
+    "rlcc_training.ipynb": [("image/png", None), ("text/markdown", "| COREA")],
 }
 
 
