@@ -34,6 +34,7 @@ setup(
     extras_require={
         # torch is only the reference implementation in tests; pin the CPU wheel
         # (an unpinned torch pulls a multi-GB CUDA build).
-        "dev": ["pytest", "hypothesis", "scikit-learn", "accelerate", "torch==2.13.0"],
+        "dev": ["pytest", "hypothesis", "scikit-learn", "accelerate", "torch==2.13.0",
+                "nbclient", "nbformat", "ipykernel"],
     },
 )
