@@ -7,6 +7,8 @@ Writes DIR/records.jsonl (resumable: a restarted run answers only what is missin
 DIR/report.json, DIR/report.md and DIR/*.png, and prints the table.
 """
 
+from pathlib import Path
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -22,7 +24,7 @@ def main(argv):
     del argv
     quiet_logs()
     evaluate.run(_CONFIG.value, _WORKDIR.value)
-    report_md = evaluate.Path(_WORKDIR.value) / "report.md"
+    report_md = Path(_WORKDIR.value) / "report.md"
     if report_md.exists():
         print(report_md.read_text())
 
