@@ -30,6 +30,7 @@ setup(
         "openai",  # the OpenAI-compatible HTTP backend of the cascade (vLLM, SGLang, hosted APIs)
         "tensorboardX",
         "numpy",
+        "scipy",  # exact binomial tails of the risk-controlled threshold
     ],
     extras_require={
         # torch is only the reference implementation in tests; pin the CPU wheel
