@@ -140,3 +140,15 @@ def test_local_backend_on_a_fetched_model_answers_gsm8k():
         assert answer.response and answer.generated_tokens <= 48 and answer.prompt_tokens > 50
         assert len(answer.hidden) == model.config.hidden_size
         assert answer.confidence["sequence_mean_prob"] is not None
+
+
+@pytest.mark.parametrize("name", ["qwen_coder_gsm8k_cpu", "small_cpu", "tiny"])
+def test_shipped_cpu_configs_validate_and_load_their_splits(name, monkeypatch):
+    import importlib
+
+    monkeypatch.setenv("COREA_SHARED_DATA", str(SHARED_DATA))
+    config = importlib.import_module(f"configs.cascade.{name}").get_config()
+    evaluate.validate_config(config)
+    calibration, test = evaluate.load_splits(config)
+    assert len(test) == config.data.test.limit and len(calibration) == config.data.calibration.limit
+    assert {item.task for item in test + calibration} == {"gsm8k"}

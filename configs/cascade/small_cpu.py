@@ -1,0 +1,28 @@
+"""A short real-model cascade for a CPU: SmolLM2-135M-Instruct (SLM) -> Qwen2.5-Coder-0.5B-Instruct (LLM).
+
+  python -m launch.cascade --config=configs/cascade/small_cpu.py --workdir=DIR
+
+The first 40 GSM8K test problems, 40 GSM8K training problems for calibration, both models
+greedy under the COREA prompt (reasoning, boxed answer, `Confidence:` line), fp32, both fetched
+by `launch.fetch_model` on first use. About ten minutes on an idle 2-core CPU: the report's
+format on real models, not a result (40 items give wide intervals; the models are untrained for
+calibration). `configs/cascade/qwen_coder_gsm8k_cpu.py` is the larger run (hours).
+"""
+
+from configs.cascade import qwen_coder_gsm8k_cpu
+
+
+def get_config():
+    config = qwen_coder_gsm8k_cpu.get_config()
+    config.slm = qwen_coder_gsm8k_cpu.model_config("smollm2-135m-instruct", "corea", probe_hidden=True)
+    config.llm = qwen_coder_gsm8k_cpu.model_config("qwen2.5-coder-0.5b-instruct", "corea")
+    config.llm.system_prompt = ("You are a helpful assistant. Solve math problems in words and "
+                                "arithmetic, without writing code.")
+    for spec in (config.slm, config.llm):
+        spec.max_new_tokens = 192
+        spec.batch_size = 20
+    config.data.test.limit = 40
+    config.data.calibration.limit = 40
+    config.chunk_size = 40
+    config.bootstrap = 500
+    return config
