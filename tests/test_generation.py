@@ -466,7 +466,7 @@ def test_sharded_params_give_the_single_device_output(tmp_path):
 
 
 def test_the_cache_is_created_in_its_shardings(tmp_path):
-    from corea_jax.generation.engine import _new_cache
+    from corea_jax.generation.steps import new_cache as _new_cache
 
     save_random_hf_model("qwen2_untied", tmp_path, num_key_value_heads=4, vocab_size=212)
     model = corea_jax.load_model(tmp_path, mesh=make_mesh({"data": 2, "tensor": 4}))
