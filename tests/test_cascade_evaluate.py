@@ -119,6 +119,37 @@ def test_rescore_only_needs_no_model_and_changes_only_what_it_should(models, tmp
     assert set(record["confidence"]) >= {"verbal", "answer_mean_prob", "answer_min_prob"}
 
 
+def test_the_continuous_schedule_gives_the_same_records_and_report(models, tmp_path):
+    static = evaluate.run(_config(models), tmp_path / "static", progress=False)
+    config = _config(models)
+    config.slm.schedule = config.llm.schedule = "continuous"
+    continuous = evaluate.run(config, tmp_path / "continuous", progress=False)
+    assert _comparable(continuous) == _comparable(static)
+    # Records: the same tokens, answers and verdicts; log-prob-based scores and hidden states
+    # agree to float precision (the two schedules batch the rows differently).
+    key = lambda r: (r["id"], r["model"])  # noqa: E731
+    pairs = zip(sorted(_lines(tmp_path / "static/records.jsonl"), key=key),
+                sorted(_lines(tmp_path / "continuous/records.jsonl"), key=key))
+    for a, b in pairs:
+        for field in ("id", "model", "response", "answer", "correct", "generated_tokens", "prompt_tokens"):
+            assert a[field] == b[field], field
+        assert a["confidence"].keys() == b["confidence"].keys()
+        for source, value in a["confidence"].items():
+            assert (value is None) == (b["confidence"][source] is None), source
+            if value is not None:
+                assert b["confidence"][source] == pytest.approx(value, rel=1e-4, abs=1e-6), source
+        assert (a.get("hidden") is None) == (b.get("hidden") is None)
+        if a.get("hidden") is not None:  # the SLM's, for the probe
+            assert b["hidden"] == pytest.approx(a["hidden"], rel=1e-4, abs=1e-5)
+
+
+def test_bad_schedule_is_refused_before_any_model_loads(models, tmp_path):
+    config = _config(("/nonexistent/slm", "/nonexistent/llm"))
+    config.llm.schedule = "dynamic"
+    with pytest.raises(ValueError, match=r"llm.schedule: expected one of \('continuous', 'static'\)"):
+        evaluate.run(config, tmp_path, progress=False)
+
+
 @pytest.mark.parametrize("field, value, match", [
     ("llm_on", "some", "llm_on"), ("cost_model", "joules", "cost_model")])
 def test_bad_config_names_the_field(models, tmp_path, field, value, match):

@@ -253,6 +253,31 @@ def test_continuous_completion_does_not_depend_on_its_batch(tiny):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_continuous_tail_shrinks_the_batch_and_keeps_every_completion(tiny, monkeypatch):
+    """Once no row waits, the slots halve as rows end (8 -> 4 -> 2 -> 1 here); the moved rows
+    keep their cache, keys and step counts, so completions match the static schedule."""
+    from corea_jax.generation import continuous
+
+    sizes = []
+    compact = continuous._compact
+
+    def counting(state, keep):
+        sizes.append(int(keep.shape[0]))
+        return compact(state, keep)
+
+    monkeypatch.setattr(continuous, "_compact", counting)
+    # 6 EOS tokens at temperature 1: rows end at scattered steps over several decode chunks.
+    model = dataclasses.replace(tiny, config=tiny.config.replace(eos_token_ids=tuple(range(100, 106))))
+    sampling = corea_jax.SamplingParams(max_new_tokens=96, temperature=1.0, seed=4)
+    prompts = _prompts([5, 9, 31, 12, 3, 20, 7, 16, 25, 11], model.config.vocab_size, seed=8)
+    got = corea_jax.generate(model, prompts, sampling, batch_size=8, progress=False, schedule="continuous")
+    want = corea_jax.generate(model, prompts, sampling, batch_size=8, progress=False, schedule="static")
+    assert sizes and sizes == sorted(sizes, reverse=True) and sizes[0] <= 4
+    assert _tokens(got) == _tokens(want)
+    for a, b in zip(_logprobs(got), _logprobs(want)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_unknown_schedule_names_the_field(tiny):
     with pytest.raises(ValueError, match=r"^schedule: expected one of"):
         corea_jax.generation.generate_tokens(tiny, [[4, 5]], corea_jax.SamplingParams(max_new_tokens=2),

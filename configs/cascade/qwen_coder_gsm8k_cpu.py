@@ -26,6 +26,7 @@ def model_config(name: str, prompt: str, probe_hidden: bool = False) -> ml_colle
     spec.max_new_tokens = 192
     spec.followup_tokens = 24
     spec.batch_size = 32
+    spec.schedule = "static"  # local backend: "static" or "continuous" (corea_jax.generation)
     spec.temperature = 0.0
     spec.probe_hidden = probe_hidden  # keep the last hidden state (Cascade-Probe)
     spec.probe_window = 128  # the probe's forward pass reads the last 128 tokens (0: all; CPU time)

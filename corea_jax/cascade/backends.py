@@ -120,9 +120,15 @@ class LocalBackend:
     def __init__(self, model, *, name: str = "local", mode: str = "one_turn", prompt: str = "corea",
                  max_new_tokens: int = 256, followup_tokens: int = 24, batch_size: int = 32,
                  temperature: float = 0.0, seed: int = 0, system_prompt: str | None = None,
-                 worked_example: bool | None = None, probe_hidden: bool = False, probe_window: int = 0, progress: bool = False):
+                 worked_example: bool | None = None, probe_hidden: bool = False, probe_window: int = 0,
+                 schedule: str = "static", progress: bool = False):
+        from corea_jax.generation import SCHEDULES
+
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, found {mode!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule: expected one of {SCHEDULES}, found {schedule!r}")
+        self.schedule = schedule  # one-turn answers; the two-turn follow-up runs static
         prompts.get_prompt_config(prompt)
         if model.tokenizer is None:
             raise ValueError(f"{name}: the model has no tokenizer; the cascade asks in chat messages")
@@ -146,7 +152,7 @@ class LocalBackend:
             conversations = [messages_for(item, self.prompt, system_prompt=self.system_prompt,
                                           worked_example=self.worked_example) for item in items]
             outputs = generate(self.model, conversations, self.sampling, batch_size=self.batch_size,
-                               progress=self.progress)
+                               progress=self.progress, schedule=self.schedule)
             pairs = [(out[0], None) for out in outputs]
         else:
             conversations = [messages_for(item, self.prompt, ask_confidence=False,

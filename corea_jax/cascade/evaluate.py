@@ -78,6 +78,7 @@ def make_backend(spec, role: str, progress: bool = True):
         return backends_lib.LocalBackend(load_model(spec), **common,
                                          probe_hidden=bool(_field(spec, "probe_hidden", False)),
                                          probe_window=int(_field(spec, "probe_window", 0)),
+                                         schedule=_field(spec, "schedule", "static"),
                                          progress=progress)
     if kind == "http":
         from corea_jax.cascade.http import HTTPBackend
@@ -131,7 +132,12 @@ def validate_config(config) -> None:
     if config.chunk_size < 1:
         raise ValueError(f"chunk_size: expected an integer >= 1, found {config.chunk_size}")
     from corea_jax.cascade import thresholds
+    from corea_jax.generation import SCHEDULES
 
+    for role in records_lib.MODELS:
+        schedule = _field(config[role], "schedule", "static")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"{role}.schedule: expected one of {SCHEDULES}, found {schedule!r}")
     thresholds.validate(config.threshold)
 
 

@@ -1,6 +1,8 @@
 """Continuous batching: B decoding slots over one KV cache, decoded in fixed-trip chunks
 (`fori_loop`, no per-token host round trip); between chunks the host collects rows that ended
-(EOS, budget, stop string) and admits the next waiting rows into their slots."""
+(EOS, budget, stop string) and admits the next waiting rows into their slots. Once no row
+waits, the batch shrinks to the next power of two above the busy slots whenever half of them
+are idle, so the run's tail decodes no idle rows (on one device; a mesh keeps its batch)."""
 
 from __future__ import annotations
 
@@ -109,6 +111,23 @@ def _replicate_outputs(state: _SlotState) -> _SlotState:
                          count=replicated(state.count), done=replicated(state.done))
 
 
+@jax.jit
+def _compact(state: _SlotState, keep) -> _SlotState:
+    """The slots `keep` [b] of every per-slot array: a smaller batch for the run's tail, when no
+    row waits and at most half the slots are busy (fewer rows, cheaper decode steps)."""
+    steps.count_trace()
+    take = lambda x, axis=0: jnp.take(x, keep, axis=axis)  # noqa: E731
+    batch_axis = lambda x: x.ndim - 4  # noqa: E731  k [(L,) B, K, Dh, S], v [(L,) B, K, S, Dh]
+    cache = state.cache
+    return state.replace(
+        tokens=take(state.tokens), logprobs=take(state.logprobs), count=take(state.count),
+        last=take(state.last), position=take(state.position), done=take(state.done),
+        keys=take(state.keys),
+        cache=KVCache(k=jax.tree.map(lambda x: take(x, batch_axis(x)), cache.k),
+                      v=jax.tree.map(lambda x: take(x, batch_axis(x)), cache.v),
+                      valid=take(cache.valid), index=cache.index))
+
+
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
 def _shift_cache(program: _SlotProgram, state: _SlotState) -> _SlotState:
     """Drops the first `program.shift` cache slots (no live row uses them) and moves the write
@@ -199,4 +218,12 @@ def generate_continuous(model, prompt_ids: list[list[int]], sampling: SamplingPa
                 bar.update(1)
             if stopped:
                 state = state.replace(done=state.done.at[jnp.asarray(stopped)].set(True))
+            busy = [i for i in range(b) if slots[i] is not None]
+            if not waiting and busy and len(busy) <= b // 2 and model.mesh is None:
+                # The tail: halve (or more) the batch; an idle slot pads it (it stays done).
+                b = steps.pow2(len(busy), b // 2)
+                idle = next(i for i in range(len(slots)) if slots[i] is None)
+                keep = busy + [idle] * (b - len(busy))
+                state = _compact(state, jnp.asarray(keep, jnp.int32))
+                slots = [slots[i] for i in busy] + [None] * (b - len(busy))
     return results
