@@ -5,6 +5,8 @@
   python -m benchmarks.generate --architecture=qwen2.5-7b-instruct --dtypes=bfloat16  # on a GPU
   python -m benchmarks.generate --workload=gsm8k --dtypes=float32 --batches=16,32 --new_tokens=512
                                 [--questions=48]  # realistic: answers end at EOS
+  python -m benchmarks.generate --workload=grpo --model=smollm2-135m-instruct --dtypes=float32 \
+                                --batches=64 --new_tokens=256  # 8 prompts x n = 8, temperature 1
 
 `--architecture` (a corea_jax.models.architectures name) measures a model of the real shapes
 with random weights on both sides (nothing to download; prompts are random token ids):
@@ -41,10 +43,14 @@ _SCAN_LAYERS = flags.DEFINE_bool("scan_layers", False,
                                   "(the training layout) instead of one parameter set per layer")
 _SKIP_HF = flags.DEFINE_bool("skip_hf", False, "measure corea_jax only")
 _OUT = flags.DEFINE_string("out", None, "write the results as JSON here")
-_WORKLOAD = flags.DEFINE_enum("workload", "forced", ["forced", "gsm8k"],
+_WORKLOAD = flags.DEFINE_enum("workload", "forced", ["forced", "gsm8k", "grpo"],
                               "forced: --new_tokens forced, EOS ignored; gsm8k: --questions GSM8K test "
-                              "questions under the chat template, greedy, up to --new_tokens, stop at EOS")
-_QUESTIONS = flags.DEFINE_integer("questions", 48, "gsm8k workload: how many test questions")
+                              "questions under the chat template, greedy, up to --new_tokens, stop at EOS; "
+                              "grpo: --questions GSM8K train questions x --group samples at temperature 1, "
+                              "up to --new_tokens, stop at EOS (a GRPO rollout)")
+_QUESTIONS = flags.DEFINE_integer("questions", 48, "gsm8k / grpo workload: how many questions "
+                                  "(grpo: 8 unless set)")
+_GROUP = flags.DEFINE_integer("group", 8, "grpo workload: samples per question (n)")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -141,38 +147,48 @@ def time_hf(hf_model, prompts, new_tokens, pad_id) -> float:
     return time.perf_counter() - start
 
 
-def gsm8k_prompts(tokenizer, count: int) -> list[list[int]]:
-    """The first `count` GSM8K test questions under the chat template, as they are."""
+def gsm8k_prompts(tokenizer, count: int, split: str = "test") -> list[list[int]]:
+    """The first `count` GSM8K questions of `split` under the chat template, as they are."""
     from corea_jax.generation import chat_token_ids
 
-    lines = (SHARED / "gsm8k" / "test.jsonl").read_text().splitlines()[:count]
+    lines = (SHARED / "gsm8k" / f"{split}.jsonl").read_text().splitlines()[:count]
     return [chat_token_ids(tokenizer, [{"role": "user", "content": json.loads(line)["question"]}])
             for line in lines]
 
 
-def time_corea_answers(model, prompts, new_tokens, batch, schedule) -> tuple[float, list[list[int]]]:
-    """(seconds, greedy completions) of `prompts` up to `new_tokens`, stopping at EOS, after a
-    warm-up on the first batch (programs the timed run needs beyond those still compile in it)."""
+def time_corea_answers(model, prompts, new_tokens, batch, schedule, n: int = 1,
+                       temperature: float = 0.0) -> tuple[float, list[list[int]]]:
+    """(seconds, completions, n per prompt) of `prompts` up to `new_tokens`, stopping at EOS
+    (greedy unless `temperature`), after a warm-up on the first batch (programs the timed run
+    needs beyond those still compile in it)."""
     import corea_jax
     from corea_jax.generation import generate_tokens
 
-    sampling = corea_jax.SamplingParams(max_new_tokens=new_tokens)
-    generate_tokens(model, prompts[:batch], sampling, batch_size=batch, progress=False, schedule=schedule)
+    sampling = corea_jax.SamplingParams(max_new_tokens=new_tokens, n=n, temperature=temperature)
+    warm = prompts[:max(1, batch // n)]
+    generate_tokens(model, warm, sampling, batch_size=batch, progress=False, schedule=schedule)
     start = time.perf_counter()
     out = generate_tokens(model, prompts, sampling, batch_size=batch, progress=False, schedule=schedule)
-    return time.perf_counter() - start, [group[0][0] for group in out]
+    return time.perf_counter() - start, [ids for group in out for ids, _, _ in group]
 
 
-def time_hf_answers(hf_model, prompts, new_tokens, batch, pad_id, eos_ids) -> tuple[float, list[list[int]]]:
-    """transformers greedy `generate` in batches of `batch` (left-padded), stopping at EOS."""
+def time_hf_answers(hf_model, prompts, new_tokens, batch, pad_id, eos_ids, n: int = 1,
+                    temperature: float = 0.0) -> tuple[float, list[list[int]]]:
+    """transformers `generate` in batches of `batch` rows (batch // n prompts x n samples,
+    left-padded), stopping at EOS; greedy, or pure sampling at `temperature` (no top-k/top-p)."""
     import torch
+
+    sampled = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature else \
+        dict(do_sample=False)
+    per_call = max(1, batch // n)
 
     def run(chunk, max_new):
         width = max(map(len, chunk))
         ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk], device=hf_model.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=hf_model.device)
-        out = hf_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
-                                pad_token_id=pad_id, eos_token_id=eos_ids)[:, width:].tolist()
+        out = hf_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new,
+                                num_return_sequences=n, pad_token_id=pad_id, eos_token_id=eos_ids,
+                                **sampled)[:, width:].tolist()
         cut = []
         for row in out:
             end = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))
@@ -180,9 +196,11 @@ def time_hf_answers(hf_model, prompts, new_tokens, batch, pad_id, eos_ids) -> tu
         return cut
 
     with torch.inference_mode():
-        run(prompts[:batch], 4)
+        torch.manual_seed(0)
+        run(prompts[:per_call], 4)
         start = time.perf_counter()
-        completions = [c for i in range(0, len(prompts), batch) for c in run(prompts[i:i + batch], new_tokens)]
+        completions = [c for i in range(0, len(prompts), per_call)
+                       for c in run(prompts[i:i + per_call], new_tokens)]
     return time.perf_counter() - start, completions
 
 
@@ -221,14 +239,49 @@ def main_gsm8k() -> list[dict]:
     return rows
 
 
+def main_grpo() -> list[dict]:
+    """A GRPO rollout: questions x n samples at temperature 1, rows ending at EOS at their own
+    lengths. The samples differ between the two libraries (their random streams differ), so
+    this compares generated tokens/s and completions/s, not tokens."""
+    from corea_jax.generation import eos_token_ids
+
+    rows, n = [], _GROUP.value
+    questions = _QUESTIONS.value if _QUESTIONS.present else 8
+    for dtype in _DTYPES.value:
+        model, hf_model = load_models(dtype)
+        prompts = gsm8k_prompts(model.tokenizer, questions, split="train")
+        eos = eos_token_ids(model)
+        for batch in map(int, _BATCHES.value):
+            row = dict(workload="grpo", dtype=dtype, batch=batch, questions=len(prompts), group=n,
+                       max_new_tokens=_NEW_TOKENS.value)
+            for schedule in ("continuous", "static"):
+                seconds, ours = time_corea_answers(model, prompts, _NEW_TOKENS.value, batch, schedule, n=n,
+                                                   temperature=1.0)
+                row[f"corea_{schedule}_completions_s"] = len(ours) / seconds
+                row[f"corea_{schedule}_tok_s"] = sum(map(len, ours)) / seconds
+                row[f"corea_{schedule}_mean_tokens"] = sum(map(len, ours)) / len(ours)
+            if hf_model is not None:
+                seconds, theirs = time_hf_answers(hf_model, prompts, _NEW_TOKENS.value, batch,
+                                                  model.config.pad_token_id or 0, eos, n=n, temperature=1.0)
+                row.update(hf_completions_s=len(theirs) / seconds, hf_tok_s=sum(map(len, theirs)) / seconds,
+                           hf_mean_tokens=sum(map(len, theirs)) / len(theirs))
+                for schedule in ("continuous", "static"):
+                    row[f"ratio_{schedule}_tok_s"] = row[f"corea_{schedule}_tok_s"] / row["hf_tok_s"]
+            rows.append(row)
+            print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),
+                  flush=True)
+        del model, hf_model
+    return rows
+
+
 def main(argv):
     del argv
     import jax
 
-    if _WORKLOAD.value == "gsm8k":
+    if _WORKLOAD.value in ("gsm8k", "grpo"):
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
               f"jax {jax.__version__} on {jax.devices()[0].platform}, model {_MODEL.value}")
-        rows = main_gsm8k()
+        rows = main_gsm8k() if _WORKLOAD.value == "gsm8k" else main_grpo()
         if _OUT.value:
             Path(_OUT.value).parent.mkdir(parents=True, exist_ok=True)
             Path(_OUT.value).write_text(json.dumps(
