@@ -122,12 +122,9 @@ class LocalBackend:
                  temperature: float = 0.0, seed: int = 0, system_prompt: str | None = None,
                  worked_example: bool | None = None, probe_hidden: bool = False, probe_window: int = 0,
                  schedule: str = "static", progress: bool = False):
-        from corea_jax.generation import SCHEDULES
-
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, found {mode!r}")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"schedule: expected one of {SCHEDULES}, found {schedule!r}")
+        # `generate` checks the name; `evaluate.validate_config` checks it before any load.
         self.schedule = schedule  # one-turn answers; the two-turn follow-up runs static
         prompts.get_prompt_config(prompt)
         if model.tokenizer is None:
