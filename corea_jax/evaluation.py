@@ -14,10 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from corea_jax import confidence as confidence_lib
-from corea_jax import grading, metrics, prompts
-from corea_jax.generation import SamplingParams, generate, generate_followup
-
-MODES = ("one_turn", "two_turn")
+from corea_jax import metrics
 
 
 def elicit(model, questions: Sequence[str], golds: Sequence[str], *, task: str, mode: str,
@@ -25,37 +22,29 @@ def elicit(model, questions: Sequence[str], golds: Sequence[str], *, task: str, 
            progress: bool = True) -> list[dict]:
     """One greedy answer per question, graded, with every confidence source.
 
-    Returns one record per question: question, gold, response, correct, format_ok,
-    and a score per `confidence.SOURCES` entry (NaN where absent).
+    The cascade's local backend asks the questions (`cascade.backends.LocalBackend`, the COREA
+    prompt; two-turn: without its confidence line, then the follow-up), so a question scores
+    the same here and in a cascade. Returns one record per question: question, gold, response,
+    confidence_text (the follow-up reply, two-turn only), correct, format_ok, and a score per
+    `confidence.SOURCES` entry (NaN where absent).
     """
+    from corea_jax.cascade.backends import MODES, LocalBackend
+    from corea_jax.cascade.datasets import Item
+
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {MODES}, found {mode!r}")
     if len(questions) != len(golds):
         raise ValueError(f"golds: expected {len(questions)} answers (one per question), found {len(golds)}")
-    tok = model.tokenizer
-    sampling = SamplingParams(max_new_tokens=max_new_tokens)
+    backend = LocalBackend(model, name="elicit", mode=mode, prompt="corea", max_new_tokens=max_new_tokens,
+                           followup_tokens=followup_tokens, batch_size=batch_size, progress=progress)
+    items = [Item(id=str(i), question=q, gold=str(g), task=task) for i, (q, g) in enumerate(zip(questions, golds))]
     records = []
-    if mode == "one_turn":
-        conversations = [prompts.build_messages(q, prompts.PROMPTS["corea"]) for q in questions]
-        outputs = generate(model, conversations, sampling, batch_size=batch_size, progress=progress)
-        pairs = [(out[0], out[0]) for out in outputs]
-    else:
-        conversations = [prompts.build_messages(q, prompts.PROMPTS["rlvr"]) for q in questions]
-        outputs = generate_followup(model, conversations, prompts.followup_suffix, sampling,
-                                    SamplingParams(max_new_tokens=followup_tokens),
-                                    batch_size=batch_size, progress=progress)
-        pairs = [out[0] for out in outputs]
-    for question, gold, (answer, stated) in zip(questions, golds, pairs):
-        scores = confidence_lib.confidence_scores(tok, answer.token_ids, answer.logprobs,
-                                                  answer.text, task)
-        verbal = grading.parse_confidence(stated.text)
-        scores["verbal"] = math.nan if verbal is None else verbal
-        records.append(dict(
-            question=question, gold=gold, response=answer.text,
-            confidence_text=stated.text if mode == "two_turn" else None,
-            correct=grading.grade(answer.text, gold, task),
-            format_ok=grading.extract_answer(answer.text, task) is not None,
-            **scores))
+    for item, answer in zip(items, backend.answer(items)):
+        scores = {source: math.nan if answer.confidence.get(source) is None else answer.confidence[source]
+                  for source in confidence_lib.SOURCES}
+        records.append(dict(question=item.question, gold=item.gold, response=answer.response,
+                            confidence_text=answer.confidence_text, correct=answer.correct,
+                            format_ok=answer.format_ok, **scores))
     return records
 
 
