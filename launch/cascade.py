@@ -21,9 +21,13 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=Tr
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     quiet_logs()
-    evaluate.run(_CONFIG.value, _WORKDIR.value)
+    try:
+        evaluate.run(_CONFIG.value, _WORKDIR.value)
+    except (ValueError, FileNotFoundError) as err:  # a bad config or input: say which field, no traceback
+        raise app.UsageError(str(err)) from err
     report_md = Path(_WORKDIR.value) / "report.md"
     if report_md.exists():
         print(report_md.read_text())

@@ -183,3 +183,14 @@ def test_shipped_cpu_configs_validate_and_load_their_splits(name, monkeypatch):
     calibration, test = evaluate.load_splits(config)
     assert len(test) == config.data.test.limit and len(calibration) == config.data.calibration.limit
     assert {item.task for item in test + calibration} == {"gsm8k"}
+
+
+def test_launch_cascade_reports_a_bad_config_field_without_a_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.cascade", "--config=configs/cascade/tiny.py", f"--workdir={tmp_path}",
+         "--config.threshold.rule=target_usage"],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode != 0
+    assert "threshold.rule: expected one of ('fixed', 'paper', 'usage', 'risk'), found 'target_usage'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "records.jsonl").exists()

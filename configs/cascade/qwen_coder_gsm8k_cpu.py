@@ -5,9 +5,10 @@
 Test: the first 200 GSM8K test problems; calibration (thresholds, the probe): the first 32
 GSM8K training problems. Greedy, the one-turn COREA prompt (reasoning, boxed answer,
 `Confidence:` line) for both models; 192 / 256 new tokens (SLM / LLM: the 1.5B model writes longer solutions), batches of 32
-(the engine's fastest CPU batch). On the shared 2-core box (load 6-8) a batch of 32 took
-about 10 min for the 0.5B model and 26 min for the 1.5B one, so the whole run is about 4 hours
-(README, Cascade); records.jsonl makes it resumable. Both models come from `launch.fetch_model`.
+(the engine's fastest CPU batch), the continuous schedule. The completed run (2026-12-02,
+README "The cascade on real models") took 10,017 s of model time on the shared 2-core box;
+records.jsonl makes it resumable, and its committed records
+(benchmarks/results/cascade_qwen_coder_gsm8k/) re-score in seconds. Both models come from `launch.fetch_model`.
 """
 
 import ml_collections
