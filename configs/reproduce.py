@@ -43,7 +43,9 @@ def get_config(variant: str = ""):
                  optim=dict(learning_rate=3e-3, warmup_steps=30, schedule="cosine"),
                  sft=dict(confidence_choices=SFT_CONFIDENCES))
     c.slm_sft_steps = 1200
-    c.llm_sft_steps = 800
+    # 800 LLM steps gave 100% test pass@1 on one machine and 65.8% on another (float rounding
+    # differs between CPUs; runs on one machine are bit-identical); 1200 give 100% with margin.
+    c.llm_sft_steps = 1200
 
     # Trainer fields of the three RL runs (same steps and seed); each adds its reward preset.
     # 16 prompts a step: at 8 prompts and 5e-4 (or 1e-3) every run lost accuracy; at 2e-4 for

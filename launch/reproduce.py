@@ -1,7 +1,7 @@
 """COREA end to end on a CPU: task, tokenizer, SLM and LLM SFT, three RL runs, the cascade, the report.
 
   python -m launch.reproduce --workdir=/tmp/corea [--config=configs/reproduce.py]
-  python -m launch.reproduce --workdir=/tmp/corea_quick --config=configs/reproduce_quick.py
+  python -m launch.reproduce --workdir=/tmp/corea_quick --config=configs/reproduce.py:quick
 
 Every stage is cached in --workdir and skipped on a rerun; a changed config rebuilds exactly
 the stages that depend on the changed fields. The report is --workdir/report.md (with

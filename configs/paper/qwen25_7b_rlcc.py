@@ -34,7 +34,7 @@ def get_config():
     config.rollout.max_new_tokens = 4096
     config.rollout.temperature = 1.0
     # Rows per generation batch: the prefill's attention scores grow with it; launch.plan puts
-    # 128 rows at 50 GiB per device on this mesh, 256 at 81 GiB (README "Scaling").
+    # 128 rows at 40.8 GiB per device on this mesh, 256 at 80.6 GiB (README "Scaling").
     config.rollout.batch_size = 128
 
     config.reward.preset = "rlcc_l1"
