@@ -164,8 +164,10 @@ def generate_tokens(model, prompt_ids: list[list[int]], sampling: SamplingParams
 
     schedule: "continuous" (a slot whose row ends takes the next waiting row; decoding in
     fixed chunks of steps) or "static" (batches of rows, each run until its longest row ends;
-    the default). On GSM8K answers (up to 512 tokens, batch 16 / 32) continuous was 1.2-1.3x
-    static on CPU (BENCHMARKS.md); static stays the default until GRPO rollouts are measured.
+    the default). On CPU (BENCHMARKS.md) continuous was 1.2-1.3x static on GSM8K answers (up
+    to 512 tokens, batch 16 / 32, more rows than slots) and tied with it on a GRPO rollout (8
+    prompts x 8 samples in one batch of 64); static stays the default, the schedule measured on
+    accelerators.
     Both give the same tokens for the same seed: a row's PRNG stream depends only on (seed,
     prompt, sample) and its own step count. The n samples of a prompt share one prefill.
     Stop strings are not applied here (`generate` cuts at them).
