@@ -52,7 +52,11 @@ def get_config(variant: str = ""):
     # 40 steps RLCC-L1's greedy confidence stayed at 0.9 (README, tuning log).
     c.rl = dict(mode="grpo", total_steps=60,
                 rollout=dict(prompts_per_step=16, group_size=8, batch_size=128, temperature=1.0),
-                grpo=dict(micro_batch_size=128),
+                # advantage "mean" (r - group mean, Dr. GRPO): dividing by the group's std
+                # magnifies the calibration term in groups whose correctness ties (all right:
+                # most of them here), and over longer runs pushed every stated confidence to
+                # 0.9-1.0; with "mean" RLCC-L1 reaches ECE 0.002 (README, tuning log).
+                grpo=dict(micro_batch_size=128, advantage="mean"),
                 optim=dict(learning_rate=3e-4, warmup_steps=5, schedule="constant"))
     c.rl_runs = dict(rlvr="rlvr", rlcc="rlcc_l1", brier="rlcc_brier")
 
@@ -66,5 +70,6 @@ def get_config(variant: str = ""):
         c.slm_sft_steps = c.llm_sft_steps = 150
         c.rl.total_steps = 8
         c.rl.optim.learning_rate = 2e-3
+        c.rl.grpo.advantage = "std"  # what the pipeline test was tuned with
         c.cascade.bootstrap = 100
     return c
