@@ -13,7 +13,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from corea_jax.cascade import evaluate
-from launch import quiet_logs
+from launch import quiet_logs, usage_errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/cascade/qwen_coder_gsm8k_cpu.py",
                                           "Cascade config.")
@@ -24,10 +24,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     quiet_logs()
-    try:
+    with usage_errors():
         evaluate.run(_CONFIG.value, _WORKDIR.value)
-    except (ValueError, FileNotFoundError) as err:  # a bad config or input: say which field, no traceback
-        raise app.UsageError(str(err)) from err
     report_md = Path(_WORKDIR.value) / "report.md"
     if report_md.exists():
         print(report_md.read_text())

@@ -36,7 +36,7 @@ import json  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from launch import quiet_logs  # noqa: E402
+from launch import quiet_logs, usage_errors  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training or generation config file.")
 _MESH = flags.DEFINE_string("mesh", None, "Mesh as axis:size pairs, e.g. data:2,fsdp:4,tensor:1 "
@@ -55,15 +55,13 @@ def main(argv):
     from corea_jax import planning
     from corea_jax.parallel import sharding
 
-    try:
+    with usage_errors(ValueError):  # a bad mesh or config
         shape = sharding.parse_mesh(_MESH.value) if _MESH.value else dict(_CONFIG.value.mesh)
         if len(jax.devices()) != _DEVICES.value:
             raise ValueError(f"devices: expected {_DEVICES.value} fake CPU devices, found "
                              f"{len(jax.devices())} (XLA_FLAGS was set before launch.plan could)")
         mesh = sharding.make_mesh(shape, jax.devices())
         report = planning.plan(_CONFIG.value, mesh, int(_MEMORY.value * planning.GiB))
-    except ValueError as err:  # a bad mesh or config: say which, no traceback
-        raise app.UsageError(str(err)) from err
     print("\n".join(planning.report_lines(report)))
     print(json.dumps(report))
 

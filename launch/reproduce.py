@@ -14,7 +14,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from corea_jax.reproduction import pipeline
-from launch import quiet_logs
+from launch import quiet_logs, usage_errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/reproduce.py", "Reproduction config file.",
                                           lock_config=True)
@@ -26,10 +26,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     quiet_logs()
-    try:
+    with usage_errors():
         pipeline.run(_CONFIG.value, _WORKDIR.value, log=functools.partial(print, flush=True))
-    except (ValueError, FileNotFoundError) as err:  # a bad config: say which field, no traceback
-        raise app.UsageError(str(err)) from err
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from ml_collections import config_flags
 
 from corea_jax.parallel import multihost
 from corea_jax.rl import trainer
-from launch import quiet_logs
+from launch import quiet_logs, usage_errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (get_config()).",
                                           lock_config=True)
@@ -34,11 +34,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     quiet_logs()  # orbax logs every save at INFO; -v 0 shows it
-    try:
+    with usage_errors():
         multihost.initialize(multihost.cluster_from(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value))
         trainer.train(_CONFIG.value, _WORKDIR.value, log=functools.partial(print, flush=True))
-    except (ValueError, FileNotFoundError) as err:  # a bad config or dataset: say which, no traceback
-        raise app.UsageError(str(err)) from err
 
 
 if __name__ == "__main__":
