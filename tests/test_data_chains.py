@@ -63,3 +63,17 @@ def test_splits_are_seeded_and_disjoint(tmp_path):
 def test_bad_sizes_are_refused():
     with pytest.raises(ValueError, match="num_ops"):
         chains.make_problem(np.random.default_rng(0), 0, 1)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(sizes={"train": 10, "calibration": 5, "test": -1}), "task.test: expected a number of problems >= 1"),
+    (dict(max_ops=0), "task.max_ops: expected 1 <= max_ops"),
+    (dict(max_digits=0), "task.max_digits: expected >= 1"),
+    # one-operation one-digit chains: about a hundred distinct questions, fewer than asked for
+    (dict(sizes={"train": 50, "calibration": 5, "test": 400}, max_ops=1), "task.test: 1000 draws in a row"),
+])
+def test_bad_task_fields_are_named(kwargs, match):
+    args = dict(sizes={"train": 10, "calibration": 5, "test": 5}, seed=0, max_ops=3, max_digits=1)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        chains.make_splits(args.pop("sizes"), **args)

@@ -3,16 +3,15 @@ lowering the SFT model's ECE, and a rerun that rebuilds nothing."""
 
 import importlib.util
 import json
-from pathlib import Path
+import os
+import subprocess
+import sys
 
 import pytest
 
+from corea_jax.reproduction import pipeline
+from corea_jax.reproduction.report import SYSTEMS
 from tests.helpers import REPO
-
-pytest.importorskip("corea_jax.cascade.evaluate", reason="the cascade package (issue 12) is not merged yet")
-
-from corea_jax.reproduction import pipeline  # noqa: E402
-from corea_jax.reproduction.report import SYSTEMS  # noqa: E402
 
 FIELDS = ("pass_at_1", "avg_cost", "llm_usage", "ece", "auroc", "brier", "tau")
 
@@ -71,3 +70,13 @@ def test_rerun_rebuilds_nothing_and_gives_the_same_report(quick_run):
     assert again["systems"] == report["systems"]
     assert not any("building" in m for m in messages), messages
     assert sum("cached" in m for m in messages) >= 14
+
+
+def test_launch_reproduce_names_a_bad_task_field_without_a_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.reproduce", f"--workdir={tmp_path}", "--config.task.max_ops=0"],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode != 0
+    assert "task.max_ops: expected 1 <= max_ops < 26, found 0" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "task").exists()

@@ -84,20 +84,41 @@ SPLITS = ("train", "calibration", "test")
 def make_splits(sizes: dict[str, int], seed: int, *, max_ops: int, max_digits: int
                 ) -> dict[str, list[ChainProblem]]:
     """Independent draws per split (seeds (seed, split index)); test and calibration questions
-    that also occur in train are redrawn, so evaluation measures more than recall."""
+    that also occur in train are redrawn, so evaluation measures more than recall. Sizes and
+    ranges are checked first, and a task too small for its held-out splits (every draw already
+    seen) is refused with the fields to change."""
+    for split in SPLITS:
+        if not isinstance(sizes.get(split), int) or sizes[split] < 1:
+            raise ValueError(f"task.{split}: expected a number of problems >= 1, found {sizes.get(split)!r}")
+    if not isinstance(max_ops, int) or not 1 <= max_ops < len(VARIABLES):
+        raise ValueError(f"task.max_ops: expected 1 <= max_ops < {len(VARIABLES)}, found {max_ops!r}")
+    if not isinstance(max_digits, int) or max_digits < 1:
+        raise ValueError(f"task.max_digits: expected >= 1, found {max_digits!r}")
     train = make_problems(sizes["train"], seed * 3, max_ops=max_ops, max_digits=max_digits)
     seen = {p.question for p in train}
     out = {"train": train}
     for i, split in enumerate(SPLITS[1:], start=1):
         rng = np.random.default_rng([seed, i])
         problems: list[ChainProblem] = []
+        collisions = 0  # draws in a row already seen
         while len(problems) < sizes[split]:
             p = make_problem(rng, int(rng.integers(1, max_ops + 1)), int(rng.integers(1, max_digits + 1)))
-            if p.question not in seen:
-                seen.add(p.question)
-                problems.append(p)
+            if p.question in seen:
+                collisions += 1
+                if collisions == MAX_REDRAWS:
+                    raise ValueError(
+                        f"task.{split}: {MAX_REDRAWS} draws in a row were all in train or already held out "
+                        f"({len(problems)} of {sizes[split]} found); raise task.max_ops or task.max_digits, "
+                        f"or lower task.train / task.{split}")
+                continue
+            collisions = 0
+            seen.add(p.question)
+            problems.append(p)
         out[split] = problems
     return out
+
+
+MAX_REDRAWS = 1000  # held-out draws in a row that may collide before make_splits gives up
 
 
 def write_jsonl(problems: Iterable[ChainProblem], path: str | os.PathLike) -> Path:
