@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 
-def _best_seconds(fn, *args, repeats: int = 5) -> float:
+def best_seconds(fn, *args, repeats: int = 5) -> float:
     import jax
 
     jax.block_until_ready(fn(*args))
@@ -31,7 +31,7 @@ def dot_gflops(dtype: str) -> float:
 
     n = 8192 if _on_gpu() else 2048
     a = jnp.ones((n, n), dtype)
-    return 2 * n**3 / _best_seconds(jax.jit(jnp.dot), a, a) / 1e9
+    return 2 * n**3 / best_seconds(jax.jit(jnp.dot), a, a) / 1e9
 
 
 def memory_gbps() -> float:
@@ -40,4 +40,4 @@ def memory_gbps() -> float:
     import jax.numpy as jnp
 
     big = jnp.ones((1 << (30 if _on_gpu() else 28),), jnp.float32)
-    return big.nbytes / _best_seconds(jax.jit(jnp.sum), big) / 1e9
+    return big.nbytes / best_seconds(jax.jit(jnp.sum), big) / 1e9
