@@ -79,6 +79,7 @@ def make_problems(n: int, seed: int, *, max_ops: int, max_digits: int) -> list[C
 
 
 SPLITS = ("train", "calibration", "test")
+MAX_REDRAWS = 1000  # held-out draws in a row that may collide before make_splits gives up
 
 
 def make_splits(sizes: dict[str, int], seed: int, *, max_ops: int, max_digits: int
@@ -100,25 +101,20 @@ def make_splits(sizes: dict[str, int], seed: int, *, max_ops: int, max_digits: i
     for i, split in enumerate(SPLITS[1:], start=1):
         rng = np.random.default_rng([seed, i])
         problems: list[ChainProblem] = []
-        collisions = 0  # draws in a row already seen
         while len(problems) < sizes[split]:
-            p = make_problem(rng, int(rng.integers(1, max_ops + 1)), int(rng.integers(1, max_digits + 1)))
-            if p.question in seen:
-                collisions += 1
-                if collisions == MAX_REDRAWS:
-                    raise ValueError(
-                        f"task.{split}: {MAX_REDRAWS} draws in a row were all in train or already held out "
-                        f"({len(problems)} of {sizes[split]} found); raise task.max_ops or task.max_digits, "
-                        f"or lower task.train / task.{split}")
-                continue
-            collisions = 0
+            for _ in range(MAX_REDRAWS):
+                p = make_problem(rng, int(rng.integers(1, max_ops + 1)), int(rng.integers(1, max_digits + 1)))
+                if p.question not in seen:
+                    break
+            else:
+                raise ValueError(
+                    f"task.{split}: {MAX_REDRAWS} draws in a row were all in train or already held out "
+                    f"({len(problems)} of {sizes[split]} found); raise task.max_ops or task.max_digits, "
+                    f"or lower task.train / task.{split}")
             seen.add(p.question)
             problems.append(p)
         out[split] = problems
     return out
-
-
-MAX_REDRAWS = 1000  # held-out draws in a row that may collide before make_splits gives up
 
 
 def write_jsonl(problems: Iterable[ChainProblem], path: str | os.PathLike) -> Path:
