@@ -1,6 +1,6 @@
 """The GRPO update alone (loss + gradient + AdamW), on random weights of a real architecture: MFU.
 
-  python -m benchmarks.update_step --architecture=qwen2.5-1.5b-instruct [--prompts=4] [--group=8]
+  python -m benchmarks.update_step --architecture={qwen2.5-1.5b-instruct,HF_DIR} [--prompts=4] [--group=8]
       [--prompt_tokens=512] [--completion_tokens=2048] [--micro_batch=8] [--dtype=bfloat16]
       [--param_dtype=float32] [--remat] [--steps=3] [--out=FILE]
 
@@ -22,7 +22,8 @@ from absl import app, flags
 
 from benchmarks.peaks import dot_gflops
 
-_ARCHITECTURE = flags.DEFINE_string("architecture", "qwen2.5-0.5b-instruct", "corea_jax.models.architectures name")
+_ARCHITECTURE = flags.DEFINE_string("architecture", "qwen2.5-0.5b-instruct",
+                                    "corea_jax.models.architectures name, or an HF model directory (its config.json)")
 _PROMPTS = flags.DEFINE_integer("prompts", 4, "prompts (groups) per optimizer step")
 _GROUP = flags.DEFINE_integer("group", 8, "completions per prompt (G)")
 _PROMPT_TOKENS = flags.DEFINE_integer("prompt_tokens", 512, "prompt length")
@@ -61,13 +62,19 @@ def main(argv):
     import numpy as np
 
     from corea_jax.models.architectures import architecture
+    from corea_jax.models.config import ModelConfig
     from corea_jax.models.model import init_params
     from corea_jax.rl import flops, grpo
     from corea_jax.rl.config import defaults
     from corea_jax.rl.train_state import init_train_state, make_optimizer
     from corea_jax.rl.update import update_step
 
-    config = architecture(_ARCHITECTURE.value, dtype=_DTYPE.value).replace(
+    if (Path(_ARCHITECTURE.value) / "config.json").is_file():  # e.g. a reproduction model's init/
+        hf = json.loads((Path(_ARCHITECTURE.value) / "config.json").read_text())
+        config = ModelConfig.from_hf(hf, dtype=_DTYPE.value)
+    else:
+        config = architecture(_ARCHITECTURE.value, dtype=_DTYPE.value)
+    config = config.replace(
         param_dtype=_PARAM_DTYPE.value, remat=_REMAT.value, scan_layers=_SCAN.value)
     optim = ml_collections.ConfigDict(defaults().optim)
     optim.learning_rate, optim.warmup_steps, optim.schedule = 1e-6, 0, "constant"

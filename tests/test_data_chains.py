@@ -24,13 +24,18 @@ def _evaluate(question: str) -> int:
     return values[ask.rstrip("?")]
 
 
-@pytest.mark.parametrize("digits", [1, 2])
-def test_problems_are_right_and_in_range(digits):
-    for p in chains.make_problems(200, seed=3, max_ops=6, max_digits=digits):
+@pytest.mark.parametrize("digits, random_names", [(1, False), (2, False), (2, True)])
+def test_problems_are_right_and_in_range(digits, random_names):
+    for p in chains.make_problems(200, seed=3, max_ops=6, max_digits=digits, random_names=random_names):
         assert int(p.answer) == _evaluate(p.question)
         assert grading.grade(f"\\boxed{{{p.answer}}}", p.solution, "gsm8k")
         lines = p.solution.split("\n")
         assert len(lines) == p.num_ops + 2 and lines[-1] == f"#### {p.answer}"
+        # each step restates its definition, then substitutes the value of the line before
+        for definition, line, before in zip(p.question.split(";")[1:-1], lines[1:], lines):
+            value = before.rsplit("=", 1)[1]
+            var, expr = definition.split("=")
+            assert line.startswith(f"{definition}={value}{expr[1:]}=")
         numbers = [int(n) for n in "".join(c if c.isdigit() else " " for c in p.question).split()]
         assert all(0 <= n < 10 ** p.digits for n in numbers)
         assert 1 <= p.num_ops <= 6 and 1 <= p.digits <= digits
@@ -53,6 +58,21 @@ def test_splits_are_seeded_and_disjoint(tmp_path):
     assert not train & set(held_out) and len(set(held_out)) == len(held_out)
     assert a != chains.make_splits(sizes, seed=2, max_ops=4, max_digits=1)
 
+    # a held-out question seen in train is redrawn with its operand length: one-digit chains
+    # keep their share although most short ones are in train
+    mixed = chains.make_splits({"train": 2000, "calibration": 50, "test": 400}, seed=0, max_ops=3, max_digits=2)
+    one_digit = np.mean([p.digits == 1 for p in mixed["test"]])
+    assert 0.4 < one_digit < 0.6
+    assert not {p.question for p in mixed["train"]} & {p.question for p in mixed["test"]}
+
+    # digit shares and random names: the shares hold in every split, names are distinct letters
+    shared = chains.make_splits({"train": 2000, "calibration": 50, "test": 400}, seed=0, max_ops=2, max_digits=2,
+                                digit_shares=(0.7, 0.3), random_names=True)
+    for split in ("train", "test"):
+        assert 0.63 < np.mean([p.digits == 1 for p in shared[split]]) < 0.77
+    names = [[d.split("=")[0] for d in p.question.split(";")[:-1]] for p in shared["train"]]
+    assert all(len(set(n)) == len(n) for n in names) and len({n[0] for n in names}) > 20
+
     path = chains.write_jsonl(a["test"], tmp_path / "test.jsonl")
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["id"] for r in rows[:2]] == ["test-00000", "test-00001"]
@@ -69,6 +89,7 @@ def test_bad_sizes_are_refused():
     (dict(sizes={"train": 10, "calibration": 5, "test": -1}), "task.test: expected a number of problems >= 1"),
     (dict(max_ops=0), "task.max_ops: expected 1 <= max_ops"),
     (dict(max_digits=0), "task.max_digits: expected >= 1"),
+    (dict(max_digits=2, digit_shares=(0.5, 0.6)), "task.digit_shares: expected None or 2 probabilities"),
     # one-operation one-digit chains: about a hundred distinct questions, fewer than asked for
     (dict(sizes={"train": 50, "calibration": 5, "test": 400}, max_ops=1), "task.test: 1000 draws in a row"),
 ])

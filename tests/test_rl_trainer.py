@@ -203,6 +203,24 @@ def _copy_run(source, target):
     return target
 
 
+def test_unrolled_layers_train_as_the_stacked_layout_does(short_run, tmp_path):
+    """model.scan_layers=False (the layers unrolled) is the same model: the same samples,
+    rewards and losses as the stacked run, step for step, and a resume in that layout."""
+    _, stacked = short_run
+    config = _short_config()
+    config.model.scan_layers = False
+    trainer.train(config, tmp_path, log=lambda _: None)
+    unrolled = read_metrics(tmp_path)
+    assert [r["step"] for r in unrolled] == [1, 2]
+    for a, b in zip(stacked, unrolled):
+        assert a["reward_mean"] == b["reward_mean"] and a["accuracy"] == b["accuracy"]
+        np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-4, atol=1e-6)
+        assert b["sampler_logprob_gap"] < 1e-4
+    config.total_steps = 3
+    trainer.train(config, tmp_path, log=lambda _: None)
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+
+
 def test_a_restart_with_another_result_changing_config_is_refused(short_run, tmp_path, monkeypatch):
     from corea_jax.generation import compile_count
     from corea_jax.rl import policy

@@ -4,12 +4,14 @@ A problem defines a chain of variables, each from the one before, and asks for t
 "a=47;b=a+8;c=b-15;d=c+3;d?", with a worked solution of one line per operation,
 
   a=47
-  b=47+8=55
-  c=55-15=40
-  d=40+3=43
+  b=a+8=47+8=55
+  c=b-15=55-15=40
+  d=c+3=40+3=43
   #### 43
 
-the GSM8K gold convention, so the project's grader (task "gsm8k") reads it and the trainer's
+each line restating its definition before substituting (the sign and operand are copied
+from the question, then the value from the line before), and "#### answer" last: the GSM8K
+gold convention, so the project's grader (task "gsm8k") reads it and the trainer's
 SFT turns it into "reasoning, \\boxed{43}, Confidence: c". Difficulty is visible in the
 question: more operations and longer operands mean more steps and harder single steps, so
 a small model's accuracy falls with both, and a calibrated confidence can be read off the
@@ -41,18 +43,23 @@ class ChainProblem:
 VARIABLES = "abcdefghijklmnopqrstuvwxyz"
 
 
-def make_problem(rng: np.random.Generator, num_ops: int, digits: int) -> ChainProblem:
+def make_problem(rng: np.random.Generator, num_ops: int, digits: int, *, random_names: bool = False
+                 ) -> ChainProblem:
     """A chain of `num_ops` additions or subtractions, each defining the next variable from the
     previous one ("a=7;b=a-6;c=b+1;c?"), with operands and running totals in
     [0, 10**digits - 1]: every step is one fact of a small table, and a longer chain needs
     more of them in a row. Operands are uniform; the sign is whichever keeps the total in
-    range (a coin flip when both do)."""
+    range (a coin flip when both do). `random_names`: distinct letters drawn at random
+    ("q=7;x=q-6;e=x+1;e?") instead of a, b, c in order, which multiplies the number of
+    distinct short chains (so short questions stay plentiful outside train)."""
     if not 1 <= num_ops < len(VARIABLES) or digits < 1:
         raise ValueError(f"num_ops, digits: expected 1 <= num_ops < {len(VARIABLES)} and digits >= 1, "
                          f"found {num_ops}, {digits}")
+    names = ("".join(VARIABLES[i] for i in rng.permutation(len(VARIABLES))[:num_ops + 1])
+             if random_names else VARIABLES)
     top = 10 ** digits - 1
     total = int(rng.integers(0, top + 1))
-    definitions, steps = [f"a={total}"], [f"a={total}"]
+    definitions, steps = [f"{names[0]}={total}"], [f"{names[0]}={total}"]
     for i in range(1, num_ops + 1):
         while True:  # an operand, then a sign that keeps the total in range
             x = int(rng.integers(0, top + 1))
@@ -61,31 +68,40 @@ def make_problem(rng: np.random.Generator, num_ops: int, digits: int) -> ChainPr
                 break
         op = signs[int(rng.integers(0, len(signs)))]
         new = total + x if op == "+" else total - x
-        var, prev = VARIABLES[i], VARIABLES[i - 1]
+        var, prev = names[i], names[i - 1]
         definitions.append(f"{var}={prev}{op}{x}")
-        steps.append(f"{var}={total}{op}{x}={new}")
+        steps.append(f"{var}={prev}{op}{x}={total}{op}{x}={new}")
         total = new
-    question = ";".join(definitions) + f";{VARIABLES[num_ops]}?"
+    question = ";".join(definitions) + f";{names[num_ops]}?"
     return ChainProblem(question=question, solution="\n".join(steps) + f"\n#### {total}",
                         answer=str(total), num_ops=num_ops, digits=digits)
 
 
-def make_problems(n: int, seed: int, *, max_ops: int, max_digits: int) -> list[ChainProblem]:
-    """`n` problems with num_ops uniform in [1, max_ops] and digits uniform in [1, max_digits]."""
+def _draw_digits(rng: np.random.Generator, max_digits: int, digit_shares, size=None):
+    """Operand lengths in [1, max_digits]: uniform, or with probabilities `digit_shares`."""
+    return rng.choice(np.arange(1, max_digits + 1), size=size, p=digit_shares)
+
+
+def make_problems(n: int, seed: int, *, max_ops: int, max_digits: int, digit_shares=None,
+                  random_names: bool = False) -> list[ChainProblem]:
+    """`n` problems with num_ops uniform in [1, max_ops] and digits in [1, max_digits]
+    (uniform, or drawn with probabilities `digit_shares`, one per length)."""
     rng = np.random.default_rng(seed)
     ops = rng.integers(1, max_ops + 1, size=n)
-    digits = rng.integers(1, max_digits + 1, size=n)
-    return [make_problem(rng, int(k), int(d)) for k, d in zip(ops, digits)]
+    digits = _draw_digits(rng, max_digits, digit_shares, size=n)
+    return [make_problem(rng, int(k), int(d), random_names=random_names) for k, d in zip(ops, digits)]
 
 
 SPLITS = ("train", "calibration", "test")
 MAX_REDRAWS = 1000  # held-out draws in a row that may collide before make_splits gives up
 
 
-def make_splits(sizes: dict[str, int], seed: int, *, max_ops: int, max_digits: int
-                ) -> dict[str, list[ChainProblem]]:
-    """Independent draws per split (seeds (seed, split index)); test and calibration questions
-    that also occur in train are redrawn, so evaluation measures more than recall. Sizes and
+def make_splits(sizes: dict[str, int], seed: int, *, max_ops: int, max_digits: int, digit_shares=None,
+                random_names: bool = False) -> dict[str, list[ChainProblem]]:
+    """Independent draws per split (seeds (seed, split index)); a test or calibration question
+    that also occurs in train is redrawn with the same operand length (its number of operations
+    and its values drawn again), so evaluation measures more than recall and the held-out
+    splits keep train's mix of operand lengths. Sizes and
     ranges are checked first, and a task too small for its held-out splits (every draw already
     seen) is refused with the fields to change."""
     for split in SPLITS:
@@ -95,15 +111,23 @@ def make_splits(sizes: dict[str, int], seed: int, *, max_ops: int, max_digits: i
         raise ValueError(f"task.max_ops: expected 1 <= max_ops < {len(VARIABLES)}, found {max_ops!r}")
     if not isinstance(max_digits, int) or max_digits < 1:
         raise ValueError(f"task.max_digits: expected >= 1, found {max_digits!r}")
-    train = make_problems(sizes["train"], seed * 3, max_ops=max_ops, max_digits=max_digits)
+    if digit_shares is not None:
+        digit_shares = tuple(digit_shares)
+        if (len(digit_shares) != max_digits or any(not 0 <= x <= 1 for x in digit_shares)
+                or abs(sum(digit_shares) - 1) > 1e-6):
+            raise ValueError(f"task.digit_shares: expected None or {max_digits} probabilities (one per operand "
+                             f"length 1..task.max_digits) summing to 1, found {digit_shares!r}")
+    kinds = dict(max_ops=max_ops, random_names=random_names)
+    train = make_problems(sizes["train"], seed * 3, max_digits=max_digits, digit_shares=digit_shares, **kinds)
     seen = {p.question for p in train}
     out = {"train": train}
     for i, split in enumerate(SPLITS[1:], start=1):
         rng = np.random.default_rng([seed, i])
         problems: list[ChainProblem] = []
         while len(problems) < sizes[split]:
+            digits = int(_draw_digits(rng, max_digits, digit_shares))
             for _ in range(MAX_REDRAWS):
-                p = make_problem(rng, int(rng.integers(1, max_ops + 1)), int(rng.integers(1, max_digits + 1)))
+                p = make_problem(rng, int(rng.integers(1, max_ops + 1)), digits, random_names=random_names)
                 if p.question not in seen:
                     break
             else:

@@ -43,7 +43,8 @@ def _plain(value):
 def build_task(config, out: Path) -> None:
     t = config.task
     splits = chains.make_splits({s: t[s] for s in chains.SPLITS}, config.seed, max_ops=t.max_ops,
-                                max_digits=t.max_digits)
+                                max_digits=t.max_digits, digit_shares=t.get("digit_shares"),
+                                random_names=t.get("random_names", False))
     for split, problems in splits.items():
         chains.write_jsonl(problems, out / f"{split}.jsonl")
 
@@ -109,6 +110,7 @@ def _sft_stages(config, workdir: Path, role: str, stages: dict[str, Stage], log)
                      lambda out: models_lib.init_model_dir(arch, stages["tokenizer"].path, out, config.seed),
                      log=log)
     overrides = dict(_plain(config.sft), total_steps=config[f"{role}_sft_steps"])
+    overrides["optim"] = dict(overrides.get("optim", {}), learning_rate=config[f"{role}_sft_learning_rate"])
     sft = train_stage(workdir, f"{role}_sft", config, overrides, model_dir=init.path,
                       task_dir=stages["task"].path,
                       inputs={"init": init.key, "task": stages["task"].key, "seed": config.seed}, log=log)

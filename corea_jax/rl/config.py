@@ -37,6 +37,11 @@ def defaults() -> ml_collections.ConfigDict:
         param_dtype="float32",  # master weights and optimizer state; keep float32 under bfloat16
         # compute: a 1e-6 learning-rate step is below bfloat16's resolution of a weight
         remat=False,
+        # The training layout: True stacks the layers under one scan (one compiled layer:
+        # fast compiles, the default for large models); False unrolls them (no per-layer
+        # slicing and stacking of weights and gradients: a 2-core CPU update of a 4-layer
+        # model ran 1.5x faster, BENCHMARKS.md). Sampling converts to its own layout.
+        scan_layers=True,
         toy=dict(hidden_size=64, num_layers=2, num_heads=4)))
 
     c.data = ml_collections.ConfigDict(dict(
@@ -120,6 +125,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field in ("dtype", "param_dtype"):
         _expect(config.model[field] in ("float32", "bfloat16", "float16"), f"model.{field}",
                 "one of ('float32', 'bfloat16', 'float16')", config.model[field])
+    _expect(isinstance(config.model.scan_layers, bool), "model.scan_layers", "True or False",
+            config.model.scan_layers)
 
     r = config.rollout
     _expect(_is_int(r.group_size) and (r.group_size >= 2 or config.mode == "sft"), "rollout.group_size",

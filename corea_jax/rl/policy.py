@@ -23,7 +23,8 @@ from corea_jax.models.model import Model, decoding_scan_layers, init_params, loa
 
 def build_model(config, mesh=None) -> Model:
     """The initial policy (also the KL reference when kl_beta > 0): weights stored in
-    config.model.param_dtype, matmuls in config.model.dtype."""
+    config.model.param_dtype, matmuls in config.model.dtype, layers in the training layout
+    config.model.scan_layers."""
     name, dtype, param_dtype = config.model.name, config.model.dtype, config.model.param_dtype
     if name == "toy":
         arithmetic = config.data.arithmetic
@@ -34,7 +35,9 @@ def build_model(config, mesh=None) -> Model:
                                         max_length=config.rollout.max_prompt_length
                                         + config.rollout.max_new_tokens)
         model_config = model_config.replace(dtype=dtype, param_dtype=param_dtype, remat=config.model.remat)
+        # Initialized stacked, then laid out: the seed gives the same weights in either layout.
         params = init_params(model_config, jax.random.key(config.seed))
+        model_config, params = relayout(model_config, params, config.model.scan_layers)
         if mesh is not None:
             from corea_jax.parallel.multihost import place_tree
 
@@ -43,7 +46,7 @@ def build_model(config, mesh=None) -> Model:
     from corea_jax.models import fetch
 
     path = fetch.fetch_model(name, fetch.default_model_dir(name)) if name in fetch.REGISTRY else name
-    model = load_model(path, dtype=param_dtype, mesh=mesh, scan_layers=True)
+    model = load_model(path, dtype=param_dtype, mesh=mesh, scan_layers=config.model.scan_layers)
     model.config = model.config.replace(dtype=dtype, remat=config.model.remat)
     return model
 
