@@ -286,15 +286,19 @@ def test_unknown_schedule_names_the_field(tiny):
 
 def _sampling_log_probs(logits: np.ndarray, sampling) -> np.ndarray:
     """Reference log-probs [..., V] of the distribution `sampling` draws from: softmax(logits / T)
-    (greedy: T = 1), renormalised over the top-k / top-p set when those filter."""
+    (greedy: T = 1), renormalised over the top-k / top-p set when those filter (top-p taken
+    over the top-k-renormalised softmax)."""
     scaled = logits / (sampling.temperature or 1.0)
     log_probs = scaled - np.logaddexp.reduce(scaled, axis=-1, keepdims=True)
     if sampling.greedy or (sampling.top_k == 0 and sampling.top_p == 1):
         return log_probs
     order = np.argsort(-scaled, axis=-1, kind="stable")
-    probs = np.take_along_axis(np.exp(log_probs), order, axis=-1)
     ranks = np.arange(scaled.shape[-1])
-    keep_sorted = (ranks < (sampling.top_k or scaled.shape[-1])) & (np.cumsum(probs, -1) - probs < sampling.top_p)
+    in_top_k = ranks < (sampling.top_k or scaled.shape[-1])
+    # top-p over the softmax renormalised within the top k, as transformers applies them
+    top = np.where(in_top_k, np.take_along_axis(scaled, order, axis=-1), -np.inf)
+    probs = np.exp(top - np.logaddexp.reduce(top, axis=-1, keepdims=True))
+    keep_sorted = in_top_k & (np.cumsum(probs, -1) - probs < sampling.top_p)
     keep = np.zeros_like(keep_sorted)
     np.put_along_axis(keep, order, keep_sorted, axis=-1)
     kept = np.where(keep, scaled, -np.inf)

@@ -18,13 +18,14 @@ def _allowed_bounds(logits: np.ndarray, top_k: int, top_p: float) -> tuple[np.nd
     """(must_allow, may_allow) [B, V] from the definition, not the kernel's sort-and-threshold.
 
     A token is allowed when fewer than k tokens have a strictly larger logit and the
-    probability mass of the strictly more likely tokens is below p (ties are kept together).
+    probability mass of the strictly more likely tokens, in the softmax renormalised over
+    those top-k tokens, is below p (ties are kept together).
     """
     x = logits.astype(np.float64)
-    probs = np.exp(x - x.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
     greater = x[:, None, :] > x[:, :, None]  # [B, V(token), V(other)]: other beats token
     rank_ok = greater.sum(-1) < (top_k if top_k > 0 else x.shape[-1])
+    probs = np.where(rank_ok, np.exp(x - x.max(-1, keepdims=True)), 0.0)
+    probs /= probs.sum(-1, keepdims=True)
     mass_before = (greater * probs[:, None, :]).sum(-1)
     top_p_off = top_p >= 1
     must = rank_ok & ((mass_before < top_p - _MASS_TOL) | top_p_off)
@@ -118,6 +119,37 @@ def test_top_k_one_and_tiny_top_p_are_greedy():
     logits = np.asarray([0.3, 2.0, -1.0, 1.9, 0.0], np.float32)
     assert set(_draw(logits, 200, 0, top_k=1, filtered=True).tolist()) == {1}
     assert set(_draw(logits, 200, 1, top_p=1e-3, filtered=True).tolist()) == {1}
+
+
+def test_top_p_is_taken_after_top_k_renormalises():
+    """HF and vLLM: top-k, renormalise, then top-p. Over [.4, .3, .2, .1] with k = 2 the
+    renormalised top two are [4/7, 3/7], so p = 0.5 keeps one token (the full softmax's
+    mass before the second token, 0.4, would keep two)."""
+    logits = jnp.log(jnp.asarray([[0.4, 0.3, 0.2, 0.1]]))
+    mask = np.asarray(_mask_fn(logits, jnp.int32(2), jnp.float32(0.5)))
+    assert mask.tolist() == [[True, False, False, False]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), vocab=st.sampled_from([4, 24, 300]), top_k=st.integers(0, 40),
+       top_p=st.floats(0.05, 1.0), scale=st.sampled_from([0.3, 1.0, 4.0]))
+def test_top_k_top_p_mask_matches_transformers_warpers(seed, vocab, top_k, top_p, scale):
+    """The allowed set is transformers' TopKLogitsWarper then TopPLogitsWarper (k = 0 and
+    p = 1 are "off"); rows with a cumulative mass within float32 noise of p are skipped."""
+    import torch
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    logits = (np.random.default_rng(seed).normal(size=(4, vocab)) * scale).astype(np.float32)
+    scores = torch.from_numpy(logits.astype(np.float64))
+    if top_k > 0:
+        scores = TopKLogitsWarper(top_k)(None, scores)
+    if top_p < 1:
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    want = torch.isfinite(scores).numpy()
+    mask = np.asarray(_mask_fn(jnp.asarray(logits), jnp.int32(top_k), jnp.float32(top_p)))
+    must, may = _allowed_bounds(logits, top_k, top_p)
+    clear = np.all(must == may, axis=-1)  # no token within _MASS_TOL of the top-p boundary
+    assert np.array_equal(mask[clear], want[clear])
 
 
 def test_top_p_one_keeps_negligible_tokens():

@@ -32,17 +32,20 @@ def greedy(logits: jax.Array) -> jax.Array:
 def top_k_top_p_mask(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
     """Boolean [B, V]: the tokens that top-k (k <= 0: off) and top-p (p = 1: off) allow.
 
-    Top-p keeps the smallest set of most likely tokens whose probability reaches p (the
-    most likely token is always kept). One descending sort serves both filters.
+    As transformers and vLLM: top-k first (ties with the k-th logit kept), the softmax
+    renormalised over its tokens, then top-p keeps the smallest set of most likely of them
+    whose renormalised probability reaches p (the most likely token is always kept). One
+    descending sort serves both filters.
     """
     vocab = logits.shape[-1]
     sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
-    rank = jnp.arange(vocab)
-    k = jnp.where(top_k > 0, top_k, vocab)
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    k = jnp.clip(jnp.where(top_k > 0, top_k, vocab), 1, vocab)
+    kth = jnp.take_along_axis(sorted_logits, jnp.broadcast_to(k - 1, (logits.shape[0], 1)), axis=-1)
+    in_top_k = sorted_logits >= kth
+    probs = jax.nn.softmax(jnp.where(in_top_k, sorted_logits, -jnp.inf), axis=-1)
     mass_before = jnp.cumsum(probs, axis=-1) - probs
     # p = 1 must keep every token, even those whose float32 mass_before rounds up to 1.
-    keep_sorted = (rank[None, :] < k) & ((mass_before < top_p) | (top_p >= 1))
+    keep_sorted = in_top_k & ((mass_before < top_p) | (top_p >= 1))
     # The smallest logit still kept is the threshold in the unsorted vocabulary.
     threshold = jnp.min(jnp.where(keep_sorted, sorted_logits, jnp.inf), axis=-1, keepdims=True)
     return logits >= threshold
