@@ -91,3 +91,18 @@ def test_validate_names_the_field():
         bad[field] = value
         with pytest.raises(ValueError, match=f"threshold.{field}"):
             thresholds.validate(bad)
+
+
+def test_usage_threshold_on_ties_picks_the_closest_realised_usage():
+    # keep iff c >= tau: tau = 0.5 keeps all four (usage 0), tau = 0.9 defers three (0.75);
+    # 0.75 is closer to the 50% target.
+    conf = [0.5, 0.5, 0.5, 0.9]
+    tau = thresholds.usage_threshold(conf, 0.5)
+    assert tau == 0.9 and thresholds.keeps(conf, tau).tolist() == [False, False, False, True]
+    # Heavily tied verbal confidences: the realised usage is the reachable one nearest the target.
+    conf = [0.8] * 7 + [0.9] * 2 + [None]
+    for target, usage in ((0.3, 0.1), (0.5, 0.8), (0.85, 0.8), (0.95, 1.0)):
+        realised = 1 - thresholds.keeps(conf, thresholds.usage_threshold(conf, target)).mean()
+        assert realised == pytest.approx(usage), target
+    # An exact tie in distance defers more (the side that loses no accuracy).
+    assert thresholds.usage_threshold([0.2, 0.5, 0.5, 0.8], 0.5) == 0.8

@@ -5,7 +5,7 @@ confidence (unparseable, NaN or None) always defers.
 
   fixed_threshold(tau)                        a given tau in [0, 1]
   paper_threshold(llm_correct)                COREA's rule: tau = the LLM's pass@1
-  usage_threshold(confidence, target_usage)   the LLM answers `target_usage` of the items
+  usage_threshold(confidence, target_usage)   the LLM answers the share nearest `target_usage`
   sweep(confidence)                           every distinct tau (the accuracy-cost frontier)
   risk_controlled_threshold(confidence, slm_correct, llm_correct, *, epsilon, delta)
       the smallest tau whose cascade pass@1 is, with probability >= 1 - delta over the
@@ -62,16 +62,20 @@ def paper_threshold(llm_correct: Sequence[bool]) -> float:
 
 
 def usage_threshold(confidence: Sequence[float | None], target_usage: float) -> float:
-    """The tau at which the LLM answers round(target_usage x N) of the N items (ties and
-    missing confidences can make it more); inf when every item must defer."""
+    """The tau whose realised LLM usage on these items (the share with confidence < tau or
+    missing) is closest to `target_usage`; tied confidences move together, so the usage is the
+    reachable one nearest the target, above or below it, and an exact tie between two goes to
+    the larger usage (more items to the LLM). inf when deferring everything is closest."""
     target_usage = _check_unit("target_usage", target_usage)
     conf = as_confidence(confidence)
-    defer = int(round(target_usage * conf.size))
+    taus = sweep(conf)  # ascending: 0, the distinct confidences, inf; usage non-decreasing
     present = np.sort(conf[~np.isnan(conf)])
-    extra = defer - (conf.size - present.size)  # deferred beyond the missing ones
-    if extra <= 0:
-        return 0.0
-    return float(present[extra]) if extra < present.size else math.inf
+    usage = 1.0 - (present.size - np.searchsorted(present, taus, side="left")) / max(conf.size, 1)
+    distance = np.round(np.abs(usage - target_usage), 12)  # rounding: float-noise ties are ties
+    nearest = np.flatnonzero(distance == distance.min())
+    # Of equal distances the larger usage; of equal usages the smallest tau (0, not the lowest
+    # confidence, when nothing beyond the missing ones defers).
+    return float(taus[nearest[usage[nearest] == usage[nearest].max()][0]])
 
 
 def sweep(confidence: Sequence[float | None]) -> np.ndarray:
