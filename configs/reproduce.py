@@ -16,17 +16,27 @@ written (tests/test_reproduction_pipeline.py runs it).
 
 import ml_collections
 
-# Uninformative SFT confidences: drawn per target independently of the question, mostly
-# 0.9 (twice as likely as any other value: a model answering greedily says 0.9: overconfident), but every value keeps
-# some probability, so RL can move the stated confidence.
-SFT_CONFIDENCES = (0.9, 0.9, 1.0, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)
+# Uninformative SFT confidences: drawn per target independently of the question, so the SFT
+# model's stated confidence says nothing about the question. The SLM's are mostly 1.0 (three
+# times as likely as any other value: greedy, it says 1.0 on every question: overconfident);
+# every value keeps some probability, so RL can move the stated confidence. The LLM's
+# confidence is never read (the cascade defers on the SLM's); its targets keep the earlier
+# mostly-0.9 draws.
+SLM_SFT_CONFIDENCES = (1.0, 1.0, 1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)
+LLM_SFT_CONFIDENCES = (0.9, 0.9, 1.0, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)
 
 
 def get_config(variant: str = ""):
     if variant not in ("", "quick"):
         raise ValueError(f"configs/reproduce.py: expected variant '' or 'quick', found {variant!r}")
     c = ml_collections.ConfigDict()
+    # seed: the RL runs and the cascade's bootstrap. base_seed: the task, the tokenizer and the
+    # base models (SFT SLM, LLM). from_scratch=False starts from the shipped base models
+    # (corea_jax/reproduction/base_models, built by this config with from_scratch=True), as
+    # the paper starts from released checkpoints; True trains them here first.
     c.seed = 0
+    c.base_seed = 0
+    c.from_scratch = False
 
     # corea_jax.data.chains; prompt "question": the question alone as the user turn (short
     # prompts keep CPU training cheap; the chat template still frames it).
@@ -44,12 +54,11 @@ def get_config(variant: str = ""):
     # Trainer fields (corea_jax.rl.config) of the SFT runs; steps and learning rate per model.
     # Unrolled layers: a 1.5x faster update on a 2-core CPU at these sizes (BENCHMARKS.md).
     c.sft = dict(mode="sft", model=dict(scan_layers=False), rollout=dict(prompts_per_step=16),
-                 grpo=dict(micro_batch_size=16), optim=dict(warmup_steps=30, schedule="cosine"),
-                 sft=dict(confidence_choices=SFT_CONFIDENCES))
-    c.slm_sft_steps, c.slm_sft_learning_rate = 1500, 3e-3
+                 grpo=dict(micro_batch_size=16), optim=dict(warmup_steps=30, schedule="cosine"))
+    c.slm_sft_steps, c.slm_sft_learning_rate, c.slm_sft_confidences = 1500, 3e-3, SLM_SFT_CONFIDENCES
     # The LLM learns two-digit sums only with more steps at a lower rate (1200 steps: 10-25%;
     # 2400 at 1e-3: 75%; README, tuning log).
-    c.llm_sft_steps, c.llm_sft_learning_rate = 4000, 1e-3
+    c.llm_sft_steps, c.llm_sft_learning_rate, c.llm_sft_confidences = 4000, 1e-3, LLM_SFT_CONFIDENCES
 
     # Trainer fields of the three RL runs (same steps and seed); each adds its reward preset.
     # 16 prompts a step: at 8 prompts and 5e-4 (or 1e-3) every run lost accuracy. Learning
@@ -78,4 +87,5 @@ def get_config(variant: str = ""):
         c.rl.optim.learning_rate = 2e-3
         c.rl.grpo.advantage = "std"  # what the pipeline test was tuned with
         c.cascade.bootstrap = 100
+        c.from_scratch = True  # no shipped models at test size
     return c

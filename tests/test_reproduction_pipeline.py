@@ -54,6 +54,13 @@ def test_report_has_every_system_and_file(quick_run):
         assert (workdir / f"cascade_{run}" / "report.json").exists()
         assert (workdir / f"slm_{run}" / "hf" / "config.json").exists() or run == "sft"
     assert (workdir / "slm_sft" / "hf" / "model.safetensors").exists()
+    # by operand length (the quick task is one-digit only): every SLM run and the LLM
+    table = on_disk["by_difficulty"]
+    assert list(table) == ["SFT-SLM", "RLVR-SLM", "Brier-SLM", "RLCC-SLM", "LLM"]
+    assert table["LLM"]["1-digit"]["n"] == 96 and table["LLM"]["1-digit"]["confidence_mean"] is None
+    assert abs(table["RLCC-SLM"]["1-digit"]["pass_at_1"] - s["RLCC-SLM"]["pass_at_1"]) < 1e-9
+    assert "base models trained here" in on_disk["provenance"] and "CPU: " in on_disk["provenance"]
+    assert "## By difficulty" in (workdir / "report.md").read_text()
     assert (workdir / "llm_sft" / "hf" / "tokenizer.json").exists()
 
 

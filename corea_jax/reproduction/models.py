@@ -52,12 +52,13 @@ def _update(target: ml_collections.ConfigDict, overrides, path: str = "config") 
             target[key] = value
 
 
-def trainer_config(config, overrides, *, model_dir: Path, train_file: Path) -> ml_collections.ConfigDict:
+def trainer_config(config, overrides, *, model_dir: Path, train_file: Path, seed: int | None = None
+                   ) -> ml_collections.ConfigDict:
     """`corea_jax.rl.config.defaults()` for one training run of the reproduction: the task's
     file, prompt and lengths from `config.task`, then `overrides` (a nested dict of trainer
-    fields: mode, total_steps, optim, rollout, reward, ...)."""
+    fields: mode, total_steps, optim, rollout, reward, ...); `seed` defaults to config.seed."""
     c = rl_config.defaults()
-    c.seed = config.seed
+    c.seed = config.seed if seed is None else seed
     c.model.name = str(model_dir)
     c.data.source = str(train_file)
     c.data.task = "gsm8k"

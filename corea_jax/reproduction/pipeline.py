@@ -9,6 +9,8 @@ Stages, each a directory of the workdir (corea_jax.reproduction.stages caches th
   slm_init, llm_init   random-init Qwen2 decoders at the config's sizes, HF dirs
   slm_sft, llm_sft     the trainer's SFT from those (targets end in \\boxed{} and an
                        uninformative, mostly high Confidence line); trained model in hf/
+                       (by default the shipped base models are copied here instead, and
+                       tokenizer / *_init are skipped: corea_jax.reproduction.base_models)
   slm_rlvr, slm_rlcc, slm_brier   GRPO from the SFT SLM with the rlvr / rlcc_l1 /
                        rlcc_brier rewards, the same steps and seed
   llm_answers the LLM answers the calibration and test splits (cascade records)
@@ -29,7 +31,8 @@ from tqdm.auto import tqdm
 
 from corea_jax.data import chains, tokenizer_training
 from corea_jax.data.records import Record
-from corea_jax.reproduction import cascade_stages
+from corea_jax.parallel.machine import cpu_model
+from corea_jax.reproduction import base_models, cascade_stages
 from corea_jax.reproduction import models as models_lib
 from corea_jax.reproduction import report as report_lib
 from corea_jax.reproduction.stages import Stage, run_stage
@@ -42,7 +45,7 @@ def _plain(value):
 
 def build_task(config, out: Path) -> None:
     t = config.task
-    splits = chains.make_splits({s: t[s] for s in chains.SPLITS}, config.seed, max_ops=t.max_ops,
+    splits = chains.make_splits({s: t[s] for s in chains.SPLITS}, config.base_seed, max_ops=t.max_ops,
                                 max_digits=t.max_digits, digit_shares=t.get("digit_shares"),
                                 random_names=t.get("random_names", False))
     for split, problems in splits.items():
@@ -86,13 +89,13 @@ def _progress_log(total: int, desc: str) -> tuple[Callable[[str], None], tqdm]:
 
 
 def train_stage(workdir: Path, name: str, config, overrides: dict, *, model_dir: Path, task_dir: Path,
-                inputs: dict, log: Callable[[str], None]) -> Stage:
+                inputs: dict, seed: int, log: Callable[[str], None]) -> Stage:
     """A trainer run (`corea_jax.rl.trainer.train`) as a stage; its model is `<stage>/hf`."""
     from corea_jax.rl import trainer
 
     def build(out: Path) -> None:
         tc = models_lib.trainer_config(config, overrides, model_dir=model_dir,
-                                       train_file=task_dir / "train.jsonl")
+                                       train_file=task_dir / "train.jsonl", seed=seed)
         step_log, bar = _progress_log(tc.total_steps, name)
         try:
             trainer.train(tc, out, log=step_log)
@@ -106,36 +109,51 @@ def _sft_stages(config, workdir: Path, role: str, stages: dict[str, Stage], log)
     """<role>_init (random weights) and <role>_sft (the trainer's SFT from them)."""
     arch = config[role]
     init = run_stage(workdir, f"{role}_init",
-                     {"tokenizer": stages["tokenizer"].key, "arch": _plain(arch), "seed": config.seed},
-                     lambda out: models_lib.init_model_dir(arch, stages["tokenizer"].path, out, config.seed),
+                     {"tokenizer": stages["tokenizer"].key, "arch": _plain(arch), "seed": config.base_seed},
+                     lambda out: models_lib.init_model_dir(arch, stages["tokenizer"].path, out, config.base_seed),
                      log=log)
     overrides = dict(_plain(config.sft), total_steps=config[f"{role}_sft_steps"])
     overrides["optim"] = dict(overrides.get("optim", {}), learning_rate=config[f"{role}_sft_learning_rate"])
+    overrides["sft"] = dict(overrides.get("sft", {}), confidence_choices=list(config[f"{role}_sft_confidences"]))
     sft = train_stage(workdir, f"{role}_sft", config, overrides, model_dir=init.path,
                       task_dir=stages["task"].path,
-                      inputs={"init": init.key, "task": stages["task"].key, "seed": config.seed}, log=log)
+                      inputs={"init": init.key, "task": stages["task"].key, "seed": config.base_seed},
+                      seed=config.base_seed, log=log)
     return {f"{role}_init": init, f"{role}_sft": sft}
 
 
+def _shipped_stages(config, workdir: Path, log) -> dict[str, Stage]:
+    """slm_sft and llm_sft as copies of the shipped base models (their recipe checked first)."""
+    manifest = base_models.load_manifest()
+    base_models.check_recipe(config, manifest)
+    key = _plain({"shipped": {role: manifest["files"][f"{role}/model.safetensors"] for role in base_models.ROLES}})
+    return {f"{role}_sft": run_stage(workdir, f"{role}_sft", dict(key, role=role),
+                                     lambda out, role=role: base_models.install(role, out), log=log)
+            for role in base_models.ROLES}
+
+
 def train_models(config, workdir: Path, *, log: Callable[[str], None] = print) -> dict[str, Stage]:
-    """Stages task .. slm_brier; returns every stage by name."""
+    """Stages task .. slm_brier; returns every stage by name. The base models (slm_sft,
+    llm_sft) are the shipped ones unless config.from_scratch; the RL runs use config.seed."""
     stages: dict[str, Stage] = {}
-    stages["task"] = run_stage(workdir, "task", {"seed": config.seed, "task": _plain(config.task)},
+    stages["task"] = run_stage(workdir, "task", {"seed": config.base_seed, "task": _plain(config.task)},
                                lambda out: build_task(config, out), log=log)
     task_dir = stages["task"].path
-    stages["tokenizer"] = run_stage(
-        workdir, "tokenizer", {"task": stages["task"].key, "tokenizer": _plain(config.tokenizer)},
-        lambda out: build_tokenizer(config, task_dir, out), log=log)
-    for role in ("slm", "llm"):
-        stages.update(_sft_stages(config, workdir, role, stages, log))
-        if role == "slm":  # the RL runs first: their results show before the LLM is trained
-            sft = stages["slm_sft"]
-            for run, preset in config.rl_runs.items():
-                overrides = _plain(config.rl)
-                overrides["reward"] = dict(overrides.get("reward", {}), preset=preset)
-                stages[f"slm_{run}"] = train_stage(
-                    workdir, f"slm_{run}", config, overrides, model_dir=sft.path / "hf", task_dir=task_dir,
-                    inputs={"sft": sft.key, "task": stages["task"].key, "seed": config.seed}, log=log)
+    if config.from_scratch:
+        stages["tokenizer"] = run_stage(
+            workdir, "tokenizer", {"task": stages["task"].key, "tokenizer": _plain(config.tokenizer)},
+            lambda out: build_tokenizer(config, task_dir, out), log=log)
+        for role in base_models.ROLES:
+            stages.update(_sft_stages(config, workdir, role, stages, log))
+    else:
+        stages.update(_shipped_stages(config, workdir, log))
+    sft = stages["slm_sft"]
+    for run, preset in config.rl_runs.items():
+        overrides = _plain(config.rl)
+        overrides["reward"] = dict(overrides.get("reward", {}), preset=preset)
+        stages[f"slm_{run}"] = train_stage(
+            workdir, f"slm_{run}", config, overrides, model_dir=sft.path / "hf", task_dir=task_dir,
+            inputs={"sft": sft.key, "task": stages["task"].key, "seed": config.seed}, seed=config.seed, log=log)
     return stages
 
 
@@ -172,9 +190,28 @@ def write_report(config, workdir: Path, stages: dict[str, Stage]) -> dict:
     curves = {label: report_lib.read_metrics(stages[f"slm_{run}"].path / "metrics.jsonl")
               for run, label in (("rlvr", "RLVR"), ("rlcc", "RLCC-L1"), ("brier", "RLCC-Brier"))
               if run in config.rl_runs}
+    groups = {f"test/{i}": f"{row['digits']}-digit" for i, row in enumerate(read_split(stages["task"].path, "test"))}
+    base = ("base models trained here" if config.from_scratch
+            else "shipped base models (corea_jax/reproduction/base_models)")
+    provenance = f"seed {config.seed}, base seed {config.base_seed}, {base}; CPU: {cpu_model()}"
     return report_lib.write_all(workdir, cascades, curves,
                                 {run: stages[f"cascade_{run}"].path / cascade_stages.RECORDS for run in runs},
-                                runtime_s=runtime, stage_seconds={n: s.seconds for n, s in stages.items()})
+                                runtime_s=runtime, stage_seconds={n: s.seconds for n, s in stages.items()},
+                                groups=groups, provenance=provenance)
+
+
+def export_base_models(config, workdir: str | Path, dest: Path = base_models.SHIPPED, cpu: str = "") -> dict:
+    """Writes a finished from-scratch run's SFT SLM and LLM as the shipped base models, with
+    their greedy test accuracy (from the run's cascade records) in the manifest."""
+    if not config.from_scratch:
+        raise ValueError("config.from_scratch: expected True to export base models (these are the shipped ones)")
+    workdir = Path(workdir)
+    correct = {"slm": base_models.correct_bits(workdir / "cascade_sft" / cascade_stages.RECORDS, "slm"),
+               "llm": base_models.correct_bits(workdir / "llm_answers" / cascade_stages.RECORDS, "llm")}
+    seconds = {f"{role}_sft": json.loads((workdir / f"{role}_sft" / "stage.json").read_text())["seconds"]
+               for role in base_models.ROLES}
+    return base_models.export(config, {role: workdir / f"{role}_sft" / "hf" for role in base_models.ROLES},
+                              correct, workdir / "task", seconds, dest, cpu=cpu)
 
 
 def run(config, workdir: str | Path, *, log: Callable[[str], None] = print) -> dict:

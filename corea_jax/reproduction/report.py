@@ -140,12 +140,14 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def plot_learning_curves(runs: dict[str, list[dict]], path: Path, window: int = 10) -> Path:
-    """Reward, accuracy and ECE of the rollouts per step, one line per RL run (a trailing mean
-    over `window` steps; the raw values faint behind it)."""
-    fig = _figure(13.0, 4.0)
-    axes = fig.subplots(1, 3)
+    """Reward, accuracy, ECE and AUROC of the rollouts per step (the training batch's stated
+    confidences against its correctness), one line per RL run (a trailing mean over `window`
+    steps; the raw values faint behind it)."""
+    fig = _figure(17.0, 4.0)
+    axes = fig.subplots(1, 4)
     for ax, (key, title) in zip(axes, (("reward_mean", "reward (own preset)"), ("accuracy", "rollout accuracy"),
-                                       ("ece", "rollout ECE (stated confidence)"))):
+                                       ("ece", "rollout ECE (stated confidence)"),
+                                       ("auroc", "rollout AUROC (stated confidence)"))):
         for name, rows in runs.items():
             steps = np.array([r["step"] for r in rows])
             values = np.array([r.get(key, np.nan) for r in rows], float)
@@ -158,24 +160,27 @@ def plot_learning_curves(runs: dict[str, list[dict]], path: Path, window: int = 
     return _save(fig, path)
 
 
+POINT_MARKERS = "o^sDvP*Xh"
+
+
 def plot_frontier(curves: dict[str, tuple[np.ndarray, np.ndarray]], points: dict[str, tuple[float, float]],
                   path: Path, llm_cost: float) -> Path:
     """pass@1 against average cost (in units of the LLM's cost): one curve per confidence
-    source (every tau), and labelled points (single models, COREA)."""
-    fig = _figure(7.0, 5.0)
+    source (every tau), and the systems as points, each with its own marker and named in a
+    legend beside the axes (labels on the plot overlap where systems share a point)."""
+    fig = _figure(9.5, 5.0)
     ax = fig.subplots()
     for name, (cost, acc) in curves.items():
         order = np.argsort(cost)
         ax.plot(np.asarray(cost)[order] / llm_cost, np.asarray(acc)[order], linewidth=1.6, label=name)
     for i, (name, (cost, acc)) in enumerate(points.items()):
-        ax.scatter([cost / llm_cost], [acc], s=45, zorder=3, edgecolor="black")
-        # Alternate the label side: COREA and COREA-risk often share a point.
-        ax.annotate(name, (cost / llm_cost, acc), xytext=(6, -12 if i % 2 else 6), textcoords="offset points",
-                    fontsize=8)
+        ax.scatter([cost / llm_cost], [acc], s=60, zorder=3 + i, edgecolor="black", linewidth=0.8,
+                   marker=POINT_MARKERS[i % len(POINT_MARKERS)], color=f"C{(i + len(curves)) % 10}",
+                   label=f"{name} ({acc:.1%}, cost {cost / llm_cost:.2f})")
     ax.set(xlabel="average cost per question (LLM alone = 1)", ylabel="pass@1 on test",
            title="Accuracy-cost frontier (thresholds swept on test)")
     ax.grid(alpha=0.3, linewidth=0.5)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     return _save(fig, path)
 
 
@@ -233,6 +238,104 @@ def _test_split(records: list[dict], cost_model_name: str):
     return cascade_report.build_split(records, "test", CostModel(cost_model_name, params=params))
 
 
+def claims(systems: dict[str, dict]) -> list[dict]:
+    """COREA's claims on this run, each {claim, value, target, holds}: an overconfident SFT
+    SLM; RLCC calibrating it (ECE halved, below RLVR's) with confidences that rank right above
+    wrong (AUROC); RL raising pass@1; the cascade at the paper's tau within 2 points of the
+    LLM at <= 80% of its cost; an LLM clearly stronger than the SFT SLM."""
+    s = systems
+    llm_cost = s["LLM"]["avg_cost"]
+    rows = [
+        ("SFT-SLM ECE > 0.15 (overconfident)", s["SFT-SLM"]["ece"], "> 0.15", lambda v: v > 0.15),
+        ("RLCC-SLM ECE <= half of SFT-SLM's", s["RLCC-SLM"]["ece"], f"<= {s['SFT-SLM']['ece'] / 2:.3f}",
+         lambda v: v <= s["SFT-SLM"]["ece"] / 2),
+        ("RLCC-SLM ECE < RLVR-SLM's", s["RLCC-SLM"]["ece"], f"< {s['RLVR-SLM']['ece']:.3f}",
+         lambda v: v < s["RLVR-SLM"]["ece"]),
+        ("RLCC-SLM AUROC >= 0.75", s["RLCC-SLM"]["auroc"], ">= 0.75", lambda v: v >= 0.75),
+        ("RLVR-SLM pass@1 > SFT-SLM's", s["RLVR-SLM"]["pass_at_1"], f"> {s['SFT-SLM']['pass_at_1']:.3f}",
+         lambda v: v > s["SFT-SLM"]["pass_at_1"]),
+        ("RLCC-SLM pass@1 > SFT-SLM's", s["RLCC-SLM"]["pass_at_1"], f"> {s['SFT-SLM']['pass_at_1']:.3f}",
+         lambda v: v > s["SFT-SLM"]["pass_at_1"]),
+        ("COREA pass@1 within 2 points of the LLM's", s["COREA"]["pass_at_1"] - s["LLM"]["pass_at_1"],
+         ">= -0.020", lambda v: v >= -0.02 - 1e-12),
+        ("COREA cost <= 80% of the LLM's", s["COREA"]["avg_cost"] / llm_cost, "<= 0.800", lambda v: v <= 0.8),
+        ("LLM pass@1 >= SFT-SLM's + 15 points", s["LLM"]["pass_at_1"] - s["SFT-SLM"]["pass_at_1"], ">= 0.150",
+         lambda v: v >= 0.15 - 1e-12),
+    ]
+    return [{"claim": claim, "value": None if value is None else float(value), "target": target,
+             "holds": value is not None and bool(check(value))} for claim, value, target, check in rows]
+
+
+def _claims_markdown(rows: list[dict]) -> list[str]:
+    lines = ["| claim | value | target | holds |", "|---|---|---|---|"]
+    lines += [f"| {r['claim']} | {_cell(r['value'], '{:.3f}')} | {r['target']} | {'yes' if r['holds'] else '**no**'} |"
+              for r in rows]
+    return lines
+
+
+def summarize_seeds(reports: dict[str, dict]) -> str:
+    """Markdown: each system's pass@1, cost / LLM, ECE and AUROC as mean [min, max] over the
+    runs ({label: report.json}), then which claims held in how many runs."""
+    labels = list(reports)
+    systems = list(next(iter(reports.values()))["systems"])
+
+    def stat(values, fmt):
+        values = [v for v in values if v is not None]
+        if not values:
+            return "-"
+        return f"{fmt.format(np.mean(values))} [{fmt.format(min(values))}, {fmt.format(max(values))}]"
+
+    lines = [f"Mean [min, max] over {len(labels)} runs ({', '.join(labels)}).", "",
+             "| system | pass@1 | cost / LLM | ECE | AUROC |", "|---|---|---|---|---|"]
+    for name in systems:
+        rows = [r["systems"][name] for r in reports.values()]
+        cost = [row["avg_cost"] / r["systems"]["LLM"]["avg_cost"] for row, r in zip(rows, reports.values())]
+        lines.append(f"| {name} | {stat([row['pass_at_1'] for row in rows], '{:.1%}')} | {stat(cost, '{:.0%}')} | "
+                     f"{stat([row.get('ece') for row in rows], '{:.3f}')} | "
+                     f"{stat([row.get('auroc') for row in rows], '{:.3f}')} |")
+    lines += ["", "| claim | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    per_run = [claims(r["systems"]) for r in reports.values()]
+    for i, row in enumerate(per_run[0]):
+        cells = [f"{'yes' if run[i]['holds'] else '**no**'} ({_cell(run[i]['value'], '{:.3f}')})" for run in per_run]
+        lines.append(f"| {row['claim']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+RUN_LABELS = {"sft": "SFT-SLM", "rlvr": "RLVR-SLM", "brier": "Brier-SLM", "rlcc": "RLCC-SLM"}
+
+
+def by_difficulty(records: dict[str, list[dict]], groups: dict[str, str]) -> dict[str, dict]:
+    """Test pass@1 and mean stated (verbal) confidence of every SLM run and of the LLM, per
+    difficulty group ({item id: group}, e.g. "1-digit"): {system: {group: {n, pass_at_1,
+    confidence_mean}}}; a confidence mean is null where no answer stated one."""
+    rows = {label: [r for r in records[run] if r["model"] == "slm" and r["split"] == "test"]
+            for run, label in RUN_LABELS.items() if run in records}
+    rows["LLM"] = [r for r in next(iter(records.values())) if r["model"] == "llm" and r["split"] == "test"]
+    out: dict[str, dict] = {}
+    for system, recs in rows.items():
+        table: dict[str, dict] = {}
+        for group in sorted(set(groups.values())):
+            mine = [r for r in recs if groups.get(r["id"]) == group and not r.get("failed")]
+            conf = [(r.get("confidence") or {}).get("verbal") for r in mine]
+            conf = [c for c in conf if c is not None]
+            table[group] = {"n": len(mine), "pass_at_1": float(np.mean([bool(r["correct"]) for r in mine])) if mine else None,
+                            "confidence_mean": float(np.mean(conf)) if conf and system != "LLM" else None}
+        out[system] = table
+    return out
+
+
+def _difficulty_markdown(table: dict[str, dict]) -> list[str]:
+    groups = sorted({g for row in table.values() for g in row})
+    lines = ["| system | " + " | ".join(f"{g}: pass@1 | {g}: confidence" for g in groups) + " |",
+             "|---|" + "---|---|" * len(groups)]
+    for system, row in table.items():
+        cells = []
+        for g in groups:
+            cells += [_cell(row[g]["pass_at_1"], "{:.1%}"), _cell(row[g]["confidence_mean"], "{:.2f}")]
+        lines.append(f"| {system} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_markdown(report: dict, cascades: dict[str, dict]) -> str:
     s = report["systems"]
     llm, corea = s["LLM"], s["COREA"]
@@ -240,7 +343,7 @@ def render_markdown(report: dict, cascades: dict[str, dict]) -> str:
         "# COREA reproduced on a toy: chain arithmetic, from-scratch Qwen2-family models", "",
         f"{report['n_test']} test items, {report['n_calibration']} calibration items (thresholds); "
         f"cost model `{report['cost_model']}` (2 x non-embedding parameters x tokens); "
-        f"{report['runtime_s']:.0f} s of stage time from an empty workdir.", "",
+        f"{report['runtime_s']:.0f} s of stage time from an empty workdir; {report['provenance']}.", "",
         markdown_table(s), "",
         f"COREA (RLCC-SLM -> LLM at tau = {_cell(corea['tau'], '{:.2f}')}, the LLM's calibration pass@1): "
         f"pass@1 {corea['pass_at_1']:.1%} vs the LLM's {llm['pass_at_1']:.1%} "
@@ -251,7 +354,12 @@ def render_markdown(report: dict, cascades: dict[str, dict]) -> str:
         "(RLVR-SLM-AvgProb: the mean probability of its answer tokens) scored against its correctness.", "",
         "## Each SLM in the cascade (verbal confidence, the paper's tau)", "",
         markdown_table(cascade_rows(cascades)), "",
-        "Per-SLM cascade reports (intervals, parse rates, every baseline): `cascade_<run>/report.md`.", "",
+        "Per-SLM cascade reports (intervals, parse rates, every baseline): `cascade_<run>/report.md`.", ""]
+    lines += ["## COREA's claims on this run", "", *_claims_markdown(report["claims"]), ""]
+    if report.get("by_difficulty"):
+        lines += ["## By difficulty (test pass@1 and mean stated confidence, greedy)", "",
+                  *_difficulty_markdown(report["by_difficulty"]), ""]
+    lines += [
         "![table](table.png)", "", "![reliability](reliability.png)", "",
         "![learning curves](learning_curves.png)", "", "![frontier](frontier.png)", "",
         "## Stage times (s)", "", "| stage | seconds |", "|---|---|"]
@@ -260,12 +368,19 @@ def render_markdown(report: dict, cascades: dict[str, dict]) -> str:
 
 
 def write_all(workdir: Path, cascades: dict[str, dict], curves: dict[str, list[dict]],
-              records: dict[str, Path], *, runtime_s: float, stage_seconds: dict[str, float]) -> dict:
-    """report.json, report.md, table.png, reliability.png, learning_curves.png, frontier.png."""
+              records: dict[str, Path], *, runtime_s: float, stage_seconds: dict[str, float],
+              groups: dict[str, str] | None = None, provenance: str = "") -> dict:
+    """report.json, report.md, table.png, reliability.png, learning_curves.png, frontier.png.
+    `groups` ({test item id: difficulty}) adds the by-difficulty table; `provenance` says
+    where the models came from and on which machine (report.md's first line)."""
     first = cascades["rlcc"]
     report = {"systems": compose_systems(cascades), "n_test": first["n_test"],
               "n_calibration": first["n_calibration"], "cost_model": first["cost_model"],
-              "runtime_s": runtime_s, "stage_seconds": stage_seconds}
+              "runtime_s": runtime_s, "stage_seconds": stage_seconds, "provenance": provenance,
+              "claims": None,
+              "by_difficulty": by_difficulty({run: _read_records(path) for run, path in records.items()},
+                                             groups) if groups else {}}
+    report["claims"] = claims(report["systems"])
     tmp = workdir / "report.json.tmp"
     tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     os.replace(tmp, workdir / "report.json")
