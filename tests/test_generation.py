@@ -509,3 +509,23 @@ def test_the_cache_is_created_in_its_shardings(tmp_path):
     stacked = corea_jax.load_model(tmp_path, mesh=model.mesh, scan_layers=True)
     cache = _new_cache(stacked, 4, 16)  # [L, B, K, ...]
     assert cache.k.sharding.spec[1:3] == (("data", "fsdp"), "tensor")
+
+
+def test_followup_draws_from_its_own_random_stream(chat_tiny):
+    """At temperature > 0 the second turn's draws are not the answer's replayed: at a
+    temperature where every token is about equally likely, the same keys would pick the same
+    tokens in both turns."""
+    from corea_jax.generation import generate_followup
+
+    def suffix(tokenizer, conversation, answer):
+        return "<|im_end|>\n<|im_start|>user\nSure?<|im_end|>\n<|im_start|>assistant\n"
+
+    conversations = [[{"role": "user", "content": "What is 2 + 3?"}],
+                     [{"role": "user", "content": "Name a prime number."}]]
+    hot = corea_jax.SamplingParams(max_new_tokens=12, temperature=1e4, ignore_eos=True, n=2, seed=3)
+    out = generate_followup(chat_tiny, conversations, suffix, hot, dataclasses.replace(hot, n=1),
+                            progress=False)
+    pairs = [(answer.token_ids, reply.token_ids) for per_prompt in out for answer, reply in per_prompt]
+    assert all(len(a) == len(r) == 12 for a, r in pairs)
+    same = sum(x == y for a, r in pairs for x, y in zip(a, r))
+    assert same <= 4, f"{same} of 48 follow-up tokens repeat the answer's draw at the same step"

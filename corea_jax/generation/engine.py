@@ -6,7 +6,8 @@ ended (EOS, budget, stop string) with the next waiting row between chunks; "stat
 batches of rows, each a prefill + `lax.while_loop` decode until its longest row ends. Either
 way the n samples of a prompt share one prefill (its cache copied to their rows), and row
 (prompt p, sample s) draws step t with fold_in(fold_in(key(seed), p * n + s), t), so a
-completion does not depend on the schedule or on the rows beside it.
+completion does not depend on the schedule or on the rows beside it (a follow-up turn folds
+its turn into that key: `steps.row_keys`).
 
 The SLM's answers, the RL rollouts and the LLM all come through `generate`. It runs the
 same `Decoder` graph the trainer differentiates, so the log-probs it returns (under the
@@ -109,9 +110,11 @@ def _check_prompts(config: ModelConfig, prompt_ids: list[list[int]], budget: int
 
 
 def _run_turn(model, cache: KVCache, chunks: list[list[int]], start_positions: np.ndarray,
-              row_ids: list[int], sampling: SamplingParams, shared_prefix: bool = False) -> _Turn:
-    """Feeds `chunks` (one per row) into `cache` and generates; row_ids seed each row's PRNG.
-    With `shared_prefix` (an empty cache), rows with the same chunk share one prefill."""
+              row_ids: list[int], sampling: SamplingParams, shared_prefix: bool = False,
+              turn: int = 0) -> _Turn:
+    """Feeds `chunks` (one per row) into `cache` and generates; row_ids and the conversation's
+    `turn` seed each row's PRNG (`steps.row_keys`). With `shared_prefix` (an empty cache),
+    rows with the same chunk share one prefill."""
     config = model.config
     pad_id = config.pad_token_id if config.pad_token_id is not None else 0
     source = None
@@ -126,7 +129,7 @@ def _run_turn(model, cache: KVCache, chunks: list[list[int]], start_positions: n
     program = GenerationProgram.for_sampling(config, sampling, shared_prefix)
     tokens, logprobs, lengths, hit_eos, n_steps, cache = program(
         model.params, cache, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(start_positions, jnp.int32),
-        steps.row_keys(sampling.seed, row_ids), jnp.asarray(eos), SamplingScalars.of(sampling), source)
+        steps.row_keys(sampling.seed, row_ids, turn), jnp.asarray(eos), SamplingScalars.of(sampling), source)
     tokens, logprobs, lengths, hit_eos, n_steps = jax.device_get(
         (tokens, logprobs, lengths, hit_eos, n_steps))
     return _Turn(tokens, logprobs, lengths, hit_eos, int(n_steps), cache, chunk_start,
@@ -272,7 +275,7 @@ def generate_followup(model, conversations: Sequence[list[dict]], followup_suffi
                 raise ValueError(f"followup_suffix: {len(suffix)} tokens, more than the "
                                  f"{_SUFFIX_BUDGET} reserved for it")
             suffixes.append(suffix)
-        second = _run_turn(model, cache, suffixes, positions, row_ids, followup_sampling)
+        second = _run_turn(model, cache, suffixes, positions, row_ids, followup_sampling, turn=1)
         for b, (p, s) in enumerate(chunk):
             follow = _completion(tokenizer, second, b, int(positions[b]) + len(suffixes[b]),
                                  followup_sampling.stop)

@@ -123,10 +123,18 @@ def place_rows(cache: KVCache, small: KVCache, source, rows, start) -> KVCache:
                          valid=cache.valid.at[rows].set(row_valid, mode="drop"))
 
 
-def row_keys(seed: int, row_ids: list[int]) -> jax.Array:
-    """[R] PRNG keys: row p * n + s (prompt p, sample s) draws from fold_in(key(seed), p * n + s)."""
-    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(seed),
-                                                             jnp.asarray(row_ids, jnp.uint32))
+def row_keys(seed: int, row_ids: list[int], turn: int = 0) -> jax.Array:
+    """[R] PRNG keys: row p * n + s (prompt p, sample s) draws from fold_in(key(seed), p * n + s),
+    and its turn t > 0 of a conversation from fold_in(that key, 2**32 - t).
+
+    A turn's step i draws with fold_in(its key, i); step counts stay far below 2**32 - t, so
+    a later turn never replays the draws of an earlier one.
+    """
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(seed),
+                                                           jnp.asarray(row_ids, jnp.uint32))
+    if turn:
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, jnp.uint32(2**32 - turn))
+    return keys
 
 
 def distinct_prompts(chunks: list[list[int]], size: int | None = None) -> tuple[list[list[int]], list[int]]:
