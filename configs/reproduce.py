@@ -17,12 +17,14 @@ written (tests/test_reproduction_pipeline.py runs it).
 import ml_collections
 
 # Uninformative SFT confidences: drawn per target independently of the question, so the SFT
-# model's stated confidence says nothing about the question. The SLM's are mostly 1.0 (three
-# times as likely as any other value: greedy, it says 1.0 on every question: overconfident);
+# model's stated confidence says nothing about the question. The SLM's are 1.0 more than half
+# the time (greedy decoding picks the first token "1" over "0", so it says 1.0 on every
+# question: overconfident; with 1.0 only three times as likely as each other value, "0" won
+# the first token and the greedy value was arbitrary);
 # every value keeps some probability, so RL can move the stated confidence. The LLM's
 # confidence is never read (the cascade defers on the SLM's); its targets keep the earlier
 # mostly-0.9 draws.
-SLM_SFT_CONFIDENCES = (1.0, 1.0, 1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)
+SLM_SFT_CONFIDENCES = (1.0,) * 12 + (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)
 LLM_SFT_CONFIDENCES = (0.9, 0.9, 1.0, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)
 
 
@@ -40,11 +42,14 @@ def get_config(variant: str = ""):
 
     # corea_jax.data.chains; prompt "question": the question alone as the user turn (short
     # prompts keep CPU training cheap; the chat template still frames it).
-    # One- and two-digit operands (60% / 40%), 1-2 operations, variable names drawn at random:
-    # the operand length, visible in the question, splits the items into ones the SLM gets
-    # right and ones only the LLM does.
+    # One- and two-digit operands (60% / 40%), 1-2 operations: the operand length, visible in
+    # the question, splits the items into ones the SLM gets right and ones only the LLM does.
+    # 40% of the question space is reserved for the held-out splits (one-digit chains number
+    # about 1,300: train would otherwise hold nearly all). Variable names a, b, c in order
+    # (random names: the 64x2 SLM never learned to copy them, 2026-12-06, docs/reproduce/TUNING.md).
     c.task = dict(train=20000, calibration=300, test=500, max_ops=2, max_digits=2, digit_shares=(0.6, 0.4),
-                  random_names=True, prompt="question", max_prompt_tokens=40, max_new_tokens=72)
+                  random_names=False, heldout_share=0.4, prompt="question", max_prompt_tokens=40,
+                  max_new_tokens=72)
     c.tokenizer = dict(vocab_size=320)
 
     arch = dict(model_type="qwen2", max_position_embeddings=128)
@@ -78,7 +83,7 @@ def get_config(variant: str = ""):
     c.cascade = dict(cost_model="flops", risk_epsilon=0.05, risk_delta=0.1, batch_size=256, bootstrap=1000)
     if variant == "quick":
         c.task.update(dict(train=4000, calibration=64, test=96, max_ops=3, max_digits=1, digit_shares=None,
-                           random_names=False, max_prompt_tokens=32, max_new_tokens=48))
+                           random_names=False, heldout_share=0.0, max_prompt_tokens=32, max_new_tokens=48))
         c.slm.update(dict(hidden_size=32, intermediate_size=128, num_layers=1, num_heads=2, num_kv_heads=2))
         c.llm.update(dict(hidden_size=64, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=4))
         c.slm_sft_steps = c.llm_sft_steps = 150

@@ -73,6 +73,16 @@ def test_splits_are_seeded_and_disjoint(tmp_path):
     names = [[d.split("=")[0] for d in p.question.split(";")[:-1]] for p in shared["train"]]
     assert all(len(set(n)) == len(n) for n in names) and len({n[0] for n in names}) > 20
 
+    # a reserved share of the question space: train never draws it, the held-out splits only
+    # draw from it, and short one-digit chains stay in the held-out splits
+    reserved = chains.make_splits({"train": 5000, "calibration": 100, "test": 300}, seed=0, max_ops=2, max_digits=2,
+                                  digit_shares=(0.6, 0.4), heldout_share=0.4)
+    assert not any(chains.held_out_only(p.question, 0.4) for p in reserved["train"])
+    held = reserved["calibration"] + reserved["test"]
+    assert all(chains.held_out_only(p.question, 0.4) for p in held)
+    assert 0.5 < np.mean([p.digits == 1 for p in held]) < 0.7
+    assert {(p.digits, p.num_ops) for p in held} == {(1, 1), (1, 2), (2, 1), (2, 2)}
+
     path = chains.write_jsonl(a["test"], tmp_path / "test.jsonl")
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["id"] for r in rows[:2]] == ["test-00000", "test-00001"]
@@ -90,6 +100,7 @@ def test_bad_sizes_are_refused():
     (dict(max_ops=0), "task.max_ops: expected 1 <= max_ops"),
     (dict(max_digits=0), "task.max_digits: expected >= 1"),
     (dict(max_digits=2, digit_shares=(0.5, 0.6)), "task.digit_shares: expected None or 2 probabilities"),
+    (dict(heldout_share=1.0), r"task.heldout_share: expected a number in \[0, 1\)"),
     # one-operation one-digit chains: about a hundred distinct questions, fewer than asked for
     (dict(sizes={"train": 50, "calibration": 5, "test": 400}, max_ops=1), "task.test: 1000 draws in a row"),
 ])

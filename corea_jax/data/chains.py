@@ -21,6 +21,7 @@ question. A subtraction is only drawn when it keeps the running total non-negati
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -93,17 +94,30 @@ def make_problems(n: int, seed: int, *, max_ops: int, max_digits: int, digit_sha
 
 
 SPLITS = ("train", "calibration", "test")
+
+
+def held_out_only(question: str, heldout_share: float) -> bool:
+    """Whether `question` belongs to the share of the question space reserved for the held-out
+    splits (a hash of its text, so the same on every machine): train never draws it."""
+    return int.from_bytes(hashlib.sha256(question.encode()).digest()[:8], "big") / 2 ** 64 < heldout_share
 MAX_REDRAWS = 1000  # held-out draws in a row that may collide before make_splits gives up
 
 
 def make_splits(sizes: dict[str, int], seed: int, *, max_ops: int, max_digits: int, digit_shares=None,
-                random_names: bool = False) -> dict[str, list[ChainProblem]]:
+                random_names: bool = False, heldout_share: float = 0.0) -> dict[str, list[ChainProblem]]:
     """Independent draws per split (seeds (seed, split index)); a test or calibration question
     that also occurs in train is redrawn with the same operand length (its number of operations
     and its values drawn again), so evaluation measures more than recall and the held-out
-    splits keep train's mix of operand lengths. Sizes and
-    ranges are checked first, and a task too small for its held-out splits (every draw already
-    seen) is refused with the fields to change."""
+    splits keep train's mix of operand lengths. Sizes and ranges are checked first, and a task
+    too small for its held-out splits (every draw already seen) is refused with the fields to
+    change.
+
+    `heldout_share` > 0 reserves that share of the question space (`held_out_only`, a hash of
+    the text) for the held-out splits: train redraws a reserved question (same length and
+    number of operations), the held-out splits draw only reserved ones. Where the space is
+    small (one-digit chains of one or two operations: about 1,300 questions) a plain redraw
+    would leave the held-out splits only the longest chains, or none; the reserve keeps the
+    same mix in every split."""
     for split in SPLITS:
         if not isinstance(sizes.get(split), int) or sizes[split] < 1:
             raise ValueError(f"task.{split}: expected a number of problems >= 1, found {sizes.get(split)!r}")
@@ -111,6 +125,8 @@ def make_splits(sizes: dict[str, int], seed: int, *, max_ops: int, max_digits: i
         raise ValueError(f"task.max_ops: expected 1 <= max_ops < {len(VARIABLES)}, found {max_ops!r}")
     if not isinstance(max_digits, int) or max_digits < 1:
         raise ValueError(f"task.max_digits: expected >= 1, found {max_digits!r}")
+    if not isinstance(heldout_share, (int, float)) or not 0 <= heldout_share < 1:
+        raise ValueError(f"task.heldout_share: expected a number in [0, 1), found {heldout_share!r}")
     if digit_shares is not None:
         digit_shares = tuple(digit_shares)
         if (len(digit_shares) != max_digits or any(not 0 <= x <= 1 for x in digit_shares)
@@ -119,6 +135,17 @@ def make_splits(sizes: dict[str, int], seed: int, *, max_ops: int, max_digits: i
                              f"length 1..task.max_digits) summing to 1, found {digit_shares!r}")
     kinds = dict(max_ops=max_ops, random_names=random_names)
     train = make_problems(sizes["train"], seed * 3, max_digits=max_digits, digit_shares=digit_shares, **kinds)
+    if heldout_share > 0:
+        rng = np.random.default_rng([seed, 0])
+        for j, p in enumerate(train):
+            for _ in range(MAX_REDRAWS):
+                if not held_out_only(p.question, heldout_share):
+                    break
+                p = make_problem(rng, p.num_ops, p.digits, random_names=random_names)
+            else:
+                raise ValueError(f"task.heldout_share: {MAX_REDRAWS} train draws in a row were reserved for the "
+                                 f"held-out splits; expected a smaller share, found {heldout_share}")
+            train[j] = p
     seen = {p.question for p in train}
     out = {"train": train}
     for i, split in enumerate(SPLITS[1:], start=1):
@@ -128,13 +155,13 @@ def make_splits(sizes: dict[str, int], seed: int, *, max_ops: int, max_digits: i
             digits = int(_draw_digits(rng, max_digits, digit_shares))
             for _ in range(MAX_REDRAWS):
                 p = make_problem(rng, int(rng.integers(1, max_ops + 1)), digits, random_names=random_names)
-                if p.question not in seen:
+                if p.question not in seen and (heldout_share == 0 or held_out_only(p.question, heldout_share)):
                     break
             else:
                 raise ValueError(
                     f"task.{split}: {MAX_REDRAWS} draws in a row were all in train or already held out "
-                    f"({len(problems)} of {sizes[split]} found); raise task.max_ops or task.max_digits, "
-                    f"or lower task.train / task.{split}")
+                    f"({len(problems)} of {sizes[split]} found); raise task.max_ops, task.max_digits or "
+                    f"task.heldout_share, or lower task.train / task.{split}")
             seen.add(p.question)
             problems.append(p)
         out[split] = problems

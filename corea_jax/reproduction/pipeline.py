@@ -47,7 +47,7 @@ def build_task(config, out: Path) -> None:
     t = config.task
     splits = chains.make_splits({s: t[s] for s in chains.SPLITS}, config.base_seed, max_ops=t.max_ops,
                                 max_digits=t.max_digits, digit_shares=t.get("digit_shares"),
-                                random_names=t.get("random_names", False))
+                                random_names=t.get("random_names", False), heldout_share=t.get("heldout_share", 0.0))
     for split, problems in splits.items():
         chains.write_jsonl(problems, out / f"{split}.jsonl")
 
