@@ -141,89 +141,188 @@ def _shift_cache(program: _SlotProgram, state: _SlotState) -> _SlotState:
     return state.replace(cache=KVCache(k=k, v=v, valid=valid, index=cache.index - d))
 
 
-def generate_continuous(model, prompt_ids: list[list[int]], sampling: SamplingParams, batch_size: int,
-                         progress: bool, stop: bool) -> list[list[Any]]:
-    """`generate_tokens` by continuous batching: B slots over one cache; between decode chunks the
-    host collects ended rows (EOS, budget, or with `stop` a stop string) and admits the next
-    waiting rows into their slots (their distinct prompts prefilled once).
+@dataclasses.dataclass
+class SlotRow:
+    """A row to decode in a slot.
+
+    tag: the caller's handle, returned with the row's tokens. prompt: its token ids (at most the
+    scheduler's prompt bucket). row_id: seeds its PRNG stream (prompt p, sample s: p * n + s).
+    max_new_tokens: its own budget, at most the scheduler's (None: the scheduler's); a row past
+    it ends at the next chunk boundary, cut to the budget. stop: strings that end it.
+    """
+
+    tag: Any
+    prompt: list[int]
+    row_id: int
+    max_new_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+class SlotScheduler:
+    """Continuous batching driven one decode chunk at a time, so rows can join while others decode.
+
+    `admit` puts waiting rows into free slots (their distinct prompts prefilled once), `step`
+    decodes one chunk and returns the rows that ended (EOS, budget, stop string) as
+    (row, token_ids, logprobs, hit_eos), `cancel` ends rows early (their slots free at once).
+    `generate_continuous` runs it over a fixed list of rows; `corea_jax.serving` feeds it from a
+    queue of requests as they arrive.
 
     The cache has prompt_bucket + new_bucket + _SHIFT + chunk slots and one write index; an
     admitted row's prompt sits just below the index and its tokens follow it, so a row never
     spans more than prompt_bucket + new_bucket slots, and the first _SHIFT slots are dropped
     (`_shift_cache`) whenever the index would pass the end.
     """
+
+    def __init__(self, model, sampling: SamplingParams, slots: int, prompt_bucket: int):
+        if slots < 1:
+            raise ValueError(f"batch_size: expected an integer >= 1, found {slots}")
+        config = model.config
+        self.model, self.sampling = model, sampling
+        self.pad_id = config.pad_token_id if config.pad_token_id is not None else 0
+        self.program = _SlotProgram(config, steps.bucket(sampling.max_new_tokens), sampling.greedy,
+                                    (not sampling.greedy) and (sampling.top_k > 0 or sampling.top_p < 1),
+                                    _DECODE_CHUNK, _SHIFT)
+        self.prompt_bucket = steps.bucket(prompt_bucket)
+        self.length = self.prompt_bucket + self.program.new_bucket + _SHIFT + _DECODE_CHUNK
+        self.eos = jnp.asarray(np.asarray(eos_token_ids(model) or [-1], np.int32))
+        self.eos_set = set(eos_token_ids(model)) if not sampling.ignore_eos else set()
+        self.scalars = SamplingScalars.of(sampling)
+        self.slots: list[SlotRow | None] = [None] * slots
+        self.index = self.prompt_bucket  # prompts are placed below the write index
+        self._host = None  # (count, tokens) of the last chunk, for `tokens_so_far`
+        with steps.mesh_context(model):
+            cache = steps.new_cache(model, slots, self.length)
+            self.state = _SlotState(
+                tokens=jnp.zeros((slots, self.program.new_bucket), jnp.int32),
+                logprobs=jnp.zeros((slots, self.program.new_bucket), jnp.float32),
+                count=jnp.zeros((slots,), jnp.int32), last=jnp.zeros((slots,), jnp.int32),
+                position=jnp.zeros((slots,), jnp.int32), done=jnp.ones((slots,), bool),
+                keys=steps.row_keys(0, list(range(slots))), cache=cache.replace(index=jnp.int32(self.index)))
+
+    @property
+    def free(self) -> int:
+        return sum(row is None for row in self.slots)
+
+    @property
+    def busy(self) -> int:
+        return len(self.slots) - self.free
+
+    def admit(self, rows: list[SlotRow]) -> None:
+        """Puts `rows` (at most `free` of them) into free slots and draws their first tokens."""
+        b = len(self.slots)
+        free = [i for i in range(b) if self.slots[i] is None]
+        if len(rows) > len(free):
+            raise ValueError(f"admit: {len(rows)} rows for {len(free)} free slots")
+        for row in rows:
+            if len(row.prompt) > self.prompt_bucket:
+                raise ValueError(f"admit: a prompt of {len(row.prompt)} tokens, more than the "
+                                 f"{self.prompt_bucket} this scheduler holds")
+        if not rows:
+            return
+        distinct, source = steps.distinct_prompts([row.prompt for row in rows], b)
+        ids, mask = steps.left_pad(distinct, self.pad_id)
+        pad = b - len(rows)
+        at = free[:len(rows)]
+        with steps.mesh_context(self.model):
+            self.state = _admit(self.program, self.model.params, self.state, jnp.asarray(ids),
+                                jnp.asarray(mask), jnp.asarray(source + [0] * pad, jnp.int32),
+                                jnp.asarray(at + [b] * pad, jnp.int32),
+                                steps.row_keys(self.sampling.seed, [row.row_id for row in rows] + [0] * pad),
+                                self.eos, self.scalars)
+        for i, row in zip(at, rows):
+            self.slots[i] = row
+
+    def step(self) -> list[tuple[SlotRow, list[int], list[float], bool]]:
+        """Decodes one chunk; returns the rows that ended, their slots freed."""
+        if not self.busy:
+            return []
+        with steps.mesh_context(self.model):
+            if self.index + _DECODE_CHUNK > self.length:
+                self.state, self.index = _shift_cache(self.program, self.state), self.index - _SHIFT
+            self.state = _decode_chunk(self.program, self.model.params, self.state, self.eos, self.scalars)
+            self.index += _DECODE_CHUNK
+            done, count, tokens, logprobs = jax.device_get((self.state.done, self.state.count,
+                                                            self.state.tokens, self.state.logprobs))
+        self._host = count, tokens
+        ended, stopped = [], []
+        for i, row in enumerate(self.slots):
+            if row is None:
+                continue
+            n = int(count[i])
+            over = row.max_new_tokens is not None and n >= row.max_new_tokens
+            n = min(n, row.max_new_tokens) if over else n
+            ids = tokens[i, :n].tolist()
+            if not done[i] and (over or row.stop and steps.cut_at_stop(self.model.tokenizer, ids, row.stop)):
+                stopped.append(i)
+            elif not done[i]:
+                continue
+            ended.append((row, ids, logprobs[i, :n].tolist(), bool(ids[-1] in self.eos_set)))
+            self.slots[i] = None
+        self._mark_done(stopped)
+        return ended
+
+    def tokens_so_far(self) -> dict[Any, list[int]]:
+        """tag -> the tokens each busy row had generated at the end of the last chunk."""
+        if self._host is None:
+            return {}
+        count, tokens = self._host
+        return {row.tag: tokens[i, :int(count[i])].tolist() for i, row in enumerate(self.slots)
+                if row is not None}
+
+    def cancel(self, tags) -> list[SlotRow]:
+        """Ends the rows whose tag is in `tags` now, freeing their slots; returns them."""
+        tags = set(tags)
+        hit = [i for i, row in enumerate(self.slots) if row is not None and row.tag in tags]
+        rows = [self.slots[i] for i in hit]
+        for i in hit:
+            self.slots[i] = None
+        self._mark_done(hit)
+        return rows
+
+    def _mark_done(self, slots: list[int]) -> None:
+        if slots:
+            self.state = self.state.replace(done=self.state.done.at[jnp.asarray(slots)].set(True))
+
+    def shrink(self) -> None:
+        """Halves (or more) the slots when at most half are busy: a run's tail, once no row waits,
+        decodes no idle rows (on one device; a mesh keeps its batch). An idle slot pads the batch."""
+        busy = [i for i in range(len(self.slots)) if self.slots[i] is not None]
+        b = len(self.slots)
+        if not busy or len(busy) > b // 2 or self.model.mesh is not None:
+            return
+        b = steps.pow2(len(busy), b // 2)
+        idle = next(i for i in range(len(self.slots)) if self.slots[i] is None)
+        keep = busy + [idle] * (b - len(busy))
+        self.state = _compact(self.state, jnp.asarray(keep, jnp.int32))
+        self.slots = [self.slots[i] for i in busy] + [None] * (b - len(busy))
+
+
+def generate_continuous(model, prompt_ids: list[list[int]], sampling: SamplingParams, batch_size: int,
+                         progress: bool, stop: bool) -> list[list[Any]]:
+    """`generate_tokens` by continuous batching (`SlotScheduler`): between decode chunks the host
+    collects ended rows (EOS, budget, or with `stop` a stop string) and admits the next waiting
+    rows into their slots (their distinct prompts prefilled once); once none waits, the batch
+    shrinks as rows end."""
     if batch_size < 1:
         raise ValueError(f"batch_size: expected an integer >= 1, found {batch_size}")
-    config, n = model.config, sampling.n
-    pad_id = config.pad_token_id if config.pad_token_id is not None else 0
+    n = sampling.n
     rows = [(p, s) for p in range(len(prompt_ids)) for s in range(n)]
     rows.sort(key=lambda r: -len(prompt_ids[r[0]]))  # stable: a prompt's samples stay together
-    b = min(batch_size, 1 << (len(rows) - 1).bit_length())
-    program = _SlotProgram(config, steps.bucket(sampling.max_new_tokens), sampling.greedy,
-                           (not sampling.greedy) and (sampling.top_k > 0 or sampling.top_p < 1),
-                           _DECODE_CHUNK, _SHIFT)
-    prompt_bucket = steps.bucket(max(map(len, prompt_ids)))
-    length = prompt_bucket + program.new_bucket + _SHIFT + _DECODE_CHUNK
-    eos = jnp.asarray(np.asarray(eos_token_ids(model) or [-1], np.int32))
-    eos_set = set(eos_token_ids(model)) if not sampling.ignore_eos else set()
-    scalars = SamplingScalars.of(sampling)
     stops = sampling.stop if stop and model.tokenizer is not None else ()
+    waiting = [SlotRow((p, s), prompt_ids[p], p * n + s, stop=stops) for p, s in reversed(rows)]
+    scheduler = SlotScheduler(model, sampling, min(batch_size, 1 << (len(rows) - 1).bit_length()),
+                              max(map(len, prompt_ids)))
     results: list[list[Any]] = [[None] * n for _ in prompt_ids]
-    waiting = list(reversed(rows))
-    slots: list[tuple[int, int] | None] = [None] * b
-    with tqdm(total=len(rows), desc="generate", unit="seq", disable=not progress) as bar, \
-            steps.mesh_context(model):
-        cache = steps.new_cache(model, b, length)
-        index = prompt_bucket  # prompts are placed below the write index
-        state = _SlotState(
-            tokens=jnp.zeros((b, program.new_bucket), jnp.int32),
-            logprobs=jnp.zeros((b, program.new_bucket), jnp.float32),
-            count=jnp.zeros((b,), jnp.int32), last=jnp.zeros((b,), jnp.int32),
-            position=jnp.zeros((b,), jnp.int32), done=jnp.ones((b,), bool),
-            keys=steps.row_keys(0, list(range(b))), cache=cache.replace(index=jnp.int32(index)))
+    with tqdm(total=len(rows), desc="generate", unit="seq", disable=not progress) as bar:
         while True:
-            free = [i for i in range(b) if slots[i] is None]
-            if free and waiting:
-                admitted = [waiting.pop() for _ in range(min(len(free), len(waiting)))]
-                distinct, source = steps.distinct_prompts([prompt_ids[p] for p, _ in admitted], b)
-                ids, mask = steps.left_pad(distinct, pad_id)
-                pad = b - len(admitted)
-                at = free[:len(admitted)]
-                state = _admit(program, model.params, state, jnp.asarray(ids), jnp.asarray(mask),
-                               jnp.asarray(source + [0] * pad, jnp.int32), jnp.asarray(at + [b] * pad, jnp.int32),
-                               steps.row_keys(sampling.seed, [p * n + s for p, s in admitted] + [0] * pad),
-                               eos, scalars)
-                for i, row in zip(at, admitted):
-                    slots[i] = row
-            if all(s is None for s in slots):
+            if scheduler.free and waiting:
+                scheduler.admit([waiting.pop() for _ in range(min(scheduler.free, len(waiting)))])
+            if not scheduler.busy:
                 break
-            if index + _DECODE_CHUNK > length:
-                state, index = _shift_cache(program, state), index - _SHIFT
-            state = _decode_chunk(program, model.params, state, eos, scalars)
-            index += _DECODE_CHUNK
-            done, count, tokens, logprobs = jax.device_get((state.done, state.count, state.tokens,
-                                                            state.logprobs))
-            stopped = []
-            for i, row in enumerate(slots):
-                if row is None:
-                    continue
-                ids = tokens[i, :count[i]].tolist()
-                if not done[i] and stops and steps.cut_at_stop(model.tokenizer, ids, stops) is not None:
-                    stopped.append(i)
-                elif not done[i]:
-                    continue
-                p, s = row
-                results[p][s] = (ids, logprobs[i, :count[i]].tolist(), bool(ids[-1] in eos_set))
-                slots[i] = None
+            for row, ids, logprobs, hit_eos in scheduler.step():
+                p, s = row.tag
+                results[p][s] = (ids, logprobs, hit_eos)
                 bar.update(1)
-            if stopped:
-                state = state.replace(done=state.done.at[jnp.asarray(stopped)].set(True))
-            busy = [i for i in range(b) if slots[i] is not None]
-            if not waiting and busy and len(busy) <= b // 2 and model.mesh is None:
-                # The tail: halve (or more) the batch; an idle slot pads it (it stays done).
-                b = steps.pow2(len(busy), b // 2)
-                idle = next(i for i in range(len(slots)) if slots[i] is None)
-                keep = busy + [idle] * (b - len(busy))
-                state = _compact(state, jnp.asarray(keep, jnp.int32))
-                slots = [slots[i] for i in busy] + [None] * (b - len(busy))
+            if not waiting:
+                scheduler.shrink()
     return results
