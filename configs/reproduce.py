@@ -17,14 +17,14 @@ written (tests/test_reproduction_pipeline.py runs it).
 import ml_collections
 
 # Uninformative SFT confidences: drawn per target independently of the question, so the SFT
-# model's stated confidence says nothing about the question. The SLM's are 1.0 more than half
-# the time (greedy decoding picks the first token "1" over "0", so it says 1.0 on every
-# question: overconfident; with 1.0 only three times as likely as each other value, "0" won
-# the first token and the greedy value was arbitrary);
+# model's stated confidence says nothing about the question. The SLM's are 1.0 70% of the
+# time (greedy decoding picks the first token "1" over "0", so it says 1.0 on every question:
+# overconfident; at 55% the small model's estimate of that split was noisy and greedy said
+# 0.3-1.0 by question, and at three times any other value "0" won the first token);
 # every value keeps some probability, so RL can move the stated confidence. The LLM's
 # confidence is never read (the cascade defers on the SLM's); its targets keep the earlier
 # mostly-0.9 draws.
-SLM_SFT_CONFIDENCES = (1.0,) * 12 + (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)
+SLM_SFT_CONFIDENCES = (1.0,) * 23 + (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)
 LLM_SFT_CONFIDENCES = (0.9, 0.9, 1.0, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)
 
 
@@ -60,7 +60,7 @@ def get_config(variant: str = ""):
     # Unrolled layers: a 1.5x faster update on a 2-core CPU at these sizes (BENCHMARKS.md).
     c.sft = dict(mode="sft", model=dict(scan_layers=False), rollout=dict(prompts_per_step=16),
                  grpo=dict(micro_batch_size=16), optim=dict(warmup_steps=30, schedule="cosine"))
-    c.slm_sft_steps, c.slm_sft_learning_rate, c.slm_sft_confidences = 1500, 3e-3, SLM_SFT_CONFIDENCES
+    c.slm_sft_steps, c.slm_sft_learning_rate, c.slm_sft_confidences = 2500, 3e-3, SLM_SFT_CONFIDENCES
     # The LLM learns two-digit sums only with more steps at a lower rate (1200 steps: 10-25%;
     # 2400 at 1e-3: 75%; README, tuning log).
     c.llm_sft_steps, c.llm_sft_learning_rate, c.llm_sft_confidences = 4000, 1e-3, LLM_SFT_CONFIDENCES
