@@ -6,7 +6,9 @@ over G / micro_batch_size micro-batches, each with its own copy of the prompt.
 
 Kept groups (e.g. those whose rewards do not all tie) are packed first; the rest of each
 optimizer batch is empty micro-batches, which the update skips. The shapes therefore do
-not depend on how many groups were kept: one compiled update serves every step.
+not depend on how many groups were kept: one compiled update serves every step. An
+optimizer batch without any kept group is not made at all: AdamW on zero gradients would
+still move the params (momentum, weight decay) and advance the schedule.
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ def micro_batches(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, rows: dict
         [B, G, C]. Other fields (advantages [B, G], sampler_logprobs [B, G, C], ...) follow.
       keep: bool [B], the groups to train on.
     Returns:
-      One dict per optimizer step: prompt_tokens / prompt_mask [M, k, P], every row field
-      [M, n, ...] (n = micro_batch_size) and `weights` [M, n, C] from `aggregation_weights`
-      over that optimizer batch.
+      One dict per optimizer step that holds a kept group (fewer than `num_minibatches`
+      when fewer groups are kept, none when none is): prompt_tokens / prompt_mask
+      [M, k, P], every row field [M, n, ...] (n = micro_batch_size) and `weights`
+      [M, n, C] from `aggregation_weights` over that optimizer batch.
     """
     num_groups, group = rows["completion_mask"].shape[:2]
     if num_groups % num_minibatches:
@@ -53,7 +56,7 @@ def micro_batches(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, rows: dict
 
     kept = np.flatnonzero(keep)
     # Kept groups spread over the optimizer steps as evenly as possible.
-    splits = np.array_split(kept, num_minibatches)
+    splits = [groups for groups in np.array_split(kept, num_minibatches) if len(groups)]
     out = []
     for groups in splits:
         order = np.concatenate([groups, np.full(groups_per_update - len(groups), -1)]).astype(np.int64)

@@ -188,7 +188,7 @@ def grpo_step(state: TrainState, model: Model, records, step: int, config, ctx: 
         roll.prompt_tokens, roll.prompt_mask, rows, keep, num_minibatches=g.num_minibatches,
         micro_batch_size=g.micro_batch_size, aggregation=g.aggregation, max_length=r.max_new_tokens)
     state, update_metrics, scoring_passes = _grpo_updates(
-        state, [_place(mb, model.mesh) for mb in minibatches] if keep.any() else [], model, config, ctx)
+        state, [_place(mb, model.mesh) for mb in minibatches], model, config, ctx)
     t3 = time.perf_counter()
 
     metrics = scoring.reward_metrics(scores)
@@ -204,7 +204,8 @@ def grpo_step(state: TrainState, model: Model, records, step: int, config, ctx: 
 
 
 def _grpo_updates(state: TrainState, minibatches: list[dict], model: Model, config, ctx: StepContext):
-    """num_epochs x len(minibatches) AdamW updates: (state, metrics, forward-only passes run).
+    """num_epochs x len(minibatches) AdamW updates (`minibatches` holds only optimizer batches
+    with a kept group): (state, metrics, forward-only passes run).
 
     The sampler-vs-trainer log-prob gap is measured where the trainer's log-probs at the
     sampling params are at hand: the recomputed old log-probs, else the first update.
