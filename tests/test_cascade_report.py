@@ -59,7 +59,8 @@ def test_systems_metrics_costs_and_invariants():
         assert set(m) == set(report_lib.FIELDS), name
         for field in ("pass_at_1", "llm_usage", "ece", "auroc", "brier"):
             assert m[field] is None or 0 <= m[field] <= 1, (name, field)
-    slm_cost, llm_cost = 2 * 1e8 * 150, 2 * 1e9 * 180
+    head = {role: _config()[role].lm_head_params for role in ("slm", "llm")}  # from the config
+    slm_cost, llm_cost = 2 * 1e8 * 150 + 2 * head["slm"] * 50, 2 * 1e9 * 180 + 2 * head["llm"] * 80
     assert systems["SLM"]["avg_cost"] == pytest.approx(slm_cost)
     assert systems["LLM"]["avg_cost"] == pytest.approx(llm_cost)
     corea = systems["COREA"]  # a deferred item pays both calls

@@ -13,6 +13,14 @@ records.jsonl makes it resumable, and its committed records
 
 import ml_collections
 
+# hidden_size x vocab_size (from each model's config.json) of the models the cascade configs
+# name, for the flops cost's LM head: the records hold each model's non-embedding count only.
+LM_HEAD_PARAMS = {"qwen2.5-coder-0.5b-instruct": 896 * 151_936,
+                  "qwen2.5-coder-1.5b-instruct": 1536 * 151_936,
+                  "smollm2-135m-instruct": 576 * 49_152,
+                  "Qwen/Qwen2.5-7B-Instruct": 3584 * 152_064,
+                  "Qwen/Qwen2.5-32B-Instruct": 5120 * 152_064}
+
 
 def model_config(name: str, prompt: str, probe_hidden: bool = False) -> ml_collections.ConfigDict:
     spec = ml_collections.ConfigDict()
@@ -32,6 +40,9 @@ def model_config(name: str, prompt: str, probe_hidden: bool = False) -> ml_colle
     spec.probe_hidden = probe_hidden  # keep the last hidden state (Cascade-Probe)
     spec.probe_window = 128  # the probe's forward pass reads the last 128 tokens (0: all; CPU time)
     spec.non_embedding_params = 0  # 0: counted from the loaded model (set it for an HTTP model)
+    # hidden_size x vocab_size (flops cost); 0: unknown, the head is then not counted (the report
+    # says so). Set it when config.<role>.name changes to a model of another size.
+    spec.lm_head_params = LM_HEAD_PARAMS.get(name, 0)
     spec.price_per_million = ()  # (USD per 1M input, per 1M output) for cost_model = "price"
     spec.http = http_config()
     return spec
@@ -97,5 +108,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.bootstrap = 1000  # paired bootstrap resamples for the 95% intervals
     config.seed = 0
     config.rescore_only = False  # True: no model; the report from records.jsonl alone
+    # "slm", "llm" or "slm,llm": regenerate that role's records when its model or settings
+    # changed (fingerprint.json); without it such a rerun is refused, naming the fields.
+    config.overwrite = ""
     config.report = True  # False: generate records only
     return config

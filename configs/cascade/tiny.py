@@ -15,6 +15,7 @@ def get_config():
     config = qwen_coder_gsm8k_cpu.get_config()
     for role in ("slm", "llm"):
         config[role].name = f"tiny-{role}-dir"  # set on the command line
+        config[role].lm_head_params = 0  # not the Qwen head: unknown for a tiny model
         config[role].max_new_tokens = 4
         config[role].batch_size = 2
         config[role].probe_window = 0

@@ -10,9 +10,10 @@ Systems (`SYSTEMS`), each scored on the test items with its tau chosen on the ca
   Oracle              defers exactly the items the SLM gets wrong and the LLM right
   Random              defers at random with COREA's LLM usage (expected values)
 
-Per system: pass_at_1, avg_cost (per item; a deferred item pays SLM + LLM), llm_usage, and the
-ECE / AUROC / Brier of its confidence against the SLM's correctness on the test items with a
-parsed confidence (null where a system has none), tau (null where none applies).
+Per system: pass_at_1, avg_cost (per item, as `cost_definition` says; a deferred item pays
+SLM + LLM), llm_usage, and the ECE / AUROC / Brier of its confidence against the SLM's
+correctness on the test items with a parsed confidence (null where a system has none), tau
+(null where none applies).
 Intervals: paired bootstrap over test items (the same resampled items for every system), 95%
 percentile intervals of pass@1, cost, the accuracy drop and the cost saving against the LLM.
 """
@@ -258,9 +259,11 @@ def deferred_ids(config, records: Sequence[dict], cost_model: CostModel | None =
 def compute_report(config, records: Sequence[dict], cost_model: CostModel,
                    calibration_ids: Sequence[str] | None = None,
                    test_ids: Sequence[str] | None = None) -> tuple[dict, dict]:
-    """(report.json content without runtime_s, the plot data); a pure function of the records."""
+    """(report.json content without runtime_s, the plot data); a pure function of the records.
+    LM-head sizes the cost model lacks come from config.<role>.lm_head_params."""
     all_llm = config.llm_on == "all"
     records = latest_records(records)
+    cost_model = cost_model.with_lm_heads({role: config[role].get("lm_head_params") for role in ("slm", "llm")})
     calibration = build_split(records, "calibration", cost_model, calibration_ids)
     test = build_split(records, "test", cost_model, test_ids, require_llm=all_llm)
     if calibration.n == 0:
@@ -293,7 +296,7 @@ def compute_report(config, records: Sequence[dict], cost_model: CostModel,
     rates = parse_rates(records)
     report = dict(
         systems=metrics_by_system, n_test=test.n, n_calibration=calibration.n,
-        cost_model=cost_model.name, cost_unit=cost_model.unit,
+        cost_model=cost_model.name, cost_unit=cost_model.unit, cost_definition=cost_model.describe(),
         llm_on=config.llm_on, threshold_rule=config.threshold.rule,
         accuracy_drop=drop, cost_saving=saving,
         intervals=bootstrap(systems, config.bootstrap, config.seed),
@@ -327,7 +330,8 @@ def render_markdown(report: dict, title: str = "Cascade report") -> str:
     cost = lambda v: format_cost(v, unit)  # noqa: E731
     lines = [f"# {title}", "",
              f"{report['n_test']} test items, {report['n_calibration']} calibration items; "
-             f"cost model `{report['cost_model']}` ({unit} per item); LLM answers: "
+             f"cost model `{report['cost_model']}` ({unit} per item: "
+             f"{report.get('cost_definition', 'see corea_jax/cascade/costs.py')}); LLM answers: "
              f"`{report['llm_on']}`; wall time of this run {report['runtime_s']:.0f} s "
              f"(model time in the records {report['recorded_model_seconds']:.0f} s).", "",
              "| System | tau | pass@1 [95% CI] | accuracy drop vs LLM [95% CI] | cost / item [95% CI] "
