@@ -13,9 +13,10 @@ def quiet_logs() -> None:
 
 @contextlib.contextmanager
 def usage_errors(*kinds: type[Exception]):
-    """Turns a bad config or input (ValueError, FileNotFoundError, or `kinds`) raised by the
-    library into absl's usage error: its message, which names the field, and no traceback."""
+    """Turns a bad config or input (ValueError, FileNotFoundError, ConnectionError: a server the
+    config names refuses connections, or `kinds`) raised by the library into absl's usage error:
+    its message, which names the field, and no traceback."""
     try:
         yield
-    except kinds or (ValueError, FileNotFoundError) as err:
+    except kinds or (ValueError, FileNotFoundError, ConnectionError) as err:
         raise app.UsageError(str(err)) from err

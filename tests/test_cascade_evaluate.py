@@ -194,3 +194,45 @@ def test_launch_cascade_reports_a_bad_config_field_without_a_traceback(tmp_path)
     assert "threshold.rule: expected one of ('fixed', 'paper', 'usage', 'risk'), found 'target_usage'" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "records.jsonl").exists()
+
+
+def _by_key(path, model):
+    return {r["id"]: r for r in _lines(path) if r["model"] == model}
+
+
+def test_a_rerun_with_another_slm_is_refused_and_overwrite_regenerates_only_its_records(
+        models, tmp_path, count_generate):
+    workdir = tmp_path / "run"
+    evaluate.run(_config(models), workdir, progress=False)
+    records = workdir / "records.jsonl"
+    before = records.read_text()
+    other = str(save_tiny_chat_model(tmp_path / "other_slm", seed=2))
+
+    with pytest.raises(ValueError, match=r"(?s)its slm records were made with another setup.*"
+                       r"slm\.name: .* in the workdir, .* now.*slm\.weights: 'sha256:.*--config\.overwrite=slm"):
+        evaluate.run(_config((other, models[1])), workdir, progress=False)
+    changed = _config(models)
+    changed.llm.max_new_tokens = 5
+    with pytest.raises(ValueError, match=r"llm\.max_new_tokens: 4 in the workdir, 5 now"):
+        evaluate.run(changed, workdir, progress=False)
+    assert records.read_text() == before
+
+    count_generate.clear()
+    evaluate.run(_config((other, models[1]), overwrite="slm"), workdir, progress=False)
+    assert sum(count_generate) == N_ITEMS  # the SLM's items only
+    assert _by_key(records, "llm") == {r["id"]: r for r in map(json.loads, before.splitlines())
+                                       if r["model"] == "llm"}
+    assert len(_lines(records)) == 2 * N_ITEMS
+    count_generate.clear()  # the new fingerprint is the workdir's now: a rerun resumes
+    evaluate.run(_config((other, models[1]), overwrite="slm"), workdir, progress=False)
+    assert count_generate == []
+
+
+def test_retrained_weights_under_the_same_path_are_refused(models, tmp_path):
+    slm = tmp_path / "slm"
+    save_tiny_chat_model(slm, seed=0)
+    workdir = tmp_path / "run"
+    evaluate.run(_config((str(slm), models[1])), workdir, progress=False)
+    save_tiny_chat_model(slm, seed=3)  # e.g. an RLCC-trained SLM exported over the old one
+    with pytest.raises(ValueError, match=r"slm\.weights: 'sha256:\w+' in the workdir, 'sha256:\w+' now"):
+        evaluate.run(_config((str(slm), models[1])), workdir, progress=False)

@@ -1,23 +1,32 @@
 """The OpenAI-compatible backend against local servers on 127.0.0.1 started by the tests."""
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from configs.cascade import tiny
+from corea_jax.cascade import evaluate
 from corea_jax.cascade import records as records_lib
 from corea_jax.cascade.datasets import Item
 from corea_jax.cascade.http import HTTPBackend
+from tests.cascade_helpers import SHARED_DATA
+from tests.helpers import REPO
 
 ITEMS = [Item(f"t/{k}", f"What is {k} + 1?", str(k + 1), "gsm8k") for k in range(6)]
 SECRET = "sk-test-secret-value"
 
 
 class _Server:
-    """A chat-completions server; `behaviour(server, body) -> (status, bytes)` decides each reply."""
+    """A chat-completions server; `behaviour(server, body) -> (status, bytes)` decides each reply,
+    or `(status, bytes, options)`: options["headers"] are sent too, and with options["trickle_s"]
+    the body goes out one byte every trickle_s seconds."""
 
     def __init__(self, behaviour):
         self.behaviour, self.requests, self.in_flight, self.max_in_flight = behaviour, [], 0, 0
@@ -35,16 +44,25 @@ class _Server:
                     outer.in_flight += 1
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
                 try:
-                    status, payload = outer.behaviour(outer, body)
+                    status, payload, *rest = outer.behaviour(outer, body)
                 finally:
                     with outer.lock:
                         outer.in_flight -= 1
+                options = rest[0] if rest else {}
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
+                    for key, value in options.get("headers", {}).items():
+                        self.send_header(key, value)
                     self.end_headers()
-                    self.wfile.write(payload)
+                    if "trickle_s" in options:
+                        for k in range(len(payload)):
+                            self.wfile.write(payload[k:k + 1])
+                            self.wfile.flush()
+                            time.sleep(options["trickle_s"])
+                    else:
+                        self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
@@ -58,14 +76,17 @@ class _Server:
         self.httpd.server_close()
 
 
-def _completion(body, delay=0.0):
-    """A correct answer to "What is k + 1?" with usage and token log-probs."""
+def _completion(body, delay=0.0, null_content=False):
+    """A correct answer to "What is k + 1?" with usage and token log-probs (to any other
+    question: "\\boxed{1}"); with null_content, a message whose content is null."""
     time.sleep(delay)
-    k = int(body["messages"][-1]["content"].split("What is ")[1].split(" ")[0])
+    question = body["messages"][-1]["content"]
+    k = int(question.split("What is ")[1].split(" ")[0]) if "What is " in question else 0
     pieces = ["So ", "the ", "answer ", "is ", "\\boxed{", str(k + 1), "}.", "\nConfidence: 0.8"]
     content = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                "choices": [{"index": 0, "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": "".join(pieces)},
+                            "message": {"role": "assistant",
+                                        "content": None if null_content else "".join(pieces)},
                             "logprobs": {"content": [{"token": p, "logprob": -0.1, "bytes": None,
                                                       "top_logprobs": []} for p in pieces]}}],
                "usage": {"prompt_tokens": 40, "completion_tokens": len(pieces), "total_tokens": 48}}
@@ -181,3 +202,81 @@ def test_refused_connection_and_unset_key_name_the_field(monkeypatch):
     monkeypatch.delenv("COREA_MISSING_KEY", raising=False)
     with pytest.raises(ValueError, match="api_key_env: the environment variable 'COREA_MISSING_KEY' is unset"):
         _backend("http://127.0.0.1:1/v1", api_key_env="COREA_MISSING_KEY")
+
+
+def test_launch_cascade_reports_a_refused_connection_without_a_traceback(tmp_path):
+    port = _free_port()
+    http = [f"--config.{role}.{key}={value}" for role in ("slm", "llm") for key, value in (
+        ("backend", "http"), ("http.base_url", f"http://127.0.0.1:{port}/v1"), ("http.model", "m"),
+        ("http.max_retries", 0), ("http.timeout_s", 2.0))]
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.cascade", "--config=configs/cascade/tiny.py",
+         f"--workdir={tmp_path}", *http], cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO), "COREA_SHARED_DATA": str(SHARED_DATA)})
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"slm.http.base_url: could not connect to http://127.0.0.1:{port}/v1" in proc.stderr
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("backoff_s", -0.5, "a number >= 0"), ("backoff_s", -2.0, "a number >= 0"),
+    ("requests_per_second", -0.5, "a number >= 0"), ("timeout_s", 0.0, "a number > 0")])
+def test_negative_backoff_rate_and_timeout_are_refused_naming_the_value(field, value, expected):
+    with pytest.raises(ValueError, match=f"http.{field}: expected {expected} .*found {value}$"):
+        _backend("http://127.0.0.1:1/v1", **{field: value})
+
+
+def test_an_error_body_echoing_the_key_is_redacted_from_the_records(server, monkeypatch, tmp_path):
+    monkeypatch.setenv("COREA_TEST_KEY", SECRET)
+    s = server(lambda srv, body: (401, json.dumps({"error": {"message": f"bad key {SECRET}"}}).encode()))
+    store = records_lib.RecordStore(tmp_path / "records.jsonl")
+    out = records_lib.collect(_backend(s.url, api_key_env="COREA_TEST_KEY"), ITEMS[:1], store,
+                              model="llm", split="test", progress=False)
+    assert out[0]["failed"] and "bad key [redacted]" in out[0]["error"]
+    assert SECRET not in (tmp_path / "records.jsonl").read_text()
+
+
+def test_retry_after_is_honoured(server):
+    def busy_once(srv, body):
+        if len(srv.requests) == 1:
+            return 429, b'{"error": {"message": "slow down"}}', {"headers": {"Retry-After": "1"}}
+        return _completion(body)
+
+    s = server(busy_once)
+    answer = _backend(s.url, backoff_s=0.01, max_concurrency=1).answer(ITEMS[:1])[0]
+    assert answer.correct and len(s.requests) == 2
+    assert s.requests[1][0] - s.requests[0][0] >= 0.95
+
+
+def test_timeout_bounds_the_whole_request_not_each_read(server):
+    body = b'{"choices": [{"message": {"content": "\\\\boxed{1}"}}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}'
+    s = server(lambda srv, req: (200, body, {"trickle_s": 0.04}))  # ~4 s in all, a byte each 0.04 s
+    start = time.monotonic()
+    answer = _backend(s.url, timeout_s=1.0, max_retries=0).answer(ITEMS[:1])[0]
+    assert time.monotonic() - start < 2.5
+    assert answer.failed and "timeout_s" in answer.error and "Timeout" in answer.error
+
+
+def test_a_null_message_content_fails_the_item(server):
+    s = server(lambda srv, body: _completion(body, null_content=True))
+    answer = _backend(s.url).answer(ITEMS[:1])[0]
+    assert answer.failed and not answer.correct and "content is null" in answer.error
+
+
+def test_http_fields_are_checked_before_any_model_runs(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("COREA_SHARED_DATA", str(SHARED_DATA))
+    s = server(lambda srv, body: _completion(body))
+    config = tiny.get_config()
+    config.slm.backend = config.llm.backend = "http"
+    config.slm.http.base_url, config.slm.http.model = s.url, "served-slm"
+    config.llm.http.model = "served-llm"  # llm.http.base_url left empty
+    with pytest.raises(ValueError, match=r"^llm\.http\.base_url: expected the server's URL"):
+        evaluate.run(config, tmp_path, progress=False)
+    assert s.requests == [] and not (tmp_path / "records.jsonl").exists()
+
+
+def _free_port():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    return port

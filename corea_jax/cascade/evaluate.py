@@ -7,11 +7,17 @@ Stages, each resumable: the SLM and the LLM on the calibration split, then the t
 chunks of `config.chunk_size` items (SLM, then LLM), so a stopped run leaves complete pairs.
 With `config.llm_on == "deferred"` the LLM answers every calibration item (the thresholds need
 its accuracy there) but only the test items some system defers.
+
+The workdir's fingerprint.json records, per role, what its answers depend on (`fingerprint`);
+a run whose SLM or LLM differs from the records' is refused, naming the fields, unless
+`config.overwrite` names that role ("slm", "llm" or "slm,llm"): then only its records are
+regenerated.
 """
 
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -22,6 +28,7 @@ from corea_jax.cascade import datasets, records as records_lib
 from corea_jax.cascade.costs import CostModel
 
 LLM_ON = ("all", "deferred")
+BACKENDS = ("local", "http")
 
 
 def _field(config, name, default=None):
@@ -83,8 +90,8 @@ def make_backend(spec, role: str, progress: bool = True):
     if kind == "http":
         from corea_jax.cascade.http import HTTPBackend
 
-        return HTTPBackend.from_config(spec.http, **common)
-    raise ValueError(f"{role}.backend: expected 'local' or 'http', found {kind!r}")
+        return HTTPBackend.from_config(spec.http, field=f"{role}.http", **common)
+    raise ValueError(f"{role}.backend: expected one of {BACKENDS}, found {kind!r}")
 
 
 class _LazyBackend:
@@ -126,6 +133,77 @@ def _params_from_records(store: records_lib.RecordStore) -> dict[str, int | None
     return out
 
 
+_SAMPLES, _SAMPLE_BYTES, _WHOLE_BYTES = 64, 1 << 16, 8 << 20
+
+
+def _file_digest(path: Path, digest) -> None:
+    """Feeds the file's name, size and content to `digest`: whole up to 8 MiB, else 64 evenly
+    spaced 64 KiB samples (retraining changes every tensor; a rerun reads 4 MiB, not the model)."""
+    size = path.stat().st_size
+    digest.update(f"{path.name}\0{size}\0".encode())
+    with open(path, "rb") as f:
+        if size <= _WHOLE_BYTES:
+            digest.update(f.read())
+            return
+        for k in range(_SAMPLES):
+            f.seek((size - _SAMPLE_BYTES) * k // (_SAMPLES - 1))
+            digest.update(f.read(_SAMPLE_BYTES))
+
+
+def weights_digest(name: str) -> str | None:
+    """What identifies a model's weights without loading them: a registry model's pinned GGUF
+    sha256; for a path, a sha256 over its files (a directory's top-level files: config,
+    tokenizer and chat template, weights; see `_file_digest`). None when the path is absent."""
+    from corea_jax.models import fetch
+
+    if name in fetch.REGISTRY:
+        return f"registry:{fetch.REGISTRY[name].sha256}"
+    path = Path(name).expanduser()
+    if not path.exists():
+        return None
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir()
+                                                 if p.is_file() and not p.name.startswith("."))
+    digest = hashlib.sha256()
+    for file in files:
+        _file_digest(file, digest)
+    return f"sha256:{digest.hexdigest()[:32]}"
+
+
+# The fields of config.<role> that change its answers; batch_size, schedule and mesh do not (the
+# same tokens, up to float reduction order), nor do a server's concurrency and retry settings.
+_ANSWER_FIELDS = (("backend", "local"), ("dtype", "float32"), ("mode", "one_turn"), ("prompt", "corea"),
+                  ("system_prompt", ""), ("worked_example", None), ("max_new_tokens", 256),
+                  ("followup_tokens", 24), ("temperature", 0.0), ("probe_hidden", False),
+                  ("probe_window", 0))
+_DATA_FIELDS = ("source", "split", "seed", "data_file", "question_field", "answer_field",
+                "choices_field", "task", "name")  # not limit / offset: item ids name the item
+
+
+def fingerprint(config, role: str) -> dict:
+    """{config field path: value} of everything that changes `role`'s answers: the model
+    (name and `weights_digest`, or the served model over HTTP), how it is asked and sampled,
+    and the data sets the item ids point into."""
+    spec = config[role]
+    out = {f"{role}.name": spec.name}
+    out.update({f"{role}.{key}": _field(spec, key, default) for key, default in _ANSWER_FIELDS})
+    if out[f"{role}.backend"] == "http":
+        out.update({f"{role}.http.{key}": spec.http[key] for key in ("base_url", "model", "logprobs")})
+    else:
+        out[f"{role}.weights"] = weights_digest(spec.name)
+    for split in ("calibration", "test"):
+        out.update({f"data.{split}.{key}": _field(config.data[split], key) for key in _DATA_FIELDS})
+    return out
+
+
+def overwrite_roles(config) -> tuple[str, ...]:
+    """The roles config.overwrite names ("" none, "slm", "llm", "slm,llm")."""
+    value = _field(config, "overwrite", "") or ""
+    roles = tuple(r.strip() for r in str(value).split(",") if r.strip())
+    if any(r not in records_lib.MODELS for r in roles):
+        raise ValueError(f"overwrite: expected '', 'slm', 'llm' or 'slm,llm', found {value!r}")
+    return roles
+
+
 def validate_config(config) -> None:
     if config.llm_on not in LLM_ON:
         raise ValueError(f"llm_on: expected one of {LLM_ON}, found {config.llm_on!r}")
@@ -134,11 +212,21 @@ def validate_config(config) -> None:
     from corea_jax.cascade import thresholds
     from corea_jax.generation import SCHEDULES
 
-    for role in records_lib.MODELS:
-        schedule = _field(config[role], "schedule", "static")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"{role}.schedule: expected one of {SCHEDULES}, found {schedule!r}")
+    from corea_jax import prompts
+    from corea_jax.cascade import http
+
+    for role in records_lib.MODELS:  # everything a backend checks, before any model runs
+        spec = config[role]
+        for key, allowed in (("backend", BACKENDS), ("mode", backends_lib.MODES),
+                             ("schedule", SCHEDULES), ("prompt", tuple(prompts.PROMPTS))):
+            value = _field(spec, key, dict(backend="local", mode="one_turn", schedule="static",
+                                           prompt="corea")[key])
+            if value not in allowed:
+                raise ValueError(f"{role}.{key}: expected one of {allowed}, found {value!r}")
+        if spec.backend == "http":
+            http.check_settings(f"{role}.http", **http.settings_from_config(spec.http))
     thresholds.validate(config.threshold)
+    overwrite_roles(config)
 
 
 def generate_records(config, workdir: Path, store: records_lib.RecordStore, calibration, test,
@@ -188,6 +276,9 @@ def run(config, workdir: str | os.PathLike, progress: bool = True) -> dict:
     calibration, test = load_splits(config)
     store = records_lib.RecordStore(workdir / "records.jsonl")
     if not config.rescore_only:
+        current = {role: fingerprint(config, role) for role in records_lib.MODELS}
+        records_lib.reconcile_fingerprints(workdir / records_lib.FINGERPRINT, current, store,
+                                           overwrite_roles(config))
         generate_records(config, workdir, store, calibration, test, progress)
     generation_s = time.perf_counter() - start
     if not _field(config, "report", True):

@@ -2,20 +2,26 @@
 
 Through the maintained `openai` client, with what a long evaluation against a shared server
 needs: at most `max_concurrency` requests in flight, at most `requests_per_second` request
-starts, a per-request `timeout_s`, and retries with exponential backoff on 429, 5xx,
-timeouts and dropped connections. Token counts come from the server's `usage`; token
-log-probs are requested when `logprobs` is set (and dropped if the server refuses them), so
-the answer-token probability sources work over HTTP too.
+starts, `timeout_s` bounding each whole request (connecting, waiting and reading the body,
+however slowly it trickles), and retries with exponential backoff on 429, 5xx, timeouts and
+dropped connections, waiting at least what a `Retry-After` header asks (up to
+MAX_RETRY_AFTER_S). Token counts come from the server's `usage`; token log-probs are
+requested when `logprobs` is set (and dropped if the server refuses them), so the
+answer-token probability sources work over HTTP too.
 
 The API key is read from the environment variable named by `api_key_env` and lives only in
-the client: it is never logged, recorded or reported. An item whose request failed for good
-comes back as a failed Answer (recorded, reported, retried on the next run), never as wrong.
-An endpoint that refuses every connection raises ConnectionError naming `base_url`.
+the client: it is never logged, and it is redacted from everything an Answer carries (a server
+that echoes it in an error body does not get it into records.jsonl). An item whose request
+failed for good (a null message content included) comes back as a failed Answer (recorded,
+reported, retried on the next run), never as wrong. An endpoint that refuses every
+connection raises ConnectionError naming `base_url`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import email.utils
+import json
 import os
 import threading
 import time
@@ -57,8 +63,67 @@ class _RateLimiter:
         time.sleep(max(0.0, start - now))
 
 
+MAX_RETRY_AFTER_S = 60.0  # a longer Retry-After is capped: the item fails rather than stall the run
+REDACTED = "[redacted]"
+
+
 class _Transient(Exception):
-    """A retryable failure (429, 5xx, timeout, connection)."""
+    """A retryable failure (429, 5xx, timeout, connection); `retry_after`: seconds the server
+    asked to wait (Retry-After), or None."""
+
+    def __init__(self, err: BaseException, retry_after: float | None = None):
+        super().__init__(err)
+        self.retry_after = retry_after
+
+
+def _retry_after(response) -> float | None:
+    """Seconds from a response's Retry-After (seconds or an HTTP date) or retry-after-ms header."""
+    headers = getattr(response, "headers", None) or {}
+    try:
+        if headers.get("retry-after-ms"):
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        value = headers.get("retry-after")
+        if not value:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def check_settings(field: str, *, base_url: str, model: str, api_key_env: str = "",
+                   max_concurrency: int = 8, requests_per_second: float = 0.0,
+                   timeout_s: float = 120.0, max_retries: int = 4, backoff_s: float = 1.0) -> str:
+    """Raises ValueError naming `field`.<setting> for a bad setting; returns the API key
+    ("EMPTY" without `api_key_env`: local servers accept any key)."""
+    if not base_url:
+        raise ValueError(f"{field}.base_url: expected the server's URL (e.g. http://host:8000/v1), found ''")
+    if not model:
+        raise ValueError(f"{field}.model: expected the served model's name, found ''")
+    for key, value, low in (("max_concurrency", max_concurrency, 1), ("max_retries", max_retries, 0)):
+        if isinstance(value, bool) or int(value) != value or value < low:
+            raise ValueError(f"{field}.{key}: expected an integer >= {low}, found {value!r}")
+    if isinstance(timeout_s, bool) or not timeout_s > 0:
+        raise ValueError(f"{field}.timeout_s: expected a number > 0 (seconds), found {timeout_s!r}")
+    for key, value, meaning in (("requests_per_second", requests_per_second, "0: no limit"),
+                                ("backoff_s", backoff_s, "seconds")):
+        if isinstance(value, bool) or not value >= 0:
+            raise ValueError(f"{field}.{key}: expected a number >= 0 ({meaning}), found {value!r}")
+    if not api_key_env:
+        return "EMPTY"
+    if not os.environ.get(api_key_env):
+        raise ValueError(f"{field}.api_key_env: the environment variable {api_key_env!r} "
+                         "is unset or empty; export the API key under that name")
+    return os.environ[api_key_env]
+
+
+def settings_from_config(http) -> dict:
+    """check_settings' keyword arguments from a config's `http` ConfigDict."""
+    return dict(base_url=http.base_url, model=http.model, api_key_env=http.api_key_env,
+                max_concurrency=http.max_concurrency, requests_per_second=http.requests_per_second,
+                timeout_s=http.timeout_s, max_retries=http.max_retries, backoff_s=http.backoff_s)
 
 
 class HTTPBackend:
@@ -73,27 +138,15 @@ class HTTPBackend:
                  logprobs: bool = True, non_embedding_params: int | None = None, field: str = "http"):
         import openai
 
-        if not base_url:
-            raise ValueError(f"{field}.base_url: expected the server's URL (e.g. http://host:8000/v1), found ''")
-        if not model:
-            raise ValueError(f"{field}.model: expected the served model's name, found ''")
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, found {mode!r}")
-        for key, value, low in (("max_concurrency", max_concurrency, 1), ("max_retries", max_retries, 0)):
-            if int(value) != value or value < low:
-                raise ValueError(f"{field}.{key}: expected an integer >= {low}, found {value!r}")
-        for key, value in (("timeout_s", timeout_s), ("requests_per_second", requests_per_second + 1),
-                           ("backoff_s", backoff_s + 1)):
-            if not value > 0:
-                raise ValueError(f"{field}.{key}: expected a positive number, found {value!r}")
-        key = "EMPTY"  # local servers accept any key
-        if api_key_env:
-            if not os.environ.get(api_key_env):
-                raise ValueError(f"{field}.api_key_env: the environment variable {api_key_env!r} "
-                                 "is unset or empty; export the API key under that name")
-            key = os.environ[api_key_env]
+        key = check_settings(field, base_url=base_url, model=model, api_key_env=api_key_env,
+                             max_concurrency=max_concurrency, requests_per_second=requests_per_second,
+                             timeout_s=timeout_s, max_retries=max_retries, backoff_s=backoff_s)
         self._client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout_s, max_retries=0)
         self._openai = openai
+        self._secret = key if api_key_env else None
+        self.timeout_s = timeout_s
         self.base_url, self.model, self.field = base_url, model, field
         self.name, self.mode, self.prompt, self.system_prompt = name, mode, prompt, system_prompt
         self.worked_example = worked_example
@@ -110,13 +163,44 @@ class HTTPBackend:
     def from_config(cls, http, *, field: str = "http", non_embedding_params: int | None = None,
                     **common) -> "HTTPBackend":
         """From a config's `http` ConfigDict plus the model-level settings (mode, prompt, ...)."""
-        return cls(base_url=http.base_url, model=http.model, api_key_env=http.api_key_env,
-                   max_concurrency=http.max_concurrency, requests_per_second=http.requests_per_second,
-                   timeout_s=http.timeout_s, max_retries=http.max_retries, backoff_s=http.backoff_s,
-                   logprobs=http.logprobs, non_embedding_params=non_embedding_params or None,
-                   field=field, **common)
+        return cls(**settings_from_config(http), logprobs=http.logprobs,
+                   non_embedding_params=non_embedding_params or None, field=field, **common)
 
     # ------------------------------------------------------------------ requests
+
+    def _post(self, kwargs: dict, deadline: float) -> dict:
+        """One request -> the response's JSON; the body is read as it arrives and dropped
+        once past `deadline` (so a trickling server is cut off, not waited out)."""
+        with self._client.chat.completions.with_streaming_response.create(**kwargs) as response:
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if time.monotonic() > deadline:
+                    raise self._timeout()
+        return json.loads(bytes(body))
+
+    def _timeout(self) -> TimeoutError:
+        return TimeoutError(f"{self.field}.timeout_s: no complete response within {self.timeout_s} s")
+
+    def _within_deadline(self, kwargs: dict) -> dict:
+        """`_post` in a daemon thread, given up at `timeout_s` (the thread ends at its next read)."""
+        deadline = time.monotonic() + self.timeout_s
+        box = {}
+
+        def post():
+            try:
+                box["response"] = self._post(kwargs, deadline)
+            except BaseException as err:  # noqa: BLE001 - handed to the waiting thread
+                box["error"] = err
+
+        thread = threading.Thread(target=post, daemon=True)
+        thread.start()
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            raise self._timeout()
+        if "error" in box:
+            raise box["error"]
+        return box["response"]
 
     def _create(self, messages, max_tokens: int):
         """One request -> (text, prompt_tokens, completion_tokens, pieces or None, logprobs or None)."""
@@ -126,41 +210,51 @@ class HTTPBackend:
             kwargs["logprobs"] = True
         self._limiter.wait()
         try:
-            response = self._client.chat.completions.create(**kwargs)
+            response = self._within_deadline(kwargs)
         except self._openai.BadRequestError as err:
             if self.logprobs and "logprob" in str(err).lower():
                 self.logprobs = False  # the server does not offer them: ask without
                 return self._create(messages, max_tokens)
             raise
-        except (self._openai.RateLimitError, self._openai.InternalServerError,
-                self._openai.APITimeoutError, self._openai.APIConnectionError) as err:
+        except (self._openai.APITimeoutError, self._openai.APIConnectionError, TimeoutError) as err:
             raise _Transient(err) from err
         except self._openai.APIStatusError as err:
-            if err.status_code >= 500:
-                raise _Transient(err) from err
+            if err.status_code == 429 or err.status_code >= 500:
+                raise _Transient(err, _retry_after(err.response)) from err
             raise
         try:
-            choice = response.choices[0]
-            text = choice.message.content or ""
-            usage = response.usage
+            choice = response["choices"][0]
+            text = choice["message"]["content"]
+            if text is None:  # e.g. a refusal or a tool call: no answer, not a wrong one
+                raise ValueError("the message content is null")
+            usage = response["usage"]
             pieces = logprobs = None
-            content = getattr(getattr(choice, "logprobs", None), "content", None)
+            content = (choice.get("logprobs") or {}).get("content")
             if content:
-                pieces = [t.token for t in content]
-                logprobs = [float(t.logprob) for t in content]
-            return text, int(usage.prompt_tokens), int(usage.completion_tokens), pieces, logprobs
-        except (AttributeError, IndexError, TypeError, ValueError) as err:
+                pieces = [t["token"] for t in content]
+                logprobs = [float(t["logprob"]) for t in content]
+            return str(text), int(usage["prompt_tokens"]), int(usage["completion_tokens"]), pieces, logprobs
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as err:
             raise ValueError(f"malformed response from {self.base_url}: {err}") from err
 
     def _with_retries(self, messages, max_tokens: int):
         for attempt in range(self.max_retries + 1):
             try:
                 return self._create(messages, max_tokens)
-            except _Transient:
+            except _Transient as err:
                 if attempt == self.max_retries:
                     raise
-                time.sleep(self.backoff_s * 2 ** attempt)
+                wait = self.backoff_s * 2 ** attempt
+                if err.retry_after is not None:
+                    wait = max(wait, min(err.retry_after, MAX_RETRY_AFTER_S))
+                time.sleep(wait)
         raise AssertionError("unreachable")
+
+    def _redact(self, text: str | None) -> str | None:
+        """`text` without the API key (a server may echo it in an error body)."""
+        if text is None or not self._secret:
+            return text
+        return text.replace(self._secret, REDACTED)
 
     def _answer_one(self, item: Item) -> Answer:
         start = time.perf_counter()
@@ -173,17 +267,18 @@ class HTTPBackend:
                 follow = prompts.followup_messages(messages, text)
                 stated, f_in, f_out, _, _ = self._with_retries(follow, self.followup_tokens)
                 n_in, n_out = n_in + f_in, n_out + f_out
-        except _Transient as err:
-            cause = err.__cause__ or err
-            return failed_answer(f"{type(cause).__name__}: {cause}", time.perf_counter() - start)
         except Exception as err:  # noqa: BLE001 - malformed JSON, 4xx: this item fails, the run goes on
-            return failed_answer(f"{type(err).__name__}: {err}", time.perf_counter() - start)
+            cause = (err.__cause__ or err) if isinstance(err, _Transient) else err
+            return failed_answer(self._redact(f"{type(cause).__name__}: {cause}"),
+                                 time.perf_counter() - start)
         token_scores = None
         if pieces:
             token_scores = confidence_lib.confidence_scores(
                 _PieceTokenizer(pieces), list(range(len(pieces))), logprobs, text, item.task)
-        return score(item, text, stated, token_scores, prompt_tokens=n_in, generated_tokens=n_out,
-                     seconds=time.perf_counter() - start)
+        answer = score(item, text, stated, token_scores, prompt_tokens=n_in, generated_tokens=n_out,
+                       seconds=time.perf_counter() - start)
+        answer.response, answer.confidence_text = self._redact(answer.response), self._redact(answer.confidence_text)
+        return answer
 
     def answer(self, items: Sequence[Item]) -> list[Answer]:
         """One Answer per item, in order; requests run `max_concurrency` at a time."""

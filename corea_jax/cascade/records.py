@@ -11,6 +11,9 @@ The store is append-only: a later line for the same (id, model) supersedes an ea
 (a failed call that succeeded on a later run). A line cut short by a kill is dropped on
 the next open. `collect` answers only the items without a finished record, so a killed run
 restarts where it stopped and never regenerates a finished item.
+
+`DIR/fingerprint.json` holds, per model role, everything that changes that role's answers
+(`evaluate.fingerprint`); `reconcile_fingerprints` refuses records made under another one.
 """
 
 from __future__ import annotations
@@ -27,6 +30,13 @@ from corea_jax.cascade.datasets import Item
 
 MODELS = ("slm", "llm")
 SPLITS = ("calibration", "test")
+FINGERPRINT = "fingerprint.json"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 class RecordStore:
@@ -43,9 +53,7 @@ class RecordStore:
         lines = data.split(b"\n")
         complete, torn = lines[:-1], lines[-1]
         if torn:  # a line cut short by a kill: drop it, atomically
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_bytes(b"".join(line + b"\n" for line in complete))
-            os.replace(tmp, self.path)
+            _write_atomic(self.path, b"".join(line + b"\n" for line in complete))
         for number, line in enumerate(complete, 1):
             if not line.strip():
                 continue
@@ -69,6 +77,12 @@ class RecordStore:
         record = self._records.get((item_id, model))
         return record is not None and not record.get("failed")
 
+    def drop(self, model: str) -> None:
+        """Removes every record of `model` from the file (atomically) and from the store."""
+        kept = [r for r in self._records.values() if r["model"] != model]
+        _write_atomic(self.path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept).encode())
+        self._records = {(r["id"], r["model"]): r for r in kept}
+
     def append(self, records: Sequence[dict]) -> None:
         """Appends records and flushes them to disk before returning."""
         if not records:
@@ -80,6 +94,46 @@ class RecordStore:
             os.fsync(f.fileno())
         for r in records:
             self._records[(r["id"], r["model"])] = r
+
+
+def reconcile_fingerprints(path: str | os.PathLike, current: dict[str, dict], store: RecordStore,
+                           overwrite: Sequence[str] = ()) -> list[str]:
+    """Checks every role's records in `store` against its fingerprint now, then stores `current`.
+
+    current: role -> {config field path: value} (`evaluate.fingerprint`).
+    A role with records whose stored fingerprint differs is refused with a ValueError naming each
+    differing field, unless the role is in `overwrite`: then its records are dropped, to be
+    regenerated (an unchanged role keeps its records, so a killed overwrite run resumes). A role
+    without records, or a workdir from before fingerprints, takes the current fingerprint.
+    Returns the roles whose records were dropped.
+    """
+    path = Path(path)
+    current = json.loads(json.dumps(current))  # tuples -> lists, as they read back
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    changed = [role for role, now in current.items()
+               if stored.get(role) not in (None, now) and store.records(role, include_failed=True)]
+    dropped = [role for role in changed if role in overwrite]
+    refused = [role for role in changed if role not in overwrite]
+    if refused:
+        absent = "<absent>"
+        lines = {}  # field -> line; a data field shared by both roles is named once
+        for role in refused:
+            before, now = stored[role], current[role]
+            for field in sorted(set(before) | set(now)):
+                if before.get(field, absent) != now.get(field, absent):
+                    lines[field] = (f"{field}: {before.get(field, absent)!r} in the workdir, "
+                                    f"{now.get(field, absent)!r} now")
+        names = " and ".join(refused)
+        raise ValueError(
+            f"{path.parent}: its {names} records were made with another setup; scoring them under "
+            "this config would mix two models:\n  " + "\n  ".join(lines.values()) +
+            f"\nUse a new workdir, restore these values, or pass --config.overwrite={','.join(refused)} "
+            f"to regenerate the {names} records (the other role's records are kept).")
+    for role in dropped:
+        store.drop(role)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, (json.dumps({**stored, **current}, indent=2, sort_keys=True) + "\n").encode())
+    return dropped
 
 
 def make_record(item: Item, answer, *, model: str, split: str, cost: float | None,
