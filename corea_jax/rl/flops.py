@@ -38,6 +38,7 @@ def update_flops(config: ModelConfig, prompt_tokens: int, completion_tokens: int
 
 def rollout_flops(config: ModelConfig, prefill_tokens: int, generated_tokens: int,
                   prompt_length: float, completion_length: float) -> float:
-    """Sampling: a prefill of every row's prompt, then one forward per generated token."""
+    """Sampling: a prefill of `prefill_tokens` prompt tokens (each prompt once: the engine
+    shares it among the prompt's samples), then one forward per generated token."""
     return forward_flops(config, prefill_tokens, 0, prompt_length / 2) \
         + forward_flops(config, generated_tokens, generated_tokens, prompt_length + completion_length / 2)

@@ -205,7 +205,7 @@ def grpo_step(state: TrainState, model: Model, records, step: int, config, ctx: 
 
 def _grpo_updates(state: TrainState, minibatches: list[dict], model: Model, config, ctx: StepContext):
     """num_epochs x len(minibatches) AdamW updates (`minibatches` holds only optimizer batches
-    with a kept group): (state, metrics, forward-only passes run).
+    with a kept group): (state, metrics, forward-only passes run, each over every kept group).
 
     The sampler-vs-trainer log-prob gap is measured where the trainer's log-probs at the
     sampling params are at hand: the recomputed old log-probs, else the first update.
@@ -215,18 +215,18 @@ def _grpo_updates(state: TrainState, minibatches: list[dict], model: Model, conf
     if not minibatches:  # every group tied and was filtered: nothing to learn from
         return state, dict(loss=0.0, grad_norm=0.0, clip_fraction=0.0, ratio_mean=1.0, kl=0.0,
                            entropy=nan, trainer_logprob_mean=nan, sampler_logprob_gap=nan), 0
-    passes, gap, all_metrics = 0, None, []
+    gap, all_metrics = None, []
     with mesh_context(model.mesh):
         recompute_old = g.behaviour_logprobs == "trainer" and not ctx.loss_config.on_policy
         for mb in minibatches:
             if recompute_old:
                 mb["old_logprobs"] = score_logprobs(state.params, mb, model_config=model.config,
                                                     temperature=ctx.loss_config.temperature)
-                passes += 1
             if g.kl_beta:
                 mb["ref_logprobs"] = score_logprobs(ctx.ref_params, mb, model_config=model.config,
                                                     temperature=ctx.loss_config.temperature)
-                passes += 1
+        # The minibatches together hold the kept groups once: one pass per kind of log-prob.
+        passes = int(recompute_old) + int(bool(g.kl_beta))
         if recompute_old:
             tokens = sum(float(jnp.sum(mb["completion_mask"])) for mb in minibatches)
             gap = sum(float(jnp.sum(jnp.abs(mb["old_logprobs"] - mb["sampler_logprobs"])
@@ -250,15 +250,17 @@ def _cost_metrics(model_config, config, roll: rollout.Rollout, keep: np.ndarray,
                   did_update: bool, times: tuple[float, float, float, float]) -> dict[str, float]:
     """Step time split, throughput and MFU against config.log.peak_flops.
 
-    Model FLOPs: every row prefills its prompt when sampling; the update runs a prompt once
-    per micro-batch chunk of a kept group (forward + backward), plus forward-only passes.
+    Model FLOPs: sampling prefills each prompt once (its G samples share the prefill) and
+    runs a forward per generated token; the update runs a prompt once per micro-batch chunk
+    of a kept group (forward + backward), plus `scoring_passes` forward-only passes, each
+    over every kept group.
     """
     r, g = config.rollout, config.grpo
     t0, t1, t2, t3 = times
     prompt_lens, lengths = roll.prompt_mask.sum(-1), roll.lengths
     chunks = r.group_size // min(r.group_size, g.micro_batch_size)
     gen_tokens = int(lengths.sum())
-    rollout_f = flops.rollout_flops(model_config, int(prompt_lens.sum()) * r.group_size, gen_tokens,
+    rollout_f = flops.rollout_flops(model_config, int(prompt_lens.sum()), gen_tokens,
                                     float(prompt_lens.mean()), float(lengths.mean()))
     one_update = flops.update_flops(model_config, int(prompt_lens[keep].sum()) * chunks,
                                     int(lengths[keep].sum()), float(prompt_lens.mean()), float(lengths.mean()))
