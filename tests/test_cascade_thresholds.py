@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from corea_jax.cascade import risk_controlled_threshold, thresholds
 
@@ -42,6 +43,46 @@ def test_risk_controlled_guarantee_holds_and_is_not_vacuous(power, epsilon):
     assert kept >= 0.75 * ideal_share
     if power == 6:
         assert kept > 0.5  # calibrated and mostly right: the SLM keeps most items
+
+
+def _offsetting_population(rng, draws, n, llm_accuracy=0.75):
+    """[draws, n] arrays: SLM confidence c ~ U(0, 1), well calibrated (right with probability c);
+    the LLM right with probability 0.75 independently, so kept items where only the SLM is right
+    offset those where only the LLM is right."""
+    conf = rng.random((draws, n))
+    return conf, rng.random((draws, n)) < conf, rng.random((draws, n)) < llm_accuracy
+
+
+def _offsetting_drop(tau, llm_accuracy=0.75):
+    """The true pass@1 drop of keeping c >= tau: E[1{c >= tau} (0.75 - c)]."""
+    tau = np.minimum(np.asarray(tau, np.float64), 1.0)  # inf: nothing kept
+    return llm_accuracy * (1 - tau) - (1 - tau ** 2) / 2
+
+
+def test_risk_controlled_signed_drop_keeps_a_third_and_holds_the_guarantee():
+    epsilon, delta, n, draws = 0.02, 0.1, 500, 400
+    grid = np.linspace(0, 1, 100001)
+    ideal_share = 1 - grid[np.argmax(_offsetting_drop(grid) <= epsilon)]
+    assert ideal_share == pytest.approx(0.57, abs=0.01)  # the issue's population
+    rng = np.random.default_rng(27)
+    taus = np.array([risk_controlled_threshold(c, s, l, epsilon=epsilon, delta=delta)
+                     for c, s, l in zip(*_offsetting_population(rng, draws, n))])
+    violation_rate = np.mean(_offsetting_drop(taus) > epsilon)
+    assert violation_rate <= delta + 3 * math.sqrt(delta * (1 - delta) / draws)
+    kept = np.mean(1 - np.minimum(taus, 1.0))
+    # The one-sided loss 1{kept, only the LLM right} kept 17% here; the signed drop keeps 40%.
+    assert kept >= 0.35, kept
+
+
+def test_signed_drop_upper_bound_is_exact_binomial():
+    n, delta = 200, 0.1
+    # No kept disagreement seen: the drop is at most s, whose bound is 1 - (delta/2)^(1/n).
+    assert thresholds.signed_drop_upper_bound(0, 0, n, delta) == pytest.approx(1 - (delta / 2) ** (1 / n))
+    # Only LLM-only disagreements: theta_up = 1, the bound is s's Clopper-Pearson bound at delta/2.
+    assert thresholds.signed_drop_upper_bound(6, 0, n, delta) == pytest.approx(stats.beta.ppf(0.95, 7, n - 6))
+    # Offsetting disagreements shrink it; SLM-only ones dominating make it 0.
+    assert thresholds.signed_drop_upper_bound(6, 6, n, delta) < thresholds.signed_drop_upper_bound(6, 0, n, delta)
+    assert thresholds.signed_drop_upper_bound(2, 30, n, delta) == 0.0
 
 
 def test_risk_controlled_defers_everything_when_nothing_is_certified():

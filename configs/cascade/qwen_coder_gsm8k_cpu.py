@@ -100,8 +100,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.threshold.fixed_tau = 0.5
     config.threshold.target_usage = 0.3  # "usage": the LLM answers this fraction of calibration items
     # COREA-risk: allowed pass@1 drop below the LLM. With 32 calibration items and delta = 0.1,
-    # epsilon = 0.05 cannot be certified even with no loss at all (0.95^32 = 0.19 > delta);
-    # 0.1 can (0.9^32 = 0.03), with no harmful item kept.
+    # even no kept disagreement bounds the drop only by 1 - (delta / 2)^(1/32) = 0.089: epsilon
+    # = 0.05 cannot be certified, 0.1 can.
     config.threshold.epsilon = 0.1
     config.threshold.delta = 0.1  # ... with probability >= 1 - delta
     config.probe_l2 = 1.0  # ridge penalty of the linear probe (standardized features)

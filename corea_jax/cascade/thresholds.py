@@ -9,7 +9,8 @@ confidence (unparseable, NaN or None) always defers.
   sweep(confidence)                           every distinct tau (the accuracy-cost frontier)
   risk_controlled_threshold(confidence, slm_correct, llm_correct, *, epsilon, delta)
       the smallest tau whose cascade pass@1 is, with probability >= 1 - delta over the
-      calibration draw, at most epsilon below the LLM's; math.inf when none is certified.
+      calibration draw, at most epsilon below the LLM's (in expectation over exchangeable
+      items); math.inf when none is certified. Its bound: signed_drop_upper_bound.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import math
 from typing import Sequence
 
 import numpy as np
-from scipy import stats
+from scipy import special
 
 RULES = ("fixed", "paper", "usage", "risk")
 
@@ -84,9 +85,33 @@ def sweep(confidence: Sequence[float | None]) -> np.ndarray:
     return np.unique(np.concatenate([[0.0], conf[~np.isnan(conf)], [math.inf]]))
 
 
-def binomial_p_value(losses: int, n: int, epsilon: float) -> float:
-    """P(Binomial(n, epsilon) <= losses): small when the true risk is below epsilon."""
-    return float(stats.binom.cdf(losses, n, epsilon))
+def binomial_upper_bound(successes, n, alpha: float) -> np.ndarray:
+    """Clopper-Pearson: the exact one-sided (1 - alpha) upper confidence bound on p from
+    `successes` of n Bernoulli(p) draws (broadcasts; 1 where successes == n, n = 0 included)."""
+    k = np.asarray(successes, np.float64)
+    return np.where(k >= n, 1.0, special.betaincinv(k + 1, np.maximum(n - k, 1), 1 - alpha))
+
+
+def signed_drop_upper_bound(llm_only_kept, slm_only_kept, n: int, delta: float) -> np.ndarray:
+    """A (1 - delta) upper confidence bound on the pass@1 drop of keeping items,
+        R = P(kept, only the LLM right) - P(kept, only the SLM right) = s (2 theta - 1),
+    from the counts of those two kinds of kept items among n (broadcasts). s = P(kept, the
+    models disagree); theta = P(only the LLM right | kept, the models disagree). Given the
+    number D of kept disagreements, the LLM-only count is exactly Binomial(D, theta)
+    (McNemar's conditioning), so theta and s each get a Clopper-Pearson upper bound at
+    delta / 2, and R <= s_up max(2 theta_up - 1, 0) unless one of them fails. Near R = 0 the
+    width is about z sqrt(s / n), the disagreements' binomial spread (not Hoeffding's worst
+    case over [-1, 1], and sqrt(2) narrower than bounding the two probabilities apart)."""
+    llm_only, slm_only = np.asarray(llm_only_kept), np.asarray(slm_only_kept)
+    disagree = llm_only + slm_only
+    theta_up = binomial_upper_bound(llm_only, disagree, delta / 2)  # 1 where nothing disagrees
+    return binomial_upper_bound(disagree, n, delta / 2) * np.maximum(2 * theta_up - 1, 0.0)
+
+
+def _kept_counts(conf: np.ndarray, mask: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """[len(grid)]: items of `mask` with a confidence >= each tau of `grid`."""
+    values = np.sort(conf[mask])
+    return values.size - np.searchsorted(values, grid, side="left")
 
 
 def risk_controlled_threshold(confidence: Sequence[float | None], slm_correct: Sequence[bool],
@@ -94,15 +119,22 @@ def risk_controlled_threshold(confidence: Sequence[float | None], slm_correct: S
                               grid: Sequence[float] | None = None) -> float:
     """The smallest tau that certifies, with probability >= 1 - delta, a pass@1 drop <= epsilon.
 
-    Learn-then-Test (Angelopoulos et al., 2021) on the loss
-        L_i(tau) = 1{c_i >= tau} * 1{LLM right on i, SLM wrong on i},
-    whose mean R(tau) bounds the drop of the cascade's pass@1 below the LLM's (an item the SLM
-    keeps costs accuracy only where the LLM was right and the SLM wrong). R is non-increasing
-    in tau, so the nulls H(tau): R(tau) > epsilon are tested in a fixed sequence from tau = 1
-    downward over `grid` (default `DEFAULT_GRID`, fixed in advance), each with the exact
-    binomial p-value P(Bin(n, epsilon) <= sum_i L_i(tau)), stopping at the first p > delta.
-    Fixed-sequence testing controls the family-wise error at delta, so every certified tau,
-    and hence the smallest, has R(tau) <= epsilon with probability >= 1 - delta.
+    Learn-then-Test (Angelopoulos et al., 2021) on the signed loss
+        L_i(tau) = 1{c_i >= tau} * (1{LLM right on i} - 1{SLM right on i})  in {-1, 0, 1},
+    whose mean R(tau) is exactly the cascade's pass@1 drop below the LLM's at tau: a kept item
+    costs a point where only the LLM is right and gives one back where only the SLM is right.
+    The nulls H(tau): R(tau) > epsilon are tested in a fixed sequence from tau = 1 downward over
+    `grid` (default `DEFAULT_GRID`, fixed in advance), each rejected when
+    `signed_drop_upper_bound` (exact binomial bounds on how often the models disagree on kept
+    items and how often the LLM wins those, delta in all) is <= epsilon, stopping at the first
+    that is not. Each test errs with probability <= delta and the sequence stops at its first
+    acceptance, so (R need not be monotone in tau) the family-wise error is <= delta: every
+    certified tau, the smallest included, has R(tau) <= epsilon with probability >= 1 - delta
+    over the calibration draw.
+
+    Assumes the calibration items and the items the tau is then used on are exchangeable
+    draws from one population (i.i.d.); R is the expected drop on a new item, not the drop on
+    a particular test set, which also varies with that set's draw.
 
     Args:
       confidence: [N] SLM confidences on the calibration items (None/NaN: missing, defers).
@@ -120,16 +152,14 @@ def risk_controlled_threshold(confidence: Sequence[float | None], slm_correct: S
                          f"{conf.size}, {slm_correct.size}, {llm_correct.size}")
     if conf.size == 0:
         raise ValueError("confidence: expected at least one calibration item, found none")
-    harmful = llm_correct & ~slm_correct & ~np.isnan(conf)
     grid = DEFAULT_GRID if grid is None else np.sort(np.asarray(grid, np.float64))[::-1]
-    # losses(tau) = harmful items with c >= tau, for the whole grid at once.
-    harmful_conf = np.sort(conf[harmful])
-    losses = harmful_conf.size - np.searchsorted(harmful_conf, grid, side="left")
-    p_values = stats.binom.cdf(losses, conf.size, epsilon)
-    failed = np.flatnonzero(p_values > delta)
+    present = ~np.isnan(conf)  # a missing confidence defers: never kept, no loss
+    upper = signed_drop_upper_bound(_kept_counts(conf, present & llm_correct & ~slm_correct, grid),
+                                    _kept_counts(conf, present & slm_correct & ~llm_correct, grid),
+                                    conf.size, delta)
+    failed = np.flatnonzero(upper > epsilon)
     certified_count = failed[0] if failed.size else grid.size  # fixed sequence: stop at the first
-    certified = math.inf if certified_count == 0 else float(grid[certified_count - 1])
-    return certified
+    return math.inf if certified_count == 0 else float(grid[certified_count - 1])
 
 
 def validate(config) -> None:
