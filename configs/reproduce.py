@@ -56,14 +56,16 @@ def get_config(variant: str = ""):
     c.slm = dict(arch, hidden_size=64, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=4)
     c.llm = dict(arch, hidden_size=96, intermediate_size=384, num_layers=4, num_heads=4, num_kv_heads=4)
 
-    # Trainer fields (corea_jax.rl.config) of the SFT runs; steps and learning rate per model.
+    # Trainer fields (corea_jax.rl.config) of the SFT runs; per model: steps, learning rate,
+    # stated-confidence draws and questions per step (one micro-batch).
     # Unrolled layers: a 1.5x faster update on a 2-core CPU at these sizes (BENCHMARKS.md).
-    c.sft = dict(mode="sft", model=dict(scan_layers=False), rollout=dict(prompts_per_step=16),
-                 grpo=dict(micro_batch_size=16), optim=dict(warmup_steps=30, schedule="cosine"))
+    c.sft = dict(mode="sft", model=dict(scan_layers=False), optim=dict(warmup_steps=30, schedule="cosine"))
     c.slm_sft_steps, c.slm_sft_learning_rate, c.slm_sft_confidences = 2500, 3e-3, SLM_SFT_CONFIDENCES
+    c.slm_sft_batch = 16
     # The LLM learns two-digit sums only with more steps at a lower rate (1200 steps: 10-25%;
     # 2400 at 1e-3: 75%; README, tuning log).
     c.llm_sft_steps, c.llm_sft_learning_rate, c.llm_sft_confidences = 4000, 1e-3, LLM_SFT_CONFIDENCES
+    c.llm_sft_batch = 16
 
     # Trainer fields of the three RL runs (same steps and seed); each adds its reward preset.
     # 16 prompts a step: at 8 prompts and 5e-4 (or 1e-3) every run lost accuracy. Learning

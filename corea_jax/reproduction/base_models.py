@@ -26,8 +26,8 @@ SHIPPED = Path(__file__).parent / "base_models"
 MANIFEST = "manifest.json"
 ROLES = ("slm", "llm")
 # The config fields that decide the base models (everything upstream of RL).
-RECIPE_FIELDS = ("base_seed", "task", "tokenizer", "slm", "llm", "sft", "slm_sft_steps", "slm_sft_learning_rate",
-                 "slm_sft_confidences", "llm_sft_steps", "llm_sft_learning_rate", "llm_sft_confidences")
+RECIPE_FIELDS = ("base_seed", "task", "tokenizer", "slm", "llm", "sft") + tuple(
+    f"{role}_sft_{field}" for role in ("slm", "llm") for field in ("steps", "learning_rate", "confidences", "batch"))
 
 
 def _plain(value):

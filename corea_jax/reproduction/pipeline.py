@@ -115,6 +115,9 @@ def _sft_stages(config, workdir: Path, role: str, stages: dict[str, Stage], log)
     overrides = dict(_plain(config.sft), total_steps=config[f"{role}_sft_steps"])
     overrides["optim"] = dict(overrides.get("optim", {}), learning_rate=config[f"{role}_sft_learning_rate"])
     overrides["sft"] = dict(overrides.get("sft", {}), confidence_choices=list(config[f"{role}_sft_confidences"]))
+    batch = config[f"{role}_sft_batch"]
+    overrides["rollout"] = dict(overrides.get("rollout", {}), prompts_per_step=batch)
+    overrides["grpo"] = dict(overrides.get("grpo", {}), micro_batch_size=batch)
     sft = train_stage(workdir, f"{role}_sft", config, overrides, model_dir=init.path,
                       task_dir=stages["task"].path,
                       inputs={"init": init.key, "task": stages["task"].key, "seed": config.base_seed},
