@@ -71,7 +71,7 @@ def get_config(variant: str = ""):
     # 16 prompts a step: at 8 prompts and 5e-4 (or 1e-3) every run lost accuracy. Learning
     # rate 1e-4: at 3e-4 (and 2e-4) for 150 steps every run lost accuracy on this task; RLCC's
     # confidence follows the operand length after about 100 steps (README, tuning log).
-    c.rl = dict(mode="grpo", total_steps=200, model=dict(scan_layers=False),
+    c.rl = dict(mode="grpo", total_steps=250, model=dict(scan_layers=False),
                 rollout=dict(prompts_per_step=16, group_size=8, batch_size=128, temperature=1.0),
                 # advantage "mean" (r - group mean, Dr. GRPO): dividing by the group's std
                 # magnifies the calibration term in groups whose correctness ties (all right:

@@ -10,6 +10,7 @@ Every SLM meets the same LLM records, so the LLM never answers twice.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -19,8 +20,11 @@ RECORDS = "records.jsonl"
 
 
 def _model_spec(name: Path, c) -> ml_collections.ConfigDict:
-    """A cascade model entry (configs/cascade/*: slm / llm) for a local HF directory."""
-    return ml_collections.ConfigDict(dict(
+    """A cascade model entry (configs/cascade/*: slm / llm) for a local HF directory; its LM
+    head (hidden x vocab, counted by the FLOPs cost) from the directory's config.json."""
+    hf = json.loads((Path(name) / "config.json").read_text()) if (Path(name) / "config.json").exists() else {}
+    head = int(hf["hidden_size"]) * int(hf["vocab_size"]) if "hidden_size" in hf and "vocab_size" in hf else None
+    return ml_collections.ConfigDict(dict(lm_head_params=head,
         name=str(name), backend="local", dtype="float32", mesh="", mode="one_turn", prompt=c.prompt,
         system_prompt="", max_new_tokens=c.max_new_tokens, followup_tokens=24, batch_size=c.batch_size,
         temperature=0.0, probe_hidden=False, probe_window=0, non_embedding_params=0, price_per_million=()))

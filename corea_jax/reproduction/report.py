@@ -209,8 +209,9 @@ def compose_systems(cascades: dict[str, dict]) -> dict[str, dict]:
         if system == "SLM" and source is not None:
             # The SLM alone, scored with `source`: the cascade report holds that source's
             # ECE / AUROC / Brier on its cascade system (same test items, same SLM correctness).
-            scored = cascades[run]["systems"][CONFIDENCE_SYSTEM[source]]
-            entry.update({k: scored[k] for k in ("ece", "auroc", "brier")}, tau=None)
+            # Null when that SLM never stated a parseable confidence (no cascade system then).
+            scored = cascades[run]["systems"][CONFIDENCE_SYSTEM[source]] or {}
+            entry.update({k: scored.get(k) for k in ("ece", "auroc", "brier")}, tau=None)
         systems[name] = entry
     return systems
 
@@ -219,7 +220,8 @@ def cascade_rows(cascades: dict[str, dict]) -> dict[str, dict]:
     """Each SLM run's own cascade at the paper's tau (verbal confidence), for report.md."""
     labels = {"sft": "SFT-SLM -> LLM", "rlvr": "RLVR-SLM -> LLM", "brier": "Brier-SLM -> LLM",
               "rlcc": "RLCC-SLM -> LLM (COREA)"}
-    return {labels[run]: cascades[run]["systems"]["COREA"] for run in labels if run in cascades}
+    return {labels[run]: cascades[run]["systems"]["COREA"] for run in labels
+            if run in cascades and cascades[run]["systems"]["COREA"] is not None}
 
 
 def _read_records(path: Path) -> list[dict]:
@@ -342,7 +344,7 @@ def render_markdown(report: dict, cascades: dict[str, dict]) -> str:
     lines = [
         "# COREA reproduced on a toy: chain arithmetic, from-scratch Qwen2-family models", "",
         f"{report['n_test']} test items, {report['n_calibration']} calibration items (thresholds); "
-        f"cost model `{report['cost_model']}` (2 x non-embedding parameters x tokens); "
+        f"cost model `{report['cost_model']}` ({report.get('cost_definition') or 'see corea_jax/cascade/costs.py'}); "
         f"{report['runtime_s']:.0f} s of stage time from an empty workdir; {report['provenance']}.", "",
         markdown_table(s), "",
         f"COREA (RLCC-SLM -> LLM at tau = {_cell(corea['tau'], '{:.2f}')}, the LLM's calibration pass@1): "
@@ -376,6 +378,7 @@ def write_all(workdir: Path, cascades: dict[str, dict], curves: dict[str, list[d
     first = cascades["rlcc"]
     report = {"systems": compose_systems(cascades), "n_test": first["n_test"],
               "n_calibration": first["n_calibration"], "cost_model": first["cost_model"],
+              "cost_definition": first.get("cost_definition"),
               "runtime_s": runtime_s, "stage_seconds": stage_seconds, "provenance": provenance,
               "claims": None,
               "by_difficulty": by_difficulty({run: _read_records(path) for run, path in records.items()},
