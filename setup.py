@@ -10,6 +10,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["corea_jax", "corea_jax.*"]),
+    # the reproduction's shipped base models (SFT SLM and LLM, 3 MB) and their manifest
+    package_data={"corea_jax.reproduction": ["base_models/manifest.json", "base_models/*/*"]},
     install_requires=[
         "jax>=0.10",
         "flax>=0.12",
