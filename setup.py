@@ -10,6 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["corea_jax", "corea_jax.*"]),
+    package_data={"corea_jax.serving": ["dashboard.html"]},
     # the reproduction's shipped base models (SFT SLM and LLM, 3 MB) and their manifest
     package_data={"corea_jax.reproduction": ["base_models/manifest.json", "base_models/*/*"]},
     install_requires=[
@@ -33,6 +34,9 @@ setup(
         "tensorboardX",
         "numpy",
         "scipy",  # exact binomial tails of the risk-controlled threshold
+        "fastapi",  # corea_jax.serving: the OpenAI-compatible server (pydantic comes with it)
+        "uvicorn",
+        "prometheus_client",  # the server's /metrics
     ],
     extras_require={
         # torch is only the reference implementation in tests; pin the CPU wheel

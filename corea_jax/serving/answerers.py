@@ -1,0 +1,194 @@
+"""The two ways a served model answers a question, both returning a cascade `Answer`.
+
+  LocalAnswerer  a JAX model behind an `EngineBatcher` (shared decode steps, streaming).
+  HTTPAnswerer   the cascade's `HTTPBackend` (an OpenAI-compatible server), in a worker thread.
+
+Either asks with the cascade's prompt (`backends.messages_for`: COREA's instruction around the
+question) and reads the answer and confidences as the cascade does; live traffic has no gold,
+so no verdict is computed (`correct` is left to the caller, who logs null).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import math
+from pathlib import Path
+from typing import Callable
+
+from corea_jax import confidence as confidence_lib
+from corea_jax import grading, prompts
+from corea_jax.cascade.backends import Answer, failed_answer, messages_for, non_embedding_params
+from corea_jax.cascade.datasets import Item
+from corea_jax.serving.batcher import EngineBatcher
+
+# A gold the cascade's HTTPBackend can grade against (it always grades); the verdict is dropped.
+_PLACEHOLDER_GOLD = {"gsm8k": "0", "math": "0", "choice": "A"}
+
+
+def _field(spec, name, default=None):
+    return spec[name] if name in spec else default
+
+
+def _item(question: str, task: str) -> Item:
+    return Item(id="live", question=question, gold=_PLACEHOLDER_GOLD[task], task=task)
+
+
+def reply_answer(tokenizer, token_ids: list[int], logprobs: list[float], text: str, task: str, *,
+                 prompt_tokens: int, seconds: float) -> Answer:
+    """An Answer from a local reply: the extracted answer and every confidence source."""
+    scores = confidence_lib.confidence_scores(tokenizer, token_ids, logprobs, text, task)
+    confidence = {source: None for source in confidence_lib.SOURCES}
+    for source, value in scores.items():
+        confidence[source] = None if value is None or math.isnan(value) else float(value)
+    answer = grading.extract_answer(text, task)
+    return Answer(response=text, answer=answer, correct=False, confidence=confidence,
+                  prompt_tokens=int(prompt_tokens), generated_tokens=len(token_ids), seconds=float(seconds),
+                  format_ok=answer is not None)
+
+
+def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """(text before the first stop string, whether one occurred)."""
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return (text[:min(hits)], True) if hits else (text, False)
+
+
+class LocalAnswerer:
+    """A local model: prompt -> shared slots -> Answer; `on_text` streams the reply as it grows."""
+
+    kind = "local"
+
+    def __init__(self, model, batcher: EngineBatcher, *, prompt: str, task: str,
+                 system_prompt: str | None = None, worked_example: bool | None = None):
+        from corea_jax.generation import chat_token_ids
+
+        self.model, self.batcher, self.task = model, batcher, task
+        self.prompt, self.system_prompt, self.worked_example = prompt, system_prompt, worked_example
+        self._chat_ids = chat_token_ids
+        self.non_embedding_params = non_embedding_params(model.config)
+        self.max_new_tokens = batcher.max_new_tokens
+
+    def prompt_ids(self, question: str) -> list[int]:
+        messages = messages_for(_item(question, self.task), self.prompt, system_prompt=self.system_prompt,
+                                worked_example=self.worked_example)
+        return self._chat_ids(self.model.tokenizer, messages)
+
+    async def answer(self, question: str, max_tokens: int, stop: list[str],
+                     on_text: Callable[[str], None] | None = None) -> tuple[Answer, str]:
+        """(the Answer, finish reason "stop" or "length")."""
+        tokenizer = self.model.tokenizer
+        decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+        on_tokens = None
+        if on_text is not None:
+            on_tokens = lambda ids: on_text(cut_at_stop(decode(ids), stop)[0])  # noqa: E731
+        generation = await self.batcher.generate(self.prompt_ids(question), max_tokens, tuple(stop), on_tokens)
+        text, stopped = cut_at_stop(decode(generation.token_ids), stop)
+        reply = reply_answer(tokenizer, generation.token_ids, generation.logprobs, text, self.task,
+                             prompt_tokens=generation.prompt_tokens, seconds=generation.seconds)
+        return reply, "stop" if stopped else generation.finish_reason
+
+    @property
+    def alive(self) -> bool:
+        return self.batcher.alive
+
+
+class HTTPAnswerer:
+    """The cascade's HTTPBackend (retries, timeouts, rate limit) answering one question per call."""
+
+    kind = "http"
+
+    def __init__(self, backend, task: str):
+        self.backend, self.task = backend, task
+        self.non_embedding_params = backend.non_embedding_params
+        self.max_new_tokens = backend.max_new_tokens
+        self.alive = True
+
+    def prompt_ids(self, question: str) -> None:
+        return None  # counted by the server
+
+    async def answer(self, question: str, max_tokens: int, stop: list[str],
+                     on_text: Callable[[str], None] | None = None) -> tuple[Answer, str]:
+        backend = copy.copy(self.backend)  # shares the client and rate limiter; its own budget
+        backend.max_new_tokens = max_tokens
+        try:
+            (reply,) = await asyncio.to_thread(backend.answer, [_item(question, self.task)])
+        except ConnectionError as err:
+            reply = failed_answer(f"ConnectionError: {err}")
+        if reply.failed:
+            return reply, "error"
+        text, stopped = cut_at_stop(reply.response, stop)
+        reply.response, reply.correct = text, False
+        if on_text is not None:
+            on_text(text)
+        finish = "stop" if stopped or reply.generated_tokens < max_tokens else "length"
+        return reply, finish
+
+
+# ----------------------------------------------------------------------- building them
+
+
+def random_model(spec, tokenizer_dir: Path, seed: int = 0):
+    """A random-weight Qwen2-family decoder with a byte-level BPE tokenizer trained on COREA's
+    prompts (test-size models that need no download: configs/serve/tiny.py).
+
+    spec.arch: hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads,
+    max_position_embeddings, vocab_size, init_scale (the weights' std: a larger one makes the
+    reply's token probabilities, hence its confidence, vary across questions).
+    """
+    import jax
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from corea_jax.data.tokenizer_training import train_tokenizer
+    from corea_jax.models.config import ModelConfig
+    from corea_jax.models.model import Model, param_shapes
+
+    arch = spec.arch
+    if (tokenizer_dir / "tokenizer.json").exists():  # trained by an earlier start
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    else:
+        texts = [prompts.instruction(cfg) for cfg in prompts.PROMPTS.values()]
+        texts += ["What is 12 + 30? The answer is \\boxed{42}.\nConfidence: 0.8"] * 4
+        tokenizer = train_tokenizer(texts, tokenizer_dir, vocab_size=arch.vocab_size)
+    config = ModelConfig(
+        model_type="qwen2", vocab_size=len(tokenizer), hidden_size=arch.hidden_size,
+        intermediate_size=arch.intermediate_size, num_layers=arch.num_layers, num_heads=arch.num_heads,
+        num_kv_heads=arch.num_kv_heads, head_dim=arch.hidden_size // arch.num_heads,
+        max_position_embeddings=arch.max_position_embeddings, qkv_bias=True, tie_word_embeddings=True,
+        eos_token_ids=(int(tokenizer.eos_token_id),), pad_token_id=int(tokenizer.pad_token_id),
+        scan_layers=False)  # the decoding layout
+    # Drawn on the host: no init program to compile. Norm scales 1, biases 0, weights normal.
+    rng = np.random.default_rng(seed)
+
+    def draw(path, shape):
+        name = jax.tree_util.keystr(path)
+        if "scale" in name:
+            return np.ones(shape.shape, np.float32)
+        if "bias" in name:
+            return np.zeros(shape.shape, np.float32)
+        return (arch.init_scale * rng.standard_normal(shape.shape)).astype(np.float32)
+
+    params = jax.tree_util.tree_map_with_path(draw, param_shapes(config))
+    return Model(config, jax.device_put(params), tokenizer)
+
+
+def build_answerer(spec, role: str, *, task: str, workdir: Path, metrics=None, seed: int = 0):
+    """The answerer config.<role> describes: backend "local" (a registry name, a path, or
+    "random" for `random_model`) or "http" (the cascade's HTTPBackend)."""
+    from corea_jax.cascade import evaluate
+
+    if _field(spec, "backend", "local") == "http":
+        backend = evaluate.make_backend(spec, role, progress=False)
+        if _field(spec, "non_embedding_params"):
+            backend.non_embedding_params = int(spec.non_embedding_params)
+        return HTTPAnswerer(backend, task)
+    if spec.name == "random":
+        model = random_model(spec, workdir / "models" / role, seed=seed)
+    else:
+        model = evaluate.load_model(spec)
+    batcher = EngineBatcher(model, name=role, slots=spec.slots, max_prompt_tokens=spec.max_prompt_tokens,
+                            max_new_tokens=spec.max_new_tokens, temperature=spec.temperature, seed=seed,
+                            metrics=metrics)
+    return LocalAnswerer(model, batcher, prompt=spec.prompt, task=task,
+                         system_prompt=_field(spec, "system_prompt", "") or None,
+                         worked_example=_field(spec, "worked_example", None))

@@ -1,0 +1,202 @@
+"""Concurrent requests sharing one model's decode steps: an async queue feeding the
+continuous-batching scheduler (`generation.continuous.SlotScheduler`).
+
+`EngineBatcher.generate` is called from the server's event loop; the jobs go into a queue that
+one engine thread drains between decode chunks: a request that arrives while others decode takes
+the next free slot at the next chunk boundary (16 decode steps), never waiting for the batch to
+finish. A cancelled request (its client went away) leaves its slot at the next chunk boundary.
+Streaming callers get the tokens generated so far after every chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import itertools
+import queue
+import threading
+import time
+from typing import Callable
+
+from corea_jax.generation import SamplingParams
+from corea_jax.generation.continuous import SlotRow, SlotScheduler
+
+
+@dataclasses.dataclass
+class Generation:
+    """A finished row: generated token ids and log-probs, prompt length, why it ended."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    prompt_tokens: int
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    seconds: float
+
+
+@dataclasses.dataclass(eq=False)
+class _Job:
+    prompt: list[int]
+    max_tokens: int
+    stop: tuple[str, ...]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    on_tokens: Callable[[list[int]], None] | None
+    started: float
+    cancelled: bool = False
+
+
+class EngineStopped(RuntimeError):
+    """The engine thread is not running (closed, or it failed)."""
+
+
+def _resolve(future: asyncio.Future, value=None, error: BaseException | None = None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+class EngineBatcher:
+    """One model behind `slots` decoding slots, shared by every request.
+
+    Args:
+      model: a `corea_jax.Model` with a tokenizer.
+      slots: rows decoded together (the scheduler's batch).
+      max_prompt_tokens: the longest prompt a slot holds.
+      max_new_tokens: the largest budget a request may ask for.
+      temperature, seed: the served sampling (0: greedy).
+      metrics: a `metrics.ServerMetrics` or None.
+    """
+
+    def __init__(self, model, *, name: str, slots: int, max_prompt_tokens: int, max_new_tokens: int,
+                 temperature: float = 0.0, seed: int = 0, metrics=None):
+        self.model, self.name, self.slots = model, name, slots
+        self.max_prompt_tokens, self.max_new_tokens = max_prompt_tokens, max_new_tokens
+        self.sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        self.metrics = metrics
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._rows = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self.error: BaseException | None = None
+        if metrics is not None:
+            metrics.slots.labels(name).set(slots)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self.error is None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"engine-{self.name}", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stops taking jobs, finishes the ones queued or decoding, and joins the thread."""
+        self._closing = True
+        self._inbox.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    async def generate(self, prompt: list[int], max_tokens: int, stop=(),
+                       on_tokens: Callable[[list[int]], None] | None = None) -> Generation:
+        """Generates up to `max_tokens` tokens after `prompt` (token ids) in a shared slot.
+
+        on_tokens: called on the event loop with the tokens generated so far, after every chunk.
+        Cancelling the awaiting task frees the slot at the next chunk boundary.
+        """
+        if not self.alive or self._closing:
+            raise EngineStopped(f"{self.name}: the engine is not running"
+                                + (f" ({self.error!r})" if self.error else ""))
+        loop = asyncio.get_running_loop()
+        job = _Job(list(prompt), int(max_tokens), tuple(stop), loop, loop.create_future(), on_tokens,
+                   time.perf_counter())
+        self._inbox.put(job)
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            job.cancelled = True
+            self._inbox.put(False)  # wake the engine so the slot frees now, not at the next arrival
+            raise
+
+    # ------------------------------------------------------------------ the engine thread
+
+    def _run(self) -> None:
+        waiting: collections.deque[_Job] = collections.deque()
+        try:
+            scheduler = SlotScheduler(self.model, self.sampling, self.slots, self.max_prompt_tokens)
+            stopping = False
+            while True:
+                block = not scheduler.busy and not waiting
+                if block and stopping:
+                    return
+                stopping |= self._take(waiting, block)
+                self._cancel(scheduler, waiting)
+                if scheduler.free and waiting:
+                    admit = [waiting.popleft() for _ in range(min(scheduler.free, len(waiting)))]
+                    scheduler.admit([SlotRow(job, job.prompt, next(self._rows), job.max_tokens, job.stop)
+                                     for job in admit])
+                self._gauge(scheduler, waiting)
+                if not scheduler.busy:
+                    continue
+                busy = scheduler.busy
+                ended = scheduler.step()
+                if self.metrics is not None:
+                    self.metrics.decode_chunk(self.name, busy)
+                for row, ids, logprobs, hit_eos in ended:
+                    job = row.tag
+                    reason = "stop" if hit_eos or len(ids) < job.max_tokens else "length"
+                    job.loop.call_soon_threadsafe(_resolve, job.future, Generation(
+                        ids, logprobs, len(job.prompt), reason, time.perf_counter() - job.started))
+                for job, ids in scheduler.tokens_so_far().items():
+                    if job.on_tokens is not None and not job.cancelled:
+                        job.loop.call_soon_threadsafe(job.on_tokens, ids)
+        except BaseException as err:  # noqa: BLE001 - every waiting request hears of it
+            self.error = err
+            for job in list(waiting) + self._drain():
+                job.loop.call_soon_threadsafe(_resolve, job.future, None, EngineStopped(f"{self.name}: {err!r}"))
+            if "scheduler" in locals():
+                for row in scheduler.cancel([r.tag for r in scheduler.slots if r is not None]):
+                    row.tag.loop.call_soon_threadsafe(_resolve, row.tag.future, None,
+                                                      EngineStopped(f"{self.name}: {err!r}"))
+            raise
+
+    def _drain(self) -> list[_Job]:
+        jobs = []
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return jobs
+            if isinstance(item, _Job):
+                jobs.append(item)
+
+    def _take(self, waiting, block: bool) -> bool:
+        """Moves queued jobs to `waiting` (blocking for the first when idle); True on close."""
+        stop = False
+        items = [self._inbox.get()] if block else []
+        while True:
+            try:
+                items.append(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+        for item in items:
+            if item is None:
+                stop = True
+            elif isinstance(item, _Job):
+                waiting.append(item)
+        return stop
+
+    def _cancel(self, scheduler: SlotScheduler, waiting) -> None:
+        for job in [j for j in waiting if j.cancelled]:
+            waiting.remove(job)
+        gone = scheduler.cancel([row.tag for row in scheduler.slots if row is not None and row.tag.cancelled])
+        if gone and self.metrics is not None:
+            self.metrics.cancelled.labels(self.name).inc(len(gone))
+
+    def _gauge(self, scheduler: SlotScheduler, waiting) -> None:
+        if self.metrics is not None:
+            self.metrics.busy.labels(self.name).set(scheduler.busy)
+            self.metrics.queued.labels(self.name).set(len(waiting))

@@ -1,0 +1,47 @@
+"""DIR/records.jsonl of a server: one line per request, appended and fsynced before it counts.
+
+Each line is a cascade record (`cascade.records`: id, model, split "live", task, gold null,
+response, answer, correct null, confidence, tokens, seconds, cost, failed, error) of the first
+model the request called, plus what the server decided: request_id, served_model, client (the
+API key's index, never the key), created, question (unless config.log_questions is False),
+tau, deferred, answered_by, degraded, audit, shadow, agree, finish_reason, latency_s, and
+`llm`: the LLM's record when it answered (deferred or shadowed), else null.
+
+Lines are written whole under a lock, one `write` and an fsync each, so a stopped server leaves
+no half line (a SIGKILL mid-write can; `cascade.records.RecordStore` drops such a line on open).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+
+class RequestLog:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self.written = 0
+
+    def append(self, record: dict) -> None:
+        line = (json.dumps(record, allow_nan=False) + "\n").encode()
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self.written += 1
+
+
+def read_lines(path: str | os.PathLike) -> list[dict]:
+    """Every complete line of a server's records.jsonl (a torn last line is skipped)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    return [json.loads(line) for line in data.split(b"\n")[:-1] if line.strip()]

@@ -1,0 +1,94 @@
+"""tau re-fitted from a server's live log (DIR/records.jsonl) by one of the cascade's rules, written
+with its evidence to DIR/threshold.json, which the server loads at start and on SIGHUP.
+
+Rules (`cascade.thresholds`):
+  usage  the LLM answers `target_usage` of the logged SLM answers (corea and corea-slm requests).
+  risk   the risk-controlled tau on the audited corea requests (a `shadow_rate` share drawn at
+         random from all of them: kept ones were shadowed by the LLM, deferred ones have both
+         answers), agreement with the LLM as the label: with probability >= 1 - delta, the share
+         of requests whose kept SLM answer disagrees with the LLM's is at most epsilon.
+  paper  COREA's tau = the LLM's pass@1, on records whose LLM answer was graded (`llm.correct`
+         true / false, filled in by whoever labels the log; live traffic has no gold).
+  fixed  a given tau.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+from pathlib import Path
+
+from corea_jax.cascade import thresholds
+from corea_jax.serving.chat import THRESHOLD_FILE
+from corea_jax.serving.log import read_lines
+
+RULES = ("usage", "risk", "paper", "fixed")
+
+
+def _slm_confidence(record: dict, source: str) -> float | None:
+    return record["confidence"].get(source) if record.get("model") == "slm" else None
+
+
+def refit(workdir: str | os.PathLike, rule: str, *, confidence_source: str = "verbal",
+          target_usage: float = 0.3, epsilon: float = 0.05, delta: float = 0.1, tau: float = 0.5,
+          min_items: int = 20) -> dict:
+    """Fits tau from DIR/records.jsonl by `rule`, writes DIR/threshold.json and returns it."""
+    if rule not in RULES:
+        raise ValueError(f"rule: expected one of {RULES}, found {rule!r}")
+    workdir = Path(workdir)
+    records = [r for r in read_lines(workdir / "records.jsonl") if not r.get("failed")]
+    answered = [r for r in records if r.get("model") == "slm" and r.get("served_model") in ("corea", "corea-slm")]
+    evidence: dict = {"records": len(records)}
+    guarantee = None
+    if rule == "fixed":
+        fitted, used = thresholds.fixed_threshold(tau), []
+    elif rule == "usage":
+        used = answered
+        _enough(used, min_items, "SLM answers (corea and corea-slm requests)")
+        fitted = thresholds.usage_threshold([_slm_confidence(r, confidence_source) for r in used], target_usage)
+        evidence["target_usage"] = target_usage
+    elif rule == "risk":
+        used = [r for r in answered if r.get("audit") and r.get("agree") is not None]
+        _enough(used, min_items, "audited corea requests with both answers (raise shadow_rate)")
+        agree = [bool(r["agree"]) for r in used]
+        fitted = thresholds.risk_controlled_threshold(
+            [_slm_confidence(r, confidence_source) for r in used], agree, [True] * len(used),
+            epsilon=epsilon, delta=delta)
+        evidence["agreement"] = sum(agree) / len(agree)
+        guarantee = (f"with probability >= {1 - delta:g}, at most {epsilon:g} of the requests are kept by "
+                     "the SLM with an answer the LLM disagrees with (labels: SLM-LLM agreement on "
+                     f"{len(used)} audited requests)")
+    else:
+        used = [r for r in records if r.get("llm") and r["llm"].get("correct") is not None]
+        _enough(used, min_items, "records with a graded LLM answer (llm.correct true / false)")
+        fitted = thresholds.paper_threshold([bool(r["llm"]["correct"]) for r in used])
+    confidences = [_slm_confidence(r, confidence_source) for r in answered]
+    if confidences:
+        evidence["llm_share_at_tau"] = float(1 - thresholds.keeps(confidences, fitted).mean())
+    result = dict(tau=fitted, rule=rule, items=len(used), confidence_source=confidence_source,
+                  epsilon=epsilon if rule == "risk" else None, delta=delta if rule == "risk" else None,
+                  guarantee=guarantee, evidence=evidence,
+                  fitted_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    path = workdir / THRESHOLD_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")  # tau may be Infinity: defer everything
+    os.replace(tmp, path)
+    return result
+
+
+def _enough(used: list, min_items: int, what: str) -> None:
+    if len(used) < min_items:
+        raise ValueError(f"min_items: {len(used)} {what} in the log, fewer than the {min_items} needed")
+
+
+def describe(result: dict) -> str:
+    tau = result["tau"]
+    text = f"tau = {tau:.4f}" if math.isfinite(tau) else "tau = inf (defer everything)"
+    text += f" by the {result['rule']} rule on {result['items']} logged requests"
+    if "llm_share_at_tau" in result["evidence"]:
+        text += f"; LLM share on the log at this tau: {result['evidence']['llm_share_at_tau']:.1%}"
+    if result["guarantee"]:
+        text += f"\nguarantee: {result['guarantee']}"
+    return text

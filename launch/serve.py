@@ -1,0 +1,37 @@
+"""COREA as an OpenAI-compatible server: the SLM answers, a confidence below tau goes to the LLM.
+
+  COREA_API_KEYS=key1,key2 python -m launch.serve --config=configs/serve/qwen_coder_cpu.py \
+      --workdir=DIR --host=0.0.0.0 --port=8000
+  python -m launch.serve --config=configs/serve/tiny.py --workdir=DIR   # no keys: 127.0.0.1 only
+
+Models: corea, corea-slm, corea-llm. Logs every request to DIR/records.jsonl; SIGHUP reloads
+DIR/threshold.json (`launch.refit`); SIGTERM drains the requests in flight and exits.
+"""
+
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from corea_jax.serving import app as serving_app
+from corea_jax.serving.auth import parse_keys
+from launch import quiet_logs, usage_errors
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/serve/tiny.py", "Server config.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of records.jsonl and threshold.json.", required=True)
+_HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (beyond loopback only with API keys).")
+_PORT = flags.DEFINE_integer("port", 8000, "Port to listen on.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    quiet_logs()
+    keys = parse_keys(os.environ.get("COREA_API_KEYS"))
+    with usage_errors():
+        serving_app.check_listen(_HOST.value, keys)
+        serving_app.serve(_CONFIG.value, _WORKDIR.value, host=_HOST.value, port=_PORT.value, api_keys=keys)
+
+
+if __name__ == "__main__":
+    app.run(main)

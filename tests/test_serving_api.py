@@ -1,0 +1,349 @@
+"""The COREA server through the real `openai` client: one in-process server (configs/serve/tiny.py
+at test size: random models, no download) on 127.0.0.1, shared by the tests of this module.
+
+Covered: plain and streaming answers, /v1/models, /health, deferral exactly below tau (tau 0 and
+1 give 0% and 100% LLM share), usage summed over both calls, one log line per request without
+the key, 401, 429 with Retry-After, 400 naming the field, concurrent requests sharing decode
+steps, a disconnected client's slot freed, the LLM down (degraded or 503) and an LLM over HTTP,
+and the dashboard in headless Chromium.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+
+import openai
+import pytest
+
+from tests.serving_helpers import InProcessServer, client, free_port, metric, tiny_config
+
+QUESTIONS = [
+    "What is 2 + 3?",
+    "Janet has 16 eggs and eats 3 for breakfast. How many eggs are left?",
+    "A train travels at 60 km per hour for 2 hours. How far does it go?",
+    "Tom buys 4 pens at 3 dollars each and pays with a 20 dollar bill. What is his change?",
+]
+
+
+def _ask(c, question, model="corea", **kwargs):
+    return c.chat.completions.create(model=model, messages=[{"role": "user", "content": question}], **kwargs)
+
+
+def _corea(response) -> dict:
+    return response.to_dict()["corea"]
+
+
+def _get(url: str, timeout: float = 60) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read().decode()
+
+
+def _lines(server) -> list[dict]:
+    path = server.service.log.path
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from corea_jax.serving import create_app
+
+    app = create_app(tiny_config(), tmp_path_factory.mktemp("serve"))
+    running = InProcessServer(app)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def state(server):
+    """The app state, with keys, rate limit, tau, LLM and failure policy restored after the test."""
+    corea = server.app.state.corea
+    service = corea.service
+    saved = (corea.keys, corea.limiter, service.tau, service.answerers["llm"], service.config.on_llm_failure)
+    yield corea
+    corea.keys, corea.limiter = saved[0], saved[1]
+    service.set_tau(saved[2])
+    service.answerers["llm"] = saved[3]
+    service.config.on_llm_failure = saved[4]
+
+
+def test_plain_and_streaming_answers_models_and_health(server):
+    c = client(server.url)
+    plain = _ask(c, QUESTIONS[1], model="corea-slm", max_tokens=16)
+    info = _corea(plain)
+    assert plain.object == "chat.completion" and plain.model == "corea-slm"
+    assert plain.choices[0].message.role == "assistant" and plain.choices[0].message.content
+    assert plain.choices[0].finish_reason in ("stop", "length")
+    assert info["answered_by"] == "slm" and info["deferred"] is None and info["tokens"]["llm"] is None
+    assert plain.usage.completion_tokens == info["tokens"]["slm"]["completion"] <= 16
+    assert plain.usage.prompt_tokens == info["tokens"]["slm"]["prompt"] > 0
+    assert plain.usage.total_tokens == plain.usage.prompt_tokens + plain.usage.completion_tokens
+    assert 0 <= info["confidence"] <= 1 and info["cost"] > 0
+
+    chunks = list(_ask(c, QUESTIONS[1], model="corea-slm", max_tokens=16, stream=True,
+                       stream_options={"include_usage": True}))
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == plain.choices[0].message.content  # greedy: the same answer, streamed
+    assert sum(1 for ch in chunks if ch.choices and ch.choices[0].delta.content) >= 1
+    last = [ch for ch in chunks if ch.choices and ch.choices[0].finish_reason][-1]
+    assert last.choices[0].finish_reason == plain.choices[0].finish_reason
+    assert last.to_dict()["corea"]["confidence"] == pytest.approx(info["confidence"])
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+    assert len({ch.id for ch in chunks}) == 1
+
+    assert [m.id for m in c.models.list().data] == ["corea", "corea-slm", "corea-llm"]
+    health = json.loads(_get(f"{server.url}/health"))
+    assert health["status"] == "ok" and health["engines"] == {"slm": True, "llm": True}
+
+
+def test_deferral_happens_exactly_below_tau_and_usage_sums_both_calls(server, state):
+    c = client(server.url)
+    service = state.service
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        def run_all():
+            return list(pool.map(lambda q: _ask(c, q, max_tokens=8), QUESTIONS))
+
+        service.set_tau(0.0)
+        kept = run_all()
+        service.set_tau(1.0)
+        deferred = run_all()
+        assert [_corea(r)["answered_by"] for r in kept] == ["slm"] * 4  # 0% LLM share
+        assert [_corea(r)["answered_by"] for r in deferred] == ["llm"] * 4  # 100%
+        confidences = sorted(_corea(r)["confidence"] for r in kept)
+        assert len(set(confidences)) > 1, confidences
+        tau = (confidences[1] + confidences[2]) / 2  # two below, two above
+        service.set_tau(tau)
+        mixed = run_all()
+    for r in mixed:
+        info = _corea(r)
+        assert info["tau"] == tau
+        assert info["deferred"] == (info["confidence"] < tau)
+        assert info["answered_by"] == ("llm" if info["deferred"] else "slm")
+    assert sorted(_corea(r)["deferred"] for r in mixed) == [False, False, True, True]
+    for r in deferred:
+        info = _corea(r)
+        tokens = info["tokens"]
+        assert r.usage.prompt_tokens == tokens["slm"]["prompt"] + tokens["llm"]["prompt"]
+        assert r.usage.completion_tokens == tokens["slm"]["completion"] + tokens["llm"]["completion"]
+        assert info["cost"] > info["llm_only_cost"] > 0  # a deferred request pays both calls
+    # The cascade's LLM answer is the LLM's own answer to the question.
+    alone = _ask(c, QUESTIONS[0], model="corea-llm", max_tokens=8)
+    assert deferred[0].choices[0].message.content == alone.choices[0].message.content
+    metrics = _get(f"{server.url}/metrics")
+    assert metric(metrics, "corea_tau") == pytest.approx(tau)
+
+
+def test_each_request_is_logged_once_without_the_api_key(server, state):
+    from corea_jax.serving.auth import KeyRing
+
+    secret = "sk-test-secret-4242"
+    state.keys = KeyRing(["other-key", secret])
+    c = client(server.url, key=secret)
+    ids = [_ask(c, q, model=m, max_tokens=4).id for q, m in zip(QUESTIONS[:3], ("corea", "corea-slm", "corea-llm"))]
+    text = server.service.log.path.read_text()
+    assert secret not in text
+    lines = _lines(server)
+    assert len({line["request_id"] for line in lines}) == len(lines)  # never twice
+    mine = {line["request_id"]: line for line in lines if line["request_id"] in ids}
+    assert sorted(mine) == sorted(ids)
+    for rid, model in zip(ids, ("slm", "slm", "llm")):
+        line = mine[rid]
+        assert line["client"] == "key-1" and line["split"] == "live"
+        assert line["correct"] is None and line["gold"] is None and line["id"] == rid
+        assert line["model"] == model and line["response"] is not None and line["latency_s"] > 0
+        for field in ("confidence", "prompt_tokens", "generated_tokens", "seconds", "cost", "cost_model",
+                      "failed", "error", "format_ok", "answer"):
+            assert field in line
+
+
+def test_api_keys_and_the_rate_limit(server, state):
+    from corea_jax.serving.auth import KeyRing, RateLimiter
+
+    state.keys = KeyRing(["k-one"])
+    with pytest.raises(openai.AuthenticationError) as err:
+        _ask(client(server.url), QUESTIONS[0], max_tokens=2)
+    assert err.value.status_code == 401 and err.value.body["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        client(server.url, key="k-wrong").models.list()
+    assert json.loads(_get(f"{server.url}/health"))["status"] == "ok"  # no key needed
+
+    state.limiter = RateLimiter(per_minute=6, burst=2)
+    c = client(server.url, key="k-one")
+    for _ in range(2):
+        _ask(c, QUESTIONS[0], model="corea-slm", max_tokens=2)
+    with pytest.raises(openai.RateLimitError) as err:
+        _ask(c, QUESTIONS[0], model="corea-slm", max_tokens=2)
+    assert err.value.status_code == 429 and err.value.body["type"] == "rate_limit_error"
+    assert 1 <= int(err.value.response.headers["retry-after"]) <= 10
+    assert metric(_get(f"{server.url}/metrics"), "corea_rate_limited_total") >= 1
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"model": "gpt-4"}, "model"),
+    ({"temperature": 3}, "temperature"),
+    ({"top_p": 0}, "top_p"),
+    ({"n": 2}, "n"),
+    ({"max_tokens": 100_000}, "max_tokens"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
+    ({"messages": [{"role": "user", "content": "How many? " * 400}]}, "messages"),
+    ({"messages": [{"role": "system", "content": "be brief"}]}, "messages"),
+    ({"stream": "maybe"}, "stream"),
+])
+def test_bad_requests_get_400_naming_the_field(server, body, param):
+    request = {"model": "corea", "messages": [{"role": "user", "content": QUESTIONS[0]}], **body}
+    with pytest.raises(openai.BadRequestError) as err:
+        client(server.url).chat.completions.create(**request)
+    error = err.value.body
+    assert err.value.status_code == 400 and error["param"] == param and error["type"] == "invalid_request_error"
+    assert param.split("[")[0] in error["message"]
+
+
+def test_malformed_json_gets_400_in_the_error_schema(server):
+    conn = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]), timeout=30)
+    conn.request("POST", "/v1/chat/completions", body=b'{"model": "corea", "messages": [',
+                 headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    body = json.loads(response.read())
+    assert response.status == 400
+    assert set(body["error"]) == {"message", "type", "param", "code"} and "JSON" in body["error"]["message"]
+
+
+def test_concurrent_requests_share_decode_steps_and_each_is_logged_once(server):
+    before = _get(f"{server.url}/metrics")
+    c = client(server.url)
+    jobs = [QUESTIONS[(i + j) % 4] for i in range(8) for j in range(2)]  # 8 clients x 2 requests
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda q: _ask(c, q, model="corea-slm", max_tokens=32), jobs))
+    assert all(r.choices[0].message.content for r in responses)
+    after = _get(f"{server.url}/metrics")
+    chunks = metric(after, "corea_batch_occupancy_count", engine="slm") - metric(before, "corea_batch_occupancy_count", engine="slm")
+    rows = metric(after, "corea_batch_occupancy_sum", engine="slm") - metric(before, "corea_batch_occupancy_sum", engine="slm")
+    assert rows / chunks > 1.5, f"{rows} rows in {chunks} decode chunks: requests did not share them"
+    ids = [r.id for r in responses]
+    logged = [line["request_id"] for line in _lines(server)]
+    assert all(logged.count(rid) == 1 for rid in ids)
+
+
+def _slow_engine(monkeypatch, seconds: float):
+    """Each decode chunk takes `seconds` longer (a larger model), so a request stays in flight."""
+    from corea_jax.generation.continuous import SlotScheduler
+
+    step = SlotScheduler.step
+
+    def slow(self):
+        time.sleep(seconds)
+        return step(self)
+
+    monkeypatch.setattr(SlotScheduler, "step", slow)
+
+
+def _wait_for(predicate, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_disconnected_client_frees_its_slot(server, monkeypatch, stream):
+    _slow_engine(monkeypatch, 0.3)  # 32 tokens = 2 chunks: about 0.6 s or more in flight
+    metrics = lambda: _get(f"{server.url}/metrics")  # noqa: E731
+    cancelled = metric(metrics(), "corea_cancelled_total", engine="slm")
+    port = int(server.url.rsplit(":", 1)[1])
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    body = json.dumps({"model": "corea-slm", "max_tokens": 32, "stream": stream,
+                       "messages": [{"role": "user", "content": QUESTIONS[2]}]}).encode()
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    _wait_for(lambda: metric(metrics(), "corea_batch_busy_slots", engine="slm") >= 1)
+    sock.close()  # the client goes away mid-generation
+    _wait_for(lambda: metric(metrics(), "corea_cancelled_total", engine="slm") == cancelled + 1)
+    assert metric(metrics(), "corea_batch_busy_slots", engine="slm") == 0
+    _wait_for(lambda: any(line["finish_reason"] == "cancelled" and line["served_model"] == "corea-slm"
+                          and line["question"] == QUESTIONS[2] for line in _lines(server)))
+    monkeypatch.undo()
+    again = _ask(client(server.url), QUESTIONS[2], model="corea-slm", max_tokens=8)  # the slot is reused
+    assert again.choices[0].message.content
+
+
+def test_llm_down_gives_a_degraded_answer_or_503_and_an_http_llm_answers(server, state):
+    from corea_jax.cascade.http import HTTPBackend
+    from corea_jax.serving.answerers import HTTPAnswerer
+
+    service = state.service
+    service.set_tau(1.0)  # every question goes to the LLM
+    down = HTTPBackend(base_url=f"http://127.0.0.1:{free_port()}/v1", model="x", max_retries=0, timeout_s=10)
+    service.answerers["llm"] = HTTPAnswerer(down, "gsm8k")
+    c = client(server.url)
+    degraded = _ask(c, QUESTIONS[0], max_tokens=8)
+    info = _corea(degraded)
+    assert info["answered_by"] == "slm" and info["degraded"] and info["deferred"]
+    assert degraded.choices[0].message.content
+    service.config.on_llm_failure = "error"
+    with pytest.raises(openai.InternalServerError) as err:
+        _ask(c, QUESTIONS[0], max_tokens=8)
+    assert err.value.status_code == 503 and err.value.body["code"] == "llm_unavailable"
+    lines = _lines(server)[-2:]
+    assert [line["degraded"] for line in lines] == [True, True]
+    assert [line["finish_reason"] for line in lines] == ["length", "error"] or lines[0]["finish_reason"] == "stop"
+    assert all(line["llm"]["failed"] for line in lines)
+
+    # The LLM behind an OpenAI-compatible endpoint: this server's own corea-slm (its corea-llm now
+    # goes through this very backend).
+    up = HTTPBackend(base_url=f"{server.url}/v1", model="corea-slm", max_retries=0, timeout_s=120,
+                     logprobs=False, non_embedding_params=1000)
+    service.answerers["llm"] = HTTPAnswerer(up, "gsm8k")
+    answer = _ask(c, QUESTIONS[0], max_tokens=8)
+    info = _corea(answer)
+    assert info["answered_by"] == "llm" and not info["degraded"] and answer.choices[0].message.content
+    assert info["tokens"]["llm"]["completion"] <= 8
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_dashboard_shows_the_metrics_without_console_errors(server, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed (.ci/run installs Debian's package)")
+    c = client(server.url)
+    for q in QUESTIONS[:2]:
+        _ask(c, q, max_tokens=4)
+    metrics = _get(f"{server.url}/metrics")
+    run = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+         "--virtual-time-budget=5000", "--dump-dom", f"{server.url}/"],
+        capture_output=True, text=True, timeout=120)
+    dom = run.stdout
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert 'data-loaded="true"' in dom, dom[:2000]
+    assert "data-errors" not in dom
+    console_errors = [line for line in run.stderr.splitlines() if "CONSOLE" in line and
+                      ("Uncaught" in line or "rror" in line)]
+    assert not console_errors, console_errors
+
+    def shown(element_id: str) -> float:
+        marker = f'id="{element_id}" data-value="'
+        start = dom.index(marker) + len(marker)
+        return float(dom[start:dom.index('"', start)])
+
+    assert shown("llm-share") == pytest.approx(metric(metrics, "corea_llm_share"))
+    assert shown("tau") == pytest.approx(metric(metrics, "corea_tau"))
+    assert shown("requests") == metric(metrics, "corea_requests_total", status="200")
+    assert shown("p50") == pytest.approx(metric(metrics, "corea_latency_window_seconds", quantile="0.5"))
+    assert shown("p99") == pytest.approx(metric(metrics, "corea_latency_window_seconds", quantile="0.99"))
+    assert shown("cost-saved") == pytest.approx(metric(metrics, "corea_cost_saved_fraction"))
+    assert shown("roi-llm") > 0 and shown("roi-cascade") > 0
+    bars = dom.count('data-count="')
+    assert bars == 10
