@@ -116,6 +116,26 @@ def check_resumable(workdir: Path, config) -> None:
                          "mix two runs (use a new workdir, or these values):\n  " + "\n  ".join(differences))
 
 
+def check_total_steps(workdir: Path, config) -> None:
+    """Raises ValueError naming config.total_steps when it is below the step of the latest
+    checkpoint in `workdir` (a run cannot train backwards)."""
+    if not (workdir / "checkpoints").is_dir():
+        return
+    checkpointer = Checkpointer(workdir)
+    step = checkpointer.latest_step()
+    checkpointer.close()
+    if step is not None and config.total_steps < step:
+        raise ValueError(f"config.total_steps: expected at least {step}, the step of the latest checkpoint "
+                         f"in {checkpointer.directory} (train fewer steps in a new workdir), "
+                         f"found {config.total_steps}")
+
+
+def _model_location(workdir: Path, config, checkpoints: Path, step: int) -> Path:
+    """Where a finished run's model is: workdir/hf (transformers format), or for the toy
+    model, whose tokenizer is not a transformers one, its last checkpoint."""
+    return checkpoints / str(step) if config.model.name == "toy" else workdir / "hf"
+
+
 def write_run_info(workdir: Path, config) -> None:
     """workdir/config.json and workdir/versions.json."""
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
@@ -328,6 +348,7 @@ def train(config, workdir: str | Path, *, log: Callable[[str], None] = logging.i
     validate(config)
     workdir = Path(workdir)
     check_resumable(workdir, config)
+    check_total_steps(workdir, config)
     reward_config = rewards.get_preset(config.reward.preset)
     records = load_records(config.data)
     primary = jax.process_index() == 0
@@ -366,6 +387,10 @@ def train(config, workdir: str | Path, *, log: Callable[[str], None] = logging.i
         state_shardings = train_state_shardings(state, policy.param_shardings(model.config, mesh), mesh)
         state = place_tree(state, state_shardings)
     start = int(jax.device_get(state.step))
+    if start == config.total_steps:
+        log(f"the run in {workdir} is already complete: {start} of {config.total_steps} steps, nothing "
+            f"to train (raise config.total_steps to train on); its model: "
+            f"{_model_location(workdir, config, checkpointer.directory, start)}")
     writer = MetricsWriter(workdir, resume_step=start, tensorboard=config.log.tensorboard) if primary else None
     loss_config = run_loss_config(config)
     ctx = StepContext(base_key=base_key, reward_config=reward_config, ref_params=ref_params,
@@ -392,7 +417,9 @@ def train(config, workdir: str | Path, *, log: Callable[[str], None] = logging.i
         if writer is not None:
             writer.close()
     model.params = state.params
-    if primary and config.model.name != "toy":  # the toy tokenizer is not a transformers one
-        out = save_hf(model, workdir / "hf")
+    # A complete run wrote its model when it finished (unless killed just before).
+    unsaved = start < config.total_steps or not (workdir / "hf").exists()
+    if primary and config.model.name != "toy" and unsaved:  # the toy tokenizer is not a transformers one
+        out = save_hf(model, _model_location(workdir, config, checkpointer.directory, config.total_steps))
         log(f"trained policy: {out} (load_model / transformers / --config.model.name={out})")
     return state
