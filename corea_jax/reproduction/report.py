@@ -205,11 +205,11 @@ def compose_systems(cascades: dict[str, dict]) -> dict[str, dict]:
     """report.json's systems from each SLM run's cascade report ({run: report.json})."""
     systems = {}
     for name, (run, system, source) in SYSTEM_SOURCES.items():
-        entry = dict(cascades[run]["systems"][system])
+        # A cascade system is null where its SLM never stated a parseable confidence.
+        entry = dict(cascades[run]["systems"][system] or dict.fromkeys(cascades[run]["systems"]["LLM"]))
         if system == "SLM" and source is not None:
             # The SLM alone, scored with `source`: the cascade report holds that source's
             # ECE / AUROC / Brier on its cascade system (same test items, same SLM correctness).
-            # Null when that SLM never stated a parseable confidence (no cascade system then).
             scored = cascades[run]["systems"][CONFIDENCE_SYSTEM[source]] or {}
             entry.update({k: scored.get(k) for k in ("ece", "auroc", "brier")}, tau=None)
         systems[name] = entry
@@ -244,24 +244,33 @@ def claims(systems: dict[str, dict]) -> list[dict]:
     """COREA's claims on this run, each {claim, value, target, holds}: an overconfident SFT
     SLM; RLCC calibrating it (ECE halved, below RLVR's) with confidences that rank right above
     wrong (AUROC); RL raising pass@1; the cascade at the paper's tau within 2 points of the
-    LLM at <= 80% of its cost; an LLM clearly stronger than the SFT SLM."""
-    s = systems
-    llm_cost = s["LLM"]["avg_cost"]
+    LLM at <= 80% of its cost; an LLM clearly stronger than the SFT SLM. A claim whose numbers
+    are missing (a system without a stated confidence) has value null and does not hold."""
+    def get(name, key):
+        return systems.get(name, {}).get(key)
+
+    def rel(name, key, base, ratio=False):
+        a, b = get(name, key), get(*base)
+        return None if a is None or b is None else (a / b if ratio else a - b)
+
+    sft_ece, rlvr_ece, sft_acc = get("SFT-SLM", "ece"), get("RLVR-SLM", "ece"), get("SFT-SLM", "pass_at_1")
+    fmt = lambda v: "?" if v is None else f"{v:.3f}"  # noqa: E731
     rows = [
-        ("SFT-SLM ECE > 0.15 (overconfident)", s["SFT-SLM"]["ece"], "> 0.15", lambda v: v > 0.15),
-        ("RLCC-SLM ECE <= half of SFT-SLM's", s["RLCC-SLM"]["ece"], f"<= {s['SFT-SLM']['ece'] / 2:.3f}",
-         lambda v: v <= s["SFT-SLM"]["ece"] / 2),
-        ("RLCC-SLM ECE < RLVR-SLM's", s["RLCC-SLM"]["ece"], f"< {s['RLVR-SLM']['ece']:.3f}",
-         lambda v: v < s["RLVR-SLM"]["ece"]),
-        ("RLCC-SLM AUROC >= 0.75", s["RLCC-SLM"]["auroc"], ">= 0.75", lambda v: v >= 0.75),
-        ("RLVR-SLM pass@1 > SFT-SLM's", s["RLVR-SLM"]["pass_at_1"], f"> {s['SFT-SLM']['pass_at_1']:.3f}",
-         lambda v: v > s["SFT-SLM"]["pass_at_1"]),
-        ("RLCC-SLM pass@1 > SFT-SLM's", s["RLCC-SLM"]["pass_at_1"], f"> {s['SFT-SLM']['pass_at_1']:.3f}",
-         lambda v: v > s["SFT-SLM"]["pass_at_1"]),
-        ("COREA pass@1 within 2 points of the LLM's", s["COREA"]["pass_at_1"] - s["LLM"]["pass_at_1"],
+        ("SFT-SLM ECE > 0.15 (overconfident)", sft_ece, "> 0.15", lambda v: v > 0.15),
+        ("RLCC-SLM ECE <= half of SFT-SLM's", get("RLCC-SLM", "ece"), f"<= {fmt(sft_ece and sft_ece / 2)}",
+         lambda v: sft_ece is not None and v <= sft_ece / 2),
+        ("RLCC-SLM ECE < RLVR-SLM's", get("RLCC-SLM", "ece"), f"< {fmt(rlvr_ece)}",
+         lambda v: rlvr_ece is not None and v < rlvr_ece),
+        ("RLCC-SLM AUROC >= 0.75", get("RLCC-SLM", "auroc"), ">= 0.75", lambda v: v >= 0.75),
+        ("RLVR-SLM pass@1 > SFT-SLM's", get("RLVR-SLM", "pass_at_1"), f"> {fmt(sft_acc)}",
+         lambda v: sft_acc is not None and v > sft_acc),
+        ("RLCC-SLM pass@1 > SFT-SLM's", get("RLCC-SLM", "pass_at_1"), f"> {fmt(sft_acc)}",
+         lambda v: sft_acc is not None and v > sft_acc),
+        ("COREA pass@1 within 2 points of the LLM's", rel("COREA", "pass_at_1", ("LLM", "pass_at_1")),
          ">= -0.020", lambda v: v >= -0.02 - 1e-12),
-        ("COREA cost <= 80% of the LLM's", s["COREA"]["avg_cost"] / llm_cost, "<= 0.800", lambda v: v <= 0.8),
-        ("LLM pass@1 >= SFT-SLM's + 15 points", s["LLM"]["pass_at_1"] - s["SFT-SLM"]["pass_at_1"], ">= 0.150",
+        ("COREA cost <= 80% of the LLM's", rel("COREA", "avg_cost", ("LLM", "avg_cost"), ratio=True), "<= 0.800",
+         lambda v: v <= 0.8),
+        ("LLM pass@1 >= SFT-SLM's + 15 points", rel("LLM", "pass_at_1", ("SFT-SLM", "pass_at_1")), ">= 0.150",
          lambda v: v >= 0.15 - 1e-12),
     ]
     return [{"claim": claim, "value": None if value is None else float(value), "target": target,
