@@ -236,3 +236,53 @@ def test_retrained_weights_under_the_same_path_are_refused(models, tmp_path):
     save_tiny_chat_model(slm, seed=3)  # e.g. an RLCC-trained SLM exported over the old one
     with pytest.raises(ValueError, match=r"slm\.weights: 'sha256:\w+' in the workdir, 'sha256:\w+' now"):
         evaluate.run(_config((str(slm), models[1])), workdir, progress=False)
+
+
+def _record(item_id, model, split, correct, verbal=None, **extra):
+    return {**dict(id=item_id, model=model, split=split, task="gsm8k", gold="1", response="", answer=None,
+                   correct=correct, format_ok=True, confidence={"verbal": verbal}, confidence_text=None,
+                   prompt_tokens=10, generated_tokens=5, seconds=0.1, cost=None, cost_model="time",
+                   failed=False, error=None), **extra}
+
+
+@pytest.mark.parametrize("how", ["failed", "absent"])
+def test_deferred_mode_reports_a_deferred_item_without_an_llm_answer_as_missing(
+        models, tmp_path, count_generate, how):
+    # Calibration: the SLM is right when confident. Test: COREA (tau 0.5) defers items 1 and 3,
+    # COREA-risk (2 calibration items certify nothing) every item; the LLM answered items 0-2
+    # but not 3 (its call failed for good, or it was never asked: a rescore with a threshold
+    # that defers more than the run that made the records).
+    records = [_record("gsm8k/train/0", "slm", "calibration", True, 0.9),
+               _record("gsm8k/train/1", "slm", "calibration", False, 0.1),
+               _record("gsm8k/train/0", "llm", "calibration", True),
+               _record("gsm8k/train/1", "llm", "calibration", True)]
+    records += [_record(f"gsm8k/test/{k}", "slm", "test", k % 2 == 0, 0.9 if k % 2 == 0 else 0.1)
+                for k in range(4)]
+    records += [_record(f"gsm8k/test/{k}", "llm", "test", True) for k in range(3)]
+    if how == "failed":
+        records.append(_record("gsm8k/test/3", "llm", "test", False, failed=True,
+                               error="APIConnectionError: Connection error."))
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    config = _config(("/nonexistent/slm", "/nonexistent/llm"), llm_on="deferred", rescore_only=True,
+                     cost_model="time")
+    config.threshold.rule, config.threshold.fixed_tau = "fixed", 0.5
+
+    report = evaluate.run(config, workdir, progress=False)
+    assert report["n_test"] == 3
+    excluded = report["excluded_items"]
+    assert [(e["id"], e["split"]) for e in excluded] == [("gsm8k/test/3", "test")]
+    reason = excluded[0]["reason"]
+    assert reason.startswith("llm: the call failed (APIConnectionError" if how == "failed" else "llm: no record")
+    assert "COREA" in reason and "without rescore_only" in reason
+    assert report["systems"]["COREA"]["pass_at_1"] == 1.0  # items 0, 1, 2: all right
+    assert "gsm8k/test/3" in (workdir / "report.md").read_text()
+    assert json.loads((workdir / "report.json").read_text())["excluded_items"] == excluded
+
+    # The next run that may generate asks the LLM for the missing item, and only for it.
+    config.slm.name, config.llm.name = models
+    config.rescore_only = False
+    count_generate.clear()
+    report = evaluate.run(config, workdir, progress=False)
+    assert count_generate == [1] and report["excluded_items"] == [] and report["n_test"] == 4

@@ -209,21 +209,19 @@ def validate_config(config) -> None:
         raise ValueError(f"llm_on: expected one of {LLM_ON}, found {config.llm_on!r}")
     if config.chunk_size < 1:
         raise ValueError(f"chunk_size: expected an integer >= 1, found {config.chunk_size}")
-    from corea_jax.cascade import thresholds
-    from corea_jax.generation import SCHEDULES
-
     from corea_jax import prompts
-    from corea_jax.cascade import http
+    from corea_jax.cascade import http, thresholds
+    from corea_jax.generation import SCHEDULES
 
     for role in records_lib.MODELS:  # everything a backend checks, before any model runs
         spec = config[role]
-        for key, allowed in (("backend", BACKENDS), ("mode", backends_lib.MODES),
-                             ("schedule", SCHEDULES), ("prompt", tuple(prompts.PROMPTS))):
-            value = _field(spec, key, dict(backend="local", mode="one_turn", schedule="static",
-                                           prompt="corea")[key])
+        for key, default, allowed in (("backend", "local", BACKENDS), ("mode", "one_turn", backends_lib.MODES),
+                                      ("schedule", "static", SCHEDULES),
+                                      ("prompt", "corea", tuple(prompts.PROMPTS))):
+            value = _field(spec, key, default)
             if value not in allowed:
                 raise ValueError(f"{role}.{key}: expected one of {allowed}, found {value!r}")
-        if spec.backend == "http":
+        if _field(spec, "backend", "local") == "http":
             http.check_settings(f"{role}.http", **http.settings_from_config(spec.http))
     thresholds.validate(config.threshold)
     overwrite_roles(config)

@@ -39,6 +39,7 @@ CASCADES = {"COREA": "verbal", "COREA-risk": "verbal", "Cascade-AvgProb": "answe
             "Cascade-MinProb": "answer_min_prob", "Cascade-Probe": "probe"}
 SYSTEMS = ("SLM", "LLM", *CASCADES, "Oracle", "Random")
 SOURCES = ("verbal", "answer_mean_prob", "answer_min_prob", "probe")
+MAX_EXCLUDED_SHOWN = 20  # report.md lists the first ones; report.json all of them
 FIELDS = ("pass_at_1", "avg_cost", "llm_usage", "ece", "auroc", "brier", "tau")
 
 
@@ -62,6 +63,15 @@ class Split:
     @property
     def n(self) -> int:
         return len(self.ids)
+
+    def subset(self, keep: np.ndarray, llm_on_all: bool | None = None) -> "Split":
+        """The items where `keep` ([N] bool) holds."""
+        return Split(ids=[i for i, k in zip(self.ids, keep) if k], slm_correct=self.slm_correct[keep],
+                     llm_correct=self.llm_correct[keep], slm_cost=self.slm_cost[keep],
+                     llm_cost=self.llm_cost[keep],
+                     confidence={s: c[keep] for s, c in self.confidence.items()},
+                     hidden=None if self.hidden is None else self.hidden[keep],
+                     llm_on_all=self.llm_on_all if llm_on_all is None else llm_on_all)
 
     @property
     def has_llm(self) -> bool:
@@ -241,6 +251,12 @@ def parse_rates(records: Sequence[dict]) -> list[dict]:
     return rows
 
 
+def deferrals(test: Split, taus: dict[str, float | None]) -> dict[str, np.ndarray]:
+    """cascade system -> [N] bool, the test items it defers (systems without a tau omitted)."""
+    return {name: ~thresholds.keeps(test.confidence[CASCADES[name]], tau)
+            for name, tau in taus.items() if tau is not None}
+
+
 def deferred_ids(config, records: Sequence[dict], cost_model: CostModel | None = None) -> set[str]:
     """Test items that some cascade system defers (what the LLM must answer when
     config.llm_on == "deferred")."""
@@ -249,11 +265,32 @@ def deferred_ids(config, records: Sequence[dict], cost_model: CostModel | None =
     test = build_split(records, "test", cost_model, require_llm=False)
     add_probe(calibration, test, config.probe_l2, config.seed)
     out = set()
-    for name, tau in choose_taus(config, calibration).items():
-        if tau is not None:
-            kept = thresholds.keeps(test.confidence[CASCADES[name]], tau)
-            out.update(i for i, k in zip(test.ids, kept) if not k)
+    for deferred in deferrals(test, choose_taus(config, calibration)).values():
+        out.update(i for i, d in zip(test.ids, deferred) if d)
     return out
+
+
+def _why_missing(latest: dict[tuple[str, str], dict], item_id: str, deferred_by: Sequence[str] = ()) -> str:
+    """Why an item lacks the records a system needs; latest: (id, model) -> its split's record."""
+    for model in ("slm", "llm"):
+        record = latest.get((item_id, model))
+        if record is not None and not record.get("failed"):
+            continue
+        reason = (f"{model}: no record" if record is None else
+                  f"{model}: the call failed ({record.get('error') or 'no error recorded'})")
+        if model == "llm" and deferred_by:
+            reason += f"; deferred by {', '.join(deferred_by)}"
+        return reason + "; a run without rescore_only asks for it"
+    return "no answer"
+
+
+def excluded_items(records: Sequence[dict], split: str, wanted: Sequence[str], kept: Sequence[str],
+                   deferred_by: dict[str, list[str]] | None = None) -> list[dict]:
+    """{id, split, reason} of each item of `wanted` that is not among `kept` (scored)."""
+    kept, deferred_by = set(kept), deferred_by or {}
+    latest = {(r["id"], r["model"]): r for r in latest_records(records) if r["split"] == split}
+    return [dict(id=i, split=split, reason=_why_missing(latest, i, deferred_by.get(i, ())))
+            for i in wanted if i not in kept]
 
 
 def compute_report(config, records: Sequence[dict], cost_model: CostModel,
@@ -265,14 +302,26 @@ def compute_report(config, records: Sequence[dict], cost_model: CostModel,
     records = latest_records(records)
     cost_model = cost_model.with_lm_heads({role: config[role].get("lm_head_params") for role in ("slm", "llm")})
     calibration = build_split(records, "calibration", cost_model, calibration_ids)
-    test = build_split(records, "test", cost_model, test_ids, require_llm=all_llm)
+    test = build_split(records, "test", cost_model, test_ids, require_llm=False)
     if calibration.n == 0:
         raise ValueError("records: no calibration item has both an SLM and an LLM record; "
                          "the thresholds need them (run without rescore_only first)")
-    if test.n == 0:
-        raise ValueError("records: no test item has the records it needs")
     probe_ok = add_probe(calibration, test, config.probe_l2, config.seed)
     taus = choose_taus(config, calibration)
+    # Items without the LLM answer a system needs (all of them, or, with llm_on = "deferred",
+    # those some cascade defers) are left out of every system, so all score the same items.
+    deferred = deferrals(test, taus)
+    lacking = np.isnan(test.llm_correct)
+    if not all_llm:
+        lacking &= np.logical_or.reduce([np.zeros(test.n, bool), *deferred.values()])
+    deferred_by = {i: [name for name, d in deferred.items() if d[k]] for k, i in enumerate(test.ids)}
+    wanted_test = list(test_ids if test_ids is not None else test.ids)
+    test = test.subset(~lacking, llm_on_all=all_llm)
+    excluded = (excluded_items(records, "calibration", calibration_ids or [], calibration.ids) +
+                excluded_items(records, "test", wanted_test, test.ids, deferred_by))
+    if test.n == 0:
+        reason = next((e["reason"] for e in excluded if e["split"] == "test"), "no SLM record")
+        raise ValueError(f"records: no test item has the records it needs (e.g. {reason})")
     systems = outcomes(test, taus)
     metrics_by_system = {name: (system_metrics(systems[name], test) if name in systems else None)
                          for name in SYSTEMS}
@@ -286,6 +335,11 @@ def compute_report(config, records: Sequence[dict], cost_model: CostModel,
     if not all_llm:
         notes.append("llm_on = 'deferred': the LLM answered only deferred test items, so LLM-alone, "
                      "Oracle, Random and the savings against the LLM are not reported.")
+    n_excluded = {split: sum(e["split"] == split for e in excluded) for split in ("calibration", "test")}
+    if excluded:
+        notes.append(f"Excluded for missing answers (listed under 'excluded_items' in report.json, "
+                     f"each with its reason): {n_excluded['test']} test and {n_excluded['calibration']} "
+                     "calibration items; every system is scored on the same remaining items.")
     if not probe_ok:
         notes.append("Cascade-Probe: no probe (hidden states missing or a one-class calibration split).")
     notes.append("Random is the expected value of deferring COREA's share of items at random.")
@@ -303,6 +357,7 @@ def compute_report(config, records: Sequence[dict], cost_model: CostModel,
         taus_calibration={k: _finite(v) for k, v in taus.items()},
         parse_rates=rates,
         failed={f"{r['model']}/{r['split']}": r["failed"] for r in rates},
+        n_excluded=n_excluded, excluded_items=excluded,
         recorded_model_seconds=float(sum(r["seconds"] for r in records if not r.get("failed"))),
         notes=notes)
     plot = dict(test=test, systems=systems, has_llm=test.has_llm)
@@ -361,6 +416,13 @@ def render_markdown(report: dict, title: str = "Cascade report") -> str:
         lines.append(f"| {r['model']} | {r['split']} | {r['items']} | {r['failed']} | {pct(r['answer_parsed'])} "
                      f"| {pct(r['verbal_parsed'])} | {pct(r['token_probs'])} "
                      f"| {'-' if tokens is None else f'{tokens:.0f}'} |")
+    excluded = report.get("excluded_items") or []
+    if excluded:
+        shown = MAX_EXCLUDED_SHOWN
+        lines += ["", "## Items left out (no answer to score)", "", "| item | split | reason |", "|---|---|---|"]
+        lines += [f"| {e['id']} | {e['split']} | {e['reason'].replace('|', '/')} |" for e in excluded[:shown]]
+        if len(excluded) > shown:
+            lines.append(f"| ... | | {len(excluded) - shown} more in report.json |")
     lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     lines += ["", "![accuracy-cost frontier](frontier.png)", "",
               "![reliability of the SLM's verbal confidence](reliability_slm_verbal.png)", ""]
