@@ -10,9 +10,9 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["corea_jax", "corea_jax.*"]),
-    package_data={"corea_jax.serving": ["dashboard.html"]},
-    # the reproduction's shipped base models (SFT SLM and LLM, 3 MB) and their manifest
-    package_data={"corea_jax.reproduction": ["base_models/manifest.json", "base_models/*/*"]},
+    # the dashboard page, and the reproduction's shipped base models (SFT SLM and LLM, 3 MB)
+    package_data={"corea_jax.serving": ["dashboard.html"],
+                  "corea_jax.reproduction": ["base_models/manifest.json", "base_models/*/*"]},
     install_requires=[
         "jax>=0.10",
         "flax>=0.12",
