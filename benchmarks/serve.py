@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import platform
 import signal
@@ -101,8 +102,13 @@ async def _run(url: str, qs: list[str]) -> list[dict]:
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", timeout=600, max_retries=0)
     n, k = _CLIENTS.value, _REQUESTS.value
     split = [[qs[(c * k + j) % len(qs)] for j in range(k)] for c in range(n)]
-    await _phase(client, "corea", split, _MAX_TOKENS.value)  # warm-up: every batch shape compiled
-    await _phase(client, "corea-slm", split[:1], _MAX_TOKENS.value)
+    # Warm-up until a pass compiles nothing new (batch and prompt-length shapes compile once each).
+    for _ in range(4):
+        compiled = _metric(_get(f"{url}/metrics"), "corea_compiled_programs")
+        await _phase(client, "corea", split, _MAX_TOKENS.value)
+        await _phase(client, "corea-slm", split[:1], _MAX_TOKENS.value)
+        if _metric(_get(f"{url}/metrics"), "corea_compiled_programs") == compiled:
+            break
     results = []
     for model, work in (("corea", [qs[:_BASELINE.value]]), ("corea", split), ("corea-slm", split)):
         before = _get(f"{url}/metrics")
@@ -114,7 +120,13 @@ async def _run(url: str, qs: list[str]) -> list[dict]:
             rows = (_metric(after, "corea_batch_occupancy_sum", engine=engine)
                     - _metric(before, "corea_batch_occupancy_sum", engine=engine))
             result[f"occupancy_{engine}"] = rows / chunks if chunks else None
-        result["llm_share"] = None
+        answered = (_metric(after, "corea_answers_total", model=model)
+                    - _metric(before, "corea_answers_total", model=model))
+        by_llm = (_metric(after, "corea_answers_total", model=model, answered_by="llm")
+                  - _metric(before, "corea_answers_total", model=model, answered_by="llm"))
+        result["llm_share"] = by_llm / answered if answered else None
+        result["compiled_during"] = (_metric(after, "corea_compiled_programs")
+                                     - _metric(before, "corea_compiled_programs"))
         results.append(result)
         print(f"{model:10s} clients {len(work):3d}: {result['requests_per_s']:.2f} req/s, "
               f"p50 {result['p50_s']:.3f} s, p99 {result['p99_s']:.3f} s, failed {result['failed']}", flush=True)
@@ -124,6 +136,8 @@ async def _run(url: str, qs: list[str]) -> list[dict]:
 
 def main(argv):
     del argv
+    for name in ("httpx", "httpx2", "openai"):  # one line per request otherwise
+        logging.getLogger(name).setLevel(logging.WARNING)
     workdir = Path(tempfile.mkdtemp(prefix="serve_bench_"))
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -159,13 +173,13 @@ def main(argv):
     report = dict(config=_CONFIG.value, overrides=_OVERRIDES.value, max_tokens=_MAX_TOKENS.value,
                   date=time.strftime("%Y-%m-%d"), cpu=cpu, cores=os.cpu_count(), python=platform.python_version(),
                   phases=results)
-    print("\n| phase | clients x requests | req/s | x baseline | gen tok/s | p50 s | p95 s | p99 s | occupancy (slm) | failed | logged once |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| phase | clients x requests | req/s | x baseline | gen tok/s | p50 s | p95 s | p99 s | occupancy (slm) | LLM share | failed | logged once |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in zip(("baseline (corea, one at a time)", "corea", "corea-slm"), results):
         occ = "-" if r["occupancy_slm"] is None else f"{r['occupancy_slm']:.1f}"
         print(f"| {name} | {r['clients']} x {r['requests'] // r['clients']} | {r['requests_per_s']:.2f} | "
               f"{r['speedup_vs_baseline']:.1f} | {r['tokens_per_s']:.0f} | {r['p50_s']:.3f} | {r['p95_s']:.3f} | "
-              f"{r['p99_s']:.3f} | {occ} | {r['failed']} | {r['logged_exactly_once']} |")
+              f"{r['p99_s']:.3f} | {occ} | {r['llm_share']:.0%} | {r['failed']} | {r['logged_exactly_once']} |")
     if _OUT.value:
         Path(_OUT.value).write_text(json.dumps(report, indent=2) + "\n")
 

@@ -24,6 +24,7 @@ def tiny_config(**overrides):
     for spec in (config.slm, config.llm):
         spec.slots = 4
         spec.max_new_tokens = 32
+        spec.max_prompt_tokens = 512
     # The LLM in the SLM's shape (other weights): one set of programs to compile, not two.
     config.llm.arch = config.slm.arch.copy_and_resolve_references()
     for key, value in overrides.items():

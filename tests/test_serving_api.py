@@ -65,12 +65,13 @@ def state(server):
     """The app state, with keys, rate limit, tau, LLM and failure policy restored after the test."""
     corea = server.app.state.corea
     service = corea.service
-    saved = (corea.keys, corea.limiter, service.tau, service.answerers["llm"], service.config.on_llm_failure)
+    saved = (corea.keys, corea.limiter, service.tau, service.answerers["llm"], service.config.on_llm_failure,
+             service.config.shadow_rate)
     yield corea
     corea.keys, corea.limiter = saved[0], saved[1]
     service.set_tau(saved[2])
     service.answerers["llm"] = saved[3]
-    service.config.on_llm_failure = saved[4]
+    service.config.on_llm_failure, service.config.shadow_rate = saved[4], saved[5]
 
 
 def test_plain_and_streaming_answers_models_and_health(server):
@@ -137,6 +138,22 @@ def test_deferral_happens_exactly_below_tau_and_usage_sums_both_calls(server, st
     assert deferred[0].choices[0].message.content == alone.choices[0].message.content
     metrics = _get(f"{server.url}/metrics")
     assert metric(metrics, "corea_tau") == pytest.approx(tau)
+
+
+def test_shadow_rate_audits_kept_requests_with_the_llm_in_the_background(server, state):
+    state.service.set_tau(0.0)  # every request kept
+    state.service.config.shadow_rate = 1.0
+    response = _ask(client(server.url), QUESTIONS[3], max_tokens=8)
+    info = _corea(response)
+    assert info["answered_by"] == "slm" and info["shadow"] and info["tokens"]["llm"] is None
+    _wait_for(lambda: any(line["request_id"] == response.id for line in _lines(server)))
+    (line,) = [line for line in _lines(server) if line["request_id"] == response.id]
+    assert line["audit"] and line["shadow"] and not line["deferred"] and line["answered_by"] == "slm"
+    assert line["llm"]["model"] == "llm" and not line["llm"]["failed"] and line["llm"]["generated_tokens"] > 0
+    if line["llm"]["answer"] is None:
+        assert line["agree"] is None
+    else:
+        assert isinstance(line["agree"], bool)
 
 
 def test_each_request_is_logged_once_without_the_api_key(server, state):

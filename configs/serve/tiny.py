@@ -6,7 +6,8 @@ Both models are random-weight Qwen2-family decoders (`serving.answerers.random_m
 wide x 2 layers, LLM 96 x 4) with a byte-level BPE tokenizer trained on COREA's prompts at
 start-up; their replies are noise. A random model states no verbal confidence, so the SLM's
 confidence is its reply's mean token probability (`sequence_mean_prob`), which varies by
-question; tau 0.5 sends part of the traffic to the LLM.
+question (about 0.15-0.3 on GSM8K questions); at tau 0.5 every corea request goes to the LLM (the
+cascade's dearest case; BENCHMARKS.md measures it), `--config.threshold.tau=0.2` splits them.
 """
 
 from configs.serve import qwen_coder_cpu
@@ -29,7 +30,7 @@ def get_config():
     for spec in (config.slm, config.llm):
         spec.slots = 32
         spec.max_new_tokens = 64
-        spec.max_prompt_tokens = 512
+        spec.max_prompt_tokens = 1024  # the toy tokenizer spells a long GSM8K question in ~600 tokens
     _random(config.slm, 64, 2, 0.3)
     _random(config.llm, 96, 4, 0.3)
     config.confidence_source = "sequence_mean_prob"

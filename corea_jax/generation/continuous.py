@@ -251,8 +251,10 @@ class SlotScheduler:
             n = int(count[i])
             over = row.max_new_tokens is not None and n >= row.max_new_tokens
             n = min(n, row.max_new_tokens) if over else n
+            if not (done[i] or over or row.stop):
+                continue
             ids = tokens[i, :n].tolist()
-            if not done[i] and (over or row.stop and steps.cut_at_stop(self.model.tokenizer, ids, row.stop)):
+            if not done[i] and (over or steps.cut_at_stop(self.model.tokenizer, ids, row.stop)):
                 stopped.append(i)
             elif not done[i]:
                 continue

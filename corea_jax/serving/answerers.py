@@ -74,14 +74,16 @@ class LocalAnswerer:
         return self._chat_ids(self.model.tokenizer, messages)
 
     async def answer(self, question: str, max_tokens: int, stop: list[str],
-                     on_text: Callable[[str], None] | None = None) -> tuple[Answer, str]:
-        """(the Answer, finish reason "stop" or "length")."""
+                     on_text: Callable[[str], None] | None = None,
+                     prompt: list[int] | None = None) -> tuple[Answer, str]:
+        """(the Answer, finish reason "stop" or "length"); prompt: `prompt_ids(question)` if known."""
         tokenizer = self.model.tokenizer
         decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
         on_tokens = None
         if on_text is not None:
             on_tokens = lambda ids: on_text(cut_at_stop(decode(ids), stop)[0])  # noqa: E731
-        generation = await self.batcher.generate(self.prompt_ids(question), max_tokens, tuple(stop), on_tokens)
+        prompt = self.prompt_ids(question) if prompt is None else prompt
+        generation = await self.batcher.generate(prompt, max_tokens, tuple(stop), on_tokens)
         text, stopped = cut_at_stop(decode(generation.token_ids), stop)
         reply = reply_answer(tokenizer, generation.token_ids, generation.logprobs, text, self.task,
                              prompt_tokens=generation.prompt_tokens, seconds=generation.seconds)
@@ -107,7 +109,8 @@ class HTTPAnswerer:
         return None  # counted by the server
 
     async def answer(self, question: str, max_tokens: int, stop: list[str],
-                     on_text: Callable[[str], None] | None = None) -> tuple[Answer, str]:
+                     on_text: Callable[[str], None] | None = None, prompt=None) -> tuple[Answer, str]:
+        del prompt  # the server applies its own template
         backend = copy.copy(self.backend)  # shares the client and rate limiter; its own budget
         backend.max_new_tokens = max_tokens
         try:

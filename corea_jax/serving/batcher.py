@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Callable
 
-from corea_jax.generation import SamplingParams
+from corea_jax.generation import SamplingParams, compile_count
 from corea_jax.generation.continuous import SlotRow, SlotScheduler
 
 
@@ -145,14 +145,16 @@ class EngineBatcher:
                 ended = scheduler.step()
                 if self.metrics is not None:
                     self.metrics.decode_chunk(self.name, busy)
+                    self.metrics.compiled.set(compile_count())
                 for row, ids, logprobs, hit_eos in ended:
                     job = row.tag
                     reason = "stop" if hit_eos or len(ids) < job.max_tokens else "length"
                     job.loop.call_soon_threadsafe(_resolve, job.future, Generation(
                         ids, logprobs, len(job.prompt), reason, time.perf_counter() - job.started))
-                for job, ids in scheduler.tokens_so_far().items():
-                    if job.on_tokens is not None and not job.cancelled:
-                        job.loop.call_soon_threadsafe(job.on_tokens, ids)
+                if any(r is not None and r.tag.on_tokens is not None for r in scheduler.slots):
+                    for job, ids in scheduler.tokens_so_far().items():
+                        if job.on_tokens is not None and not job.cancelled:
+                            job.loop.call_soon_threadsafe(job.on_tokens, ids)
         except BaseException as err:  # noqa: BLE001 - every waiting request hears of it
             self.error = err
             for job in list(waiting) + self._drain():

@@ -106,8 +106,9 @@ class ChatService:
 
     # ------------------------------------------------------------------ validation
 
-    def validate(self, request: ChatCompletionRequest) -> tuple[str, int]:
-        """(the question, the max_tokens budget), or APIError 400 naming the field."""
+    def validate(self, request: ChatCompletionRequest) -> tuple[str, int, dict]:
+        """(the question, the max_tokens budget, role -> prompt token ids or None), or APIError 400
+        naming the field."""
         limits = self.config.limits
         if request.model not in SERVED_MODELS:
             raise bad_request("model", f"model: expected one of {list(SERVED_MODELS)}, found "
@@ -122,13 +123,14 @@ class ChatService:
         if len(question) > limits.max_question_chars:
             raise bad_request("messages", f"messages: the question has {len(question)} characters, more "
                               f"than the {limits.max_question_chars} allowed", code="context_length_exceeded")
+        prompts = {}
         for role in roles:
-            ids = self.answerers[role].prompt_ids(question)
+            ids = prompts[role] = self.answerers[role].prompt_ids(question)
             most_prompt = self.config[role].get("max_prompt_tokens", 0)
             if ids is not None and len(ids) > most_prompt:
                 raise bad_request("messages", f"messages: the prompt is {len(ids)} tokens for the {role}, "
                                   f"more than the {most_prompt} allowed", code="context_length_exceeded")
-        return question, budget
+        return question, budget, prompts
 
     # ------------------------------------------------------------------ answering
 
@@ -137,7 +139,7 @@ class ChatService:
         """Answers `request` (validated here); `on_text` receives the growing reply text of the
         answering model (for `corea`, the SLM's only once kept: its confidence comes last).
         rid: the request's id (the response's and the log line's); a new one by default."""
-        question, budget = self.validate(request)
+        question, budget, prompts = self.validate(request)
         started, rid, model = time.perf_counter(), rid or new_id(), request.model
         line = dict(request_id=rid, served_model=model, client=client, created=now(),
                     question=question if self.config.log_questions else None, tau=None, deferred=None,
@@ -146,7 +148,7 @@ class ChatService:
         first = "llm" if model == "corea-llm" else "slm"
         try:
             reply, finish = await self.answerers[first].answer(
-                question, budget, request.stop, None if model == "corea" else on_text)
+                question, budget, request.stop, None if model == "corea" else on_text, prompt=prompts[first])
         except asyncio.CancelledError:
             self._abandoned(item, first, line, started)
             raise
@@ -163,8 +165,8 @@ class ChatService:
             line.update(tau=self.tau if math.isfinite(self.tau) else None, deferred=deferred, audit=self._random.random() < self.config.shadow_rate)
             if deferred:
                 try:
-                    llm_reply, llm_finish = await self.answerers["llm"].answer(question, budget, request.stop,
-                                                                               on_text)
+                    llm_reply, llm_finish = await self.answerers["llm"].answer(
+                        question, budget, request.stop, on_text, prompt=prompts["llm"])
                 except asyncio.CancelledError:
                     self._abandoned(item, "llm", line, started, head)
                     raise
@@ -181,12 +183,12 @@ class ChatService:
                     line["agree"] = self._agree(reply.response, reply.answer, llm_reply)
             if answered_by == "slm" and on_text is not None:
                 on_text(text)
-        line.update(answered_by=answered_by, finish_reason=finish)
+        shadow = bool(line["audit"] and not line["deferred"])  # kept and audited: the LLM answers too
+        line.update(answered_by=answered_by, finish_reason=finish, shadow=shadow)
         record = {**head, **line}
         costs = self._costs(record)
         outcome = self._outcome(rid, model, text, finish, record, costs)
-        if line["audit"] and not line["deferred"]:
-            line["shadow"] = record["shadow"] = True
+        if shadow:
             record["latency_s"] = round(time.perf_counter() - started, 4)  # the answer's, not the shadow's
             self._spawn(self._shadow(item, record, budget, started))
         else:

@@ -56,6 +56,8 @@ class ServerMetrics:
                                    ["engine"], buckets=OCCUPANCY_BUCKETS, registry=r)
         self.cancelled = Counter("corea_cancelled", "Rows freed because their client went away.",
                                  ["engine"], registry=r)
+        self.compiled = Gauge("corea_compiled_programs", "Generation programs compiled so far (a new batch "
+                              "or prompt shape compiles once).", registry=r)
         self.rate_limited = Counter("corea_rate_limited", "Requests refused with 429.", registry=r)
         self._lock = threading.Lock()
         self._latencies: collections.deque[float] = collections.deque(maxlen=window)
