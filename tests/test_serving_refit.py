@@ -84,3 +84,20 @@ def test_too_few_requests_and_unknown_rules_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"^rule: expected one of"):
         refit(tmp_path, "median")
     assert not (tmp_path / "threshold.json").exists()
+
+
+def test_launch_refit_writes_the_threshold_and_names_a_missing_field(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    _write(tmp_path / "records.jsonl", [_line(i, i / 10) for i in range(10)])
+    run = lambda *flags: subprocess.run([sys.executable, "-m", "launch.refit", f"--workdir={tmp_path}", *flags],  # noqa: E731
+                                        cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = run("--rule=usage", "--target_usage=0.3", "--min_items=5")
+    assert done.returncode == 0, done.stderr[-1000:]
+    assert "tau = 0.3000 by the usage rule on 10 logged requests" in done.stdout
+    assert read_threshold(tmp_path)["tau"] == 0.3
+    refused = run("--rule=risk", "--min_items=5")
+    assert refused.returncode != 0 and "min_items: 0 audited corea requests" in refused.stderr
