@@ -22,6 +22,8 @@ import os
 import shutil
 from pathlib import Path
 
+from corea_jax.reproduction.stages import plain
+
 SHIPPED = Path(__file__).parent / "base_models"
 MANIFEST = "manifest.json"
 ROLES = ("slm", "llm")
@@ -30,13 +32,9 @@ RECIPE_FIELDS = ("base_seed", "task", "tokenizer", "slm", "llm", "sft") + tuple(
     f"{role}_sft_{field}" for role in ("slm", "llm") for field in ("steps", "learning_rate", "confidences", "batch"))
 
 
-def _plain(value):
-    return json.loads(value.to_json_best_effort()) if hasattr(value, "to_json_best_effort") else value
-
-
 def recipe(config) -> dict:
     """The JSON-able recipe of the base models under `config` (tuples as lists)."""
-    return json.loads(json.dumps({field: _plain(config[field]) for field in RECIPE_FIELDS}))
+    return json.loads(json.dumps({field: plain(config[field]) for field in RECIPE_FIELDS}))
 
 
 def _first_difference(expected, found, path: str) -> str | None:

@@ -35,12 +35,7 @@ from corea_jax.parallel.machine import cpu_model
 from corea_jax.reproduction import base_models, cascade_stages
 from corea_jax.reproduction import models as models_lib
 from corea_jax.reproduction import report as report_lib
-from corea_jax.reproduction.stages import Stage, run_stage
-
-
-def _plain(value):
-    """ConfigDict / FieldReference -> JSON-able dicts and lists (the stage inputs)."""
-    return json.loads(value.to_json_best_effort()) if hasattr(value, "to_json_best_effort") else value
+from corea_jax.reproduction.stages import Stage, plain, read_marker, run_stage
 
 
 def build_task(config, out: Path) -> None:
@@ -102,17 +97,17 @@ def train_stage(workdir: Path, name: str, config, overrides: dict, *, model_dir:
         finally:
             bar.close()
 
-    return run_stage(workdir, name, dict(inputs, overrides=_plain(overrides)), build, log=log)
+    return run_stage(workdir, name, dict(inputs, overrides=plain(overrides)), build, log=log)
 
 
 def _sft_stages(config, workdir: Path, role: str, stages: dict[str, Stage], log) -> dict[str, Stage]:
     """<role>_init (random weights) and <role>_sft (the trainer's SFT from them)."""
     arch = config[role]
     init = run_stage(workdir, f"{role}_init",
-                     {"tokenizer": stages["tokenizer"].key, "arch": _plain(arch), "seed": config.base_seed},
+                     {"tokenizer": stages["tokenizer"].key, "arch": plain(arch), "seed": config.base_seed},
                      lambda out: models_lib.init_model_dir(arch, stages["tokenizer"].path, out, config.base_seed),
                      log=log)
-    overrides = dict(_plain(config.sft), total_steps=config[f"{role}_sft_steps"])
+    overrides = dict(plain(config.sft), total_steps=config[f"{role}_sft_steps"])
     overrides["optim"] = dict(overrides.get("optim", {}), learning_rate=config[f"{role}_sft_learning_rate"])
     overrides["sft"] = dict(overrides.get("sft", {}), confidence_choices=list(config[f"{role}_sft_confidences"]))
     batch = config[f"{role}_sft_batch"]
@@ -129,7 +124,7 @@ def _shipped_stages(config, workdir: Path, log) -> dict[str, Stage]:
     """slm_sft and llm_sft as copies of the shipped base models (their recipe checked first)."""
     manifest = base_models.load_manifest()
     base_models.check_recipe(config, manifest)
-    key = _plain({"shipped": {role: manifest["files"][f"{role}/model.safetensors"] for role in base_models.ROLES}})
+    key = {"shipped": {role: manifest["files"][f"{role}/model.safetensors"] for role in base_models.ROLES}}
     return {f"{role}_sft": run_stage(workdir, f"{role}_sft", dict(key, role=role),
                                      lambda out, role=role: base_models.install(role, out), log=log)
             for role in base_models.ROLES}
@@ -139,12 +134,12 @@ def train_models(config, workdir: Path, *, log: Callable[[str], None] = print) -
     """Stages task .. slm_brier; returns every stage by name. The base models (slm_sft,
     llm_sft) are the shipped ones unless config.from_scratch; the RL runs use config.seed."""
     stages: dict[str, Stage] = {}
-    stages["task"] = run_stage(workdir, "task", {"seed": config.base_seed, "task": _plain(config.task)},
+    stages["task"] = run_stage(workdir, "task", {"seed": config.base_seed, "task": plain(config.task)},
                                lambda out: build_task(config, out), log=log)
     task_dir = stages["task"].path
     if config.from_scratch:
         stages["tokenizer"] = run_stage(
-            workdir, "tokenizer", {"task": stages["task"].key, "tokenizer": _plain(config.tokenizer)},
+            workdir, "tokenizer", {"task": stages["task"].key, "tokenizer": plain(config.tokenizer)},
             lambda out: build_tokenizer(config, task_dir, out), log=log)
         for role in base_models.ROLES:
             stages.update(_sft_stages(config, workdir, role, stages, log))
@@ -152,7 +147,7 @@ def train_models(config, workdir: Path, *, log: Callable[[str], None] = print) -
         stages.update(_shipped_stages(config, workdir, log))
     sft = stages["slm_sft"]
     for run, preset in config.rl_runs.items():
-        overrides = _plain(config.rl)
+        overrides = plain(config.rl)
         overrides["reward"] = dict(overrides.get("reward", {}), preset=preset)
         stages[f"slm_{run}"] = train_stage(
             workdir, f"slm_{run}", config, overrides, model_dir=sft.path / "hf", task_dir=task_dir,
@@ -164,7 +159,7 @@ def evaluate_models(config, workdir: Path, stages: dict[str, Stage], *,
                     log: Callable[[str], None] = print) -> dict[str, Stage]:
     """Stages llm_answers and cascade_<run> for every SLM (SFT and the RL runs)."""
     task_dir, llm_dir = stages["task"].path, stages["llm_sft"].path / "hf"
-    cascade_inputs = {"task": stages["task"].key, "cascade": _plain(config.cascade), "seed": config.seed,
+    cascade_inputs = {"task": stages["task"].key, "cascade": plain(config.cascade), "seed": config.seed,
                       "prompt": config.task.prompt, "max_new_tokens": config.task.max_new_tokens}
     slms = {"sft": stages["slm_sft"], **{run: stages[f"slm_{run}"] for run in config.rl_runs}}
     out: dict[str, Stage] = {}
@@ -211,8 +206,7 @@ def export_base_models(config, workdir: str | Path, dest: Path = base_models.SHI
     workdir = Path(workdir)
     correct = {"slm": base_models.correct_bits(workdir / "cascade_sft" / cascade_stages.RECORDS, "slm"),
                "llm": base_models.correct_bits(workdir / "llm_answers" / cascade_stages.RECORDS, "llm")}
-    seconds = {f"{role}_sft": json.loads((workdir / f"{role}_sft" / "stage.json").read_text())["seconds"]
-               for role in base_models.ROLES}
+    seconds = {f"{role}_sft": read_marker(workdir / f"{role}_sft")["seconds"] for role in base_models.ROLES}
     return base_models.export(config, {role: workdir / f"{role}_sft" / "hf" for role in base_models.ROLES},
                               correct, workdir / "task", seconds, dest, cpu=cpu)
 

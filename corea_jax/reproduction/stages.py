@@ -22,6 +22,11 @@ from typing import Any, Callable
 MARKER = "stage.json"
 
 
+def plain(value):
+    """ConfigDict / FieldReference -> JSON-able dicts and lists (what stage inputs hold)."""
+    return json.loads(value.to_json_best_effort()) if hasattr(value, "to_json_best_effort") else value
+
+
 def fingerprint(inputs: Any) -> str:
     """A short, stable hash of a JSON-able value (dict keys sorted)."""
     text = json.dumps(inputs, sort_keys=True, default=str)
