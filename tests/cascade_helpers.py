@@ -3,14 +3,9 @@ a chat template, and random qwen2 weights (so nothing is downloaded)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from tests.helpers import REPO, save_random_hf_model
-
-SHARED_DATA = Path(os.environ.get("COREA_SHARED_DATA", REPO.parent / "shared" / "data"))
-if not SHARED_DATA.exists() and Path("/work/shared/data").exists():  # a git worktree
-    SHARED_DATA = Path("/work/shared/data")
+from tests.helpers import SHARED_DATA, save_random_hf_model  # noqa: F401 (SHARED_DATA re-exported)
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")

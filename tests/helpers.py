@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# GSM8K / MATH500 beside the checkout; $COREA_SHARED_DATA or /work/shared/data for a clone elsewhere
+SHARED_DATA = Path(os.environ.get("COREA_SHARED_DATA", REPO.parent / "shared" / "data"))
+if not SHARED_DATA.exists() and Path("/work/shared/data").exists():
+    SHARED_DATA = Path("/work/shared/data")
 
 
 def tiny_hf_config(kind: str, **overrides):
