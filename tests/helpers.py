@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-# GSM8K / MATH500 beside the checkout; $COREA_SHARED_DATA or /work/shared/data for a clone elsewhere
+# GSM8K / MATH500: ../shared/data beside the checkout, or $COREA_SHARED_DATA (.ci/run sets it
+# for a clone elsewhere); the same directory the library's dataset names resolve in.
 SHARED_DATA = Path(os.environ.get("COREA_SHARED_DATA", REPO.parent / "shared" / "data"))
-if not SHARED_DATA.exists() and Path("/work/shared/data").exists():
-    SHARED_DATA = Path("/work/shared/data")
 
 
 def tiny_hf_config(kind: str, **overrides):

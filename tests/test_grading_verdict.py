@@ -2,15 +2,15 @@
 
 import json
 from functools import lru_cache
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from corea_jax import grading
+from tests.helpers import SHARED_DATA
 
-DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
+DATA = SHARED_DATA
 
 
 @lru_cache(maxsize=None)
