@@ -109,3 +109,20 @@ def test_bad_task_fields_are_named(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         chains.make_splits(args.pop("sizes"), **args)
+
+
+def test_subset_by_digits_keeps_the_asked_mix_without_repeating_rows():
+    rows = [{"id": i, "digits": 1 if i % 10 < 6 else 2} for i in range(1000)]  # 600 / 400
+    subset = chains.subset_by_digits(rows, (0.8, 0.2))
+    ids = [r["id"] for r in subset]
+    assert len(ids) == len(set(ids)) == 750  # all 600 one-digit rows and 150 two-digit ones
+    assert sum(r["digits"] == 1 for r in subset) == 600
+    assert ids == sorted(ids)  # train order kept, so the same rows on every machine
+    assert [r["id"] for r in chains.subset_by_digits(rows, (0.6, 0.4))] == list(range(1000))
+    assert all(r["digits"] == 1 for r in chains.subset_by_digits(rows, (1.0, 0.0)))
+
+
+@pytest.mark.parametrize("shares", [(0.5, 0.6), (1.2, -0.2)])
+def test_subset_by_digits_names_the_field(shares):
+    with pytest.raises(ValueError, match="config.slm_sft_digit_shares"):
+        chains.subset_by_digits([{"digits": 1}], shares, "config.slm_sft_digit_shares")

@@ -168,6 +168,23 @@ def make_splits(sizes: dict[str, int], seed: int, *, max_ops: int, max_digits: i
     return out
 
 
+def subset_by_digits(rows: list[dict], shares, field: str = "digit_shares") -> list[dict]:
+    """The largest prefix-per-length subset of `rows` (dicts with a "digits" field, in their
+    order) whose operand lengths 1..len(shares) come in the proportions `shares`: a model's
+    own training mix drawn from a shared train split, without repeating any row. `field`
+    names the config field in errors."""
+    shares = tuple(shares)
+    if any(not 0 <= x <= 1 for x in shares) or abs(sum(shares) - 1) > 1e-6:
+        raise ValueError(f"{field}: expected probabilities (one per operand length) summing to 1, found {shares!r}")
+    by_length = {d: [r for r in rows if r["digits"] == d] for d in range(1, len(shares) + 1)}
+    total = min(len(by_length[d]) / share for d, share in enumerate(shares, start=1) if share > 0)
+    keep = {d: by_length[d][:int(round(total * share))] for d, share in enumerate(shares, start=1)}
+    if not any(keep.values()):
+        raise ValueError(f"{field}: no train row has an operand length with a share above 0 ({shares!r})")
+    kept = {id(r) for rs in keep.values() for r in rs}
+    return [r for r in rows if id(r) in kept]
+
+
 def write_jsonl(problems: Iterable[ChainProblem], path: str | os.PathLike) -> Path:
     """One JSON object per problem (id "<file stem>-<index>", question, answer = the gold
     solution, num_ops, digits); written to a temporary file and renamed, so a reader never

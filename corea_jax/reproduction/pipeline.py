@@ -84,19 +84,30 @@ def _progress_log(total: int, desc: str) -> tuple[Callable[[str], None], tqdm]:
 
 
 def train_stage(workdir: Path, name: str, config, overrides: dict, *, model_dir: Path, task_dir: Path,
-                inputs: dict, seed: int, log: Callable[[str], None]) -> Stage:
-    """A trainer run (`corea_jax.rl.trainer.train`) as a stage; its model is `<stage>/hf`."""
+                inputs: dict, seed: int, log: Callable[[str], None], digit_shares=None,
+                shares_field: str = "digit_shares") -> Stage:
+    """A trainer run (`corea_jax.rl.trainer.train`) as a stage; its model is `<stage>/hf`. With
+    `digit_shares` it trains on the subset of the task's train split with that mix of operand
+    lengths (`chains.subset_by_digits`, written to `<stage>/train.jsonl`)."""
     from corea_jax.rl import trainer
 
     def build(out: Path) -> None:
-        tc = models_lib.trainer_config(config, overrides, model_dir=model_dir,
-                                       train_file=task_dir / "train.jsonl", seed=seed)
+        train_file = task_dir / "train.jsonl"
+        if digit_shares is not None:
+            rows = chains.subset_by_digits(read_split(task_dir, "train"), digit_shares, shares_field)
+            train_file = out / "train.jsonl"
+            tmp = train_file.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            tmp.replace(train_file)
+        tc = models_lib.trainer_config(config, overrides, model_dir=model_dir, train_file=train_file, seed=seed)
         step_log, bar = _progress_log(tc.total_steps, name)
         try:
             trainer.train(tc, out, log=step_log)
         finally:
             bar.close()
 
+    if digit_shares is not None:
+        inputs = dict(inputs, digit_shares=list(digit_shares))
     return run_stage(workdir, name, dict(inputs, overrides=plain(overrides)), build, log=log)
 
 
@@ -116,7 +127,8 @@ def _sft_stages(config, workdir: Path, role: str, stages: dict[str, Stage], log)
     sft = train_stage(workdir, f"{role}_sft", config, overrides, model_dir=init.path,
                       task_dir=stages["task"].path,
                       inputs={"init": init.key, "task": stages["task"].key, "seed": config.base_seed},
-                      seed=config.base_seed, log=log)
+                      seed=config.base_seed, log=log, digit_shares=config.get(f"{role}_sft_digit_shares"),
+                      shares_field=f"config.{role}_sft_digit_shares")
     return {f"{role}_init": init, f"{role}_sft": sft}
 
 
