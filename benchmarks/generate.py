@@ -278,6 +278,11 @@ def main(argv):
     del argv
     import jax
 
+    from benchmarks import peaks as peaks_lib
+
+    header = peaks_lib.machine_header() if jax.devices()[0].platform == "cpu" else None
+    if header:
+        print(peaks_lib.format_header(header), flush=True)
     if _WORKLOAD.value in ("gsm8k", "grpo"):
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
               f"jax {jax.__version__} on {jax.devices()[0].platform}, model {_MODEL.value}")
@@ -285,7 +290,7 @@ def main(argv):
         if _OUT.value:
             Path(_OUT.value).parent.mkdir(parents=True, exist_ok=True)
             Path(_OUT.value).write_text(json.dumps(
-                {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
+                {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "machine": header,
                  "model": _MODEL.value, "rows": rows}, indent=2))
         return
 
@@ -336,7 +341,7 @@ def main(argv):
         Path(_OUT.value).write_text(json.dumps(
             {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
              "scan_layers": _SCAN_LAYERS.value,
-             "model": _ARCHITECTURE.value or _MODEL.value, "peaks": peaks, "rows": rows}, indent=2))
+             "model": _ARCHITECTURE.value or _MODEL.value, "peaks": peaks, "machine": header, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from benchmarks.peaks import dot_gflops
+from benchmarks.peaks import dot_gflops, format_header, machine_header
 
 _MODEL = flags.DEFINE_string("model", "smollm2-135m-instruct", "fetch registry name")
 _PROMPTS = flags.DEFINE_integer("prompts", 8, "prompts per step")
@@ -170,6 +170,8 @@ def main(argv):
     import corea_jax
     from corea_jax.models import fetch
 
+    header = machine_header()
+    print(format_header(header), flush=True)
     peaks = {"dot_gflops_float32": dot_gflops("float32")}
     peak = peaks["dot_gflops_float32"] * 1e9
     model_dir = fetch.fetch_model(_MODEL.value, fetch.default_model_dir(_MODEL.value))
@@ -199,7 +201,7 @@ def main(argv):
         print(f"speed-up corea_jax / TRL: {trl['time_step'] / corea['time_step']:.2f}x "
               f"(TRL step times {[round(t, 1) for t in trl['step_times']]})")
     if _OUT.value:
-        out = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), **peaks},
+        out = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), **peaks, **header},
                "settings": {"model": _MODEL.value, "prompts": _PROMPTS.value, "group": _GROUP.value,
                             "new_tokens": _NEW_TOKENS.value, "max_prompt": _MAX_PROMPT.value,
                             "micro_batch": _MICRO.value, "jax": jax.__version__},
