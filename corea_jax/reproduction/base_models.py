@@ -29,7 +29,7 @@ MANIFEST = "manifest.json"
 ROLES = ("slm", "llm")
 # The config fields that decide the base models (everything upstream of RL).
 RECIPE_FIELDS = ("base_seed", "task", "tokenizer", "slm", "llm", "sft") + tuple(
-    f"{role}_sft_{field}" for role in ("slm", "llm") for field in ("steps", "learning_rate", "confidences", "batch"))
+    f"{role}_sft_{field}" for role in ("slm", "llm") for field in ("steps", "learning_rate", "confidences", "batch", "digit_shares"))
 
 
 def recipe(config) -> dict:
