@@ -87,7 +87,7 @@ class CostModel:
             return "measured wall seconds of each call (a batch's time shared among its items)"
         if self.name == "price":
             return "USD: prompt tokens x input price + generated tokens x output price (per 1M tokens, from the config)"
-        counted = [f"{m} {self.head_params[m] / 1e6:.1f}M" for m in models if self.head_params.get(m)]
+        counted = [f"{m} {_millions(self.head_params[m])}" for m in models if self.head_params.get(m)]
         missing = [m for m in models if not self.head_params.get(m)]
         text = ("FLOPs = 2 x non-embedding parameters x (prompt + generated tokens) + 2 x LM-head "
                 "parameters (hidden x vocab) x generated tokens (weight matmuls; attention scores "
@@ -116,3 +116,8 @@ def format_cost(value: float | None, unit: str) -> str:
     if unit == "USD":
         return f"${value:.4g}"
     return f"{value:.2f} s"
+
+
+def _millions(n: float) -> str:
+    """136.1M, or 20.5k below 0.1M (the toy's LM heads)."""
+    return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"

@@ -106,7 +106,10 @@ def _reliability_panel(ax, conf: np.ndarray, correct: np.ndarray, title: str, n_
            label="gap to mean confidence")
     ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=1.2, label="perfect calibration")
     for x, n, acc in zip(centers[full], bins.count[full], bins.accuracy[full]):
-        ax.annotate(f"n={int(n)}", (x, 0.02), ha="center", fontsize=7, rotation=90, color="white")
+        # inside a bar tall enough for it, else just above the bar in black
+        inside = acc >= 0.15
+        ax.annotate(f"n={int(n)}", (x, 0.02 if inside else acc + 0.02), ha="center", va="bottom", fontsize=7,
+                    rotation=90, color="white" if inside else "black")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="stated confidence", ylabel="accuracy")
     ax.set_title(f"{title}\nECE {metrics.ece(conf, correct, n_bins):.3f}, "
                  f"AUROC {metrics.auroc(conf, correct):.3f}, accuracy {np.mean(correct):.1%}", fontsize=10)
