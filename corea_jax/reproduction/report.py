@@ -299,7 +299,10 @@ def summarize_seeds(reports: dict[str, dict]) -> str:
             return "-"
         return f"{fmt.format(np.mean(values))} [{fmt.format(min(values))}, {fmt.format(max(values))}]"
 
-    lines = [f"Mean [min, max] over {len(labels)} runs ({', '.join(labels)}).", "",
+    cpus = sorted({r["provenance"].split("CPU: ", 1)[1] for r in reports.values()
+                   if "CPU: " in r.get("provenance", "")})
+    where = f" CPU: {'; '.join(cpus)}." if cpus else ""
+    lines = [f"Mean [min, max] over {len(labels)} runs ({', '.join(labels)}).{where}", "",
              "| system | pass@1 | cost / LLM | ECE | AUROC |", "|---|---|---|---|---|"]
     for name in systems:
         rows = [r["systems"][name] for r in reports.values()]
