@@ -87,3 +87,14 @@ def test_launch_reproduce_names_a_bad_task_field_without_a_traceback(tmp_path):
     assert "task.max_ops: expected 1 <= max_ops < 26, found 0" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "task").exists()
+
+
+def test_summary_over_runs_names_the_cpu_and_every_claim(quick_run):
+    from corea_jax.parallel.machine import cpu_model
+    from corea_jax.reproduction.report import claims, summarize_seeds
+
+    _, report, _ = quick_run
+    text = summarize_seeds({"seed0": report, "seed1": report})
+    assert text.startswith(f"Mean [min, max] over 2 runs (seed0, seed1). CPU: {cpu_model()}.")
+    for row in claims(report["systems"]):
+        assert f"| {row['claim']} |" in text
