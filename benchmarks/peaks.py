@@ -6,14 +6,18 @@ from __future__ import annotations
 import time
 
 
-def best_seconds(fn, *args, repeats: int = 5) -> float:
-    import jax
+def best_seconds(fn, *args, repeats: int = 5, wait=None) -> float:
+    """Best of `repeats` timed calls after one warm-up; `wait` blocks on the result (JAX's
+    `block_until_ready` by default; a synchronous library passes `lambda x: x`)."""
+    if wait is None:
+        import jax
 
-    jax.block_until_ready(fn(*args))
+        wait = jax.block_until_ready
+    wait(fn(*args))
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
+        wait(fn(*args))
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -26,12 +30,8 @@ def _on_gpu() -> bool:
 
 def dot_gflops(dtype: str) -> float:
     """Best-of-5 GFLOP/s of an n^3 `jnp.dot` in `dtype` (n = 8192 on a GPU, else 2048)."""
-    import jax
-    import jax.numpy as jnp
-
     n = 8192 if _on_gpu() else 2048
-    a = jnp.ones((n, n), dtype)
-    return 2 * n**3 / best_seconds(jax.jit(jnp.dot), a, a) / 1e9
+    return xla_matmul_gflops(n, n, n, dtype)
 
 
 def memory_gbps() -> float:
@@ -65,14 +65,9 @@ def torch_matmul_gflops(m: int, k: int, n: int, dtype: str) -> float | None:
         return None
     a = torch.ones((m, k), dtype=getattr(torch, dtype))
     b = torch.ones((k, n), dtype=getattr(torch, dtype))
-    best = float("inf")
     with torch.inference_mode():
-        torch.matmul(a, b)
-        for _ in range(20 if m < 256 else 5):
-            start = time.perf_counter()
-            torch.matmul(a, b)
-            best = min(best, time.perf_counter() - start)
-    return 2 * m * k * n / best / 1e9
+        seconds = best_seconds(torch.matmul, a, b, repeats=20 if m < 256 else 5, wait=lambda x: x)
+    return 2 * m * k * n / seconds / 1e9
 
 
 def machine_header() -> dict:

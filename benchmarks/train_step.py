@@ -27,7 +27,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from benchmarks.peaks import dot_gflops, format_header, machine_header
+from benchmarks.peaks import format_header, machine_header
 
 _MODEL = flags.DEFINE_string("model", "smollm2-135m-instruct", "fetch registry name")
 _PROMPTS = flags.DEFINE_integer("prompts", 8, "prompts per step")
@@ -172,7 +172,7 @@ def main(argv):
 
     header = machine_header()
     print(format_header(header), flush=True)
-    peaks = {"dot_gflops_float32": dot_gflops("float32")}
+    peaks = {"dot_gflops_float32": header["xla_float32_square_gflops"]}
     peak = peaks["dot_gflops_float32"] * 1e9
     model_dir = fetch.fetch_model(_MODEL.value, fetch.default_model_dir(_MODEL.value))
     tokenizer = corea_jax.load_model(model_dir).tokenizer

@@ -95,10 +95,8 @@ def train_stage(workdir: Path, name: str, config, overrides: dict, *, model_dir:
         train_file = task_dir / "train.jsonl"
         if digit_shares is not None:
             rows = chains.subset_by_digits(read_split(task_dir, "train"), digit_shares, shares_field)
-            train_file = out / "train.jsonl"
-            tmp = train_file.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            tmp.replace(train_file)
+            train_file = out / "train.jsonl"  # in the stage's partial directory: atomic with it
+            train_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
         tc = models_lib.trainer_config(config, overrides, model_dir=model_dir, train_file=train_file, seed=seed)
         step_log, bar = _progress_log(tc.total_steps, name)
         try:
