@@ -346,9 +346,17 @@ def test_missing_local_path_is_not_mistaken_for_a_hub_id(tmp_path):
 
 
 def test_bad_dtype_names_choices(tiny_dir):
-    with pytest.raises(ValueError, match=r"dtype: expected one of \('float32', 'bfloat16', 'float16'\), "
-                                         r"found 'float64'"):
+    with pytest.raises(ValueError, match=r"dtype: expected one of \('float32', 'bfloat16', 'float16', "
+                                         r"'auto'\), found 'float64'"):
         corea_jax.load_model(tiny_dir, dtype="float64")
+
+
+def test_auto_dtype_loads_the_hosts_fastest(tiny_dir):
+    from corea_jax.parallel import machine
+
+    model = corea_jax.load_model(tiny_dir, dtype="auto")
+    assert model.config.dtype == machine.fastest_dtype().dtype
+    assert model.params["embed_tokens"]["embedding"].dtype == model.config.jnp_param_dtype
 
 
 @pytest.fixture(scope="module")

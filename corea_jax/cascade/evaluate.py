@@ -26,6 +26,7 @@ from typing import Any
 from corea_jax.cascade import backends as backends_lib
 from corea_jax.cascade import datasets, records as records_lib
 from corea_jax.cascade.costs import CostModel
+from corea_jax.parallel import machine
 
 LLM_ON = ("all", "deferred")
 BACKENDS = ("local", "http")
@@ -186,6 +187,8 @@ def fingerprint(config, role: str) -> dict:
     spec = config[role]
     out = {f"{role}.name": spec.name}
     out.update({f"{role}.{key}": _field(spec, key, default) for key, default in _ANSWER_FIELDS})
+    if out[f"{role}.backend"] == "local":  # "auto" as the dtype this host resolves it to
+        out[f"{role}.dtype"] = machine.resolve_dtype(out[f"{role}.dtype"])
     if out[f"{role}.backend"] == "http":
         out.update({f"{role}.http.{key}": spec.http[key] for key in ("base_url", "model", "logprobs")})
     else:

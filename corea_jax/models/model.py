@@ -22,6 +22,7 @@ import numpy as np
 from corea_jax.models import checkpoint
 from corea_jax.models.config import ModelConfig, SUPPORTED_DTYPES
 from corea_jax.models.decoder import Decoder, KVCache, cache_logical_axes, init_cache, positions_from_mask
+from corea_jax.parallel import machine
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
@@ -169,7 +170,10 @@ def load_model(path: str | os.PathLike, *, dtype: str = "float32", mesh=None,
 
     Args:
       path: directory with config.json + safetensors, a .gguf file, or a hub id.
-      dtype: parameter and compute dtype, one of "float32", "bfloat16", "float16".
+      dtype: parameter and compute dtype, one of "float32", "bfloat16", "float16", or
+        "auto": the fastest on this host (`parallel.machine.fastest_dtype`: bfloat16 on GPU
+        and TPU; on CPU measured at the first call, float32 on the CPUs measured so far),
+        logged. The default stays float32, the dtype of the parity tests and reproductions.
       mesh: optional `jax.sharding.Mesh` with axes (data, fsdp, tensor); params are placed
         with the sharding rules of `corea_jax.parallel.sharding`.
       scan_layers: the parameter layout (`ModelConfig.scan_layers`). False: one parameter
@@ -179,8 +183,9 @@ def load_model(path: str | os.PathLike, *, dtype: str = "float32", mesh=None,
     """
     if scan_layers is None:
         scan_layers = decoding_scan_layers(mesh)
-    if dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"dtype: expected one of {SUPPORTED_DTYPES}, found {dtype!r}")
+    if dtype not in SUPPORTED_DTYPES + ("auto",):
+        raise ValueError(f"dtype: expected one of {SUPPORTED_DTYPES + ('auto',)}, found {dtype!r}")
+    dtype = machine.resolve_dtype(dtype)
     resolved = _resolve(path)
     if resolved.is_file():
         if resolved.suffix == ".gguf":
