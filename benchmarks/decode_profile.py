@@ -1,7 +1,7 @@
 """Where one decode step's time goes: XLA's own per-op trace, grouped by what each op computes.
 
   python -m benchmarks.decode_profile [--architecture=qwen2.5-0.5b-instruct] [--batch=32]
-      [--cache_length=256] [--dtype=float32] [--scan_layers=false]
+      [--cache_length=256] [--dtype=float32] [--scan_layers=false] [--feature_major]
 
 Random weights of a corea_jax.models.architectures shape (the time does not depend on the
 values). One decode step is `Decoder.apply` on one new token per row with a KV cache of
@@ -29,6 +29,8 @@ _BATCH = flags.DEFINE_integer("batch", 32, "rows")
 _CACHE_LENGTH = flags.DEFINE_integer("cache_length", 256, "KV-cache slots per row")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "parameter and compute dtype")
 _SCAN_LAYERS = flags.DEFINE_bool("scan_layers", False, "stacked layers run by one scan")
+_FEATURE_MAJOR = flags.DEFINE_bool("feature_major", None, "[out, in] MLP and LM-head kernels, the rows "
+                                   "minor (default: the decoding layout, `decoding_feature_major`)")
 _STEPS = flags.DEFINE_integer("steps", 3, "profiled steps")
 _TOP = flags.DEFINE_integer("top", 15, "rows of the table")
 
@@ -70,9 +72,11 @@ def main(argv):
     from corea_jax.generation import sampling
     from corea_jax.models.architectures import architecture
     from corea_jax.models.decoder import Decoder, init_cache
-    from corea_jax.models.model import init_params
+    from corea_jax.models.model import decoding_feature_major, init_params
 
     cfg = architecture(_ARCHITECTURE.value, dtype=_DTYPE.value).replace(scan_layers=_SCAN_LAYERS.value)
+    fm = _FEATURE_MAJOR.value
+    cfg = cfg.replace(feature_major=decoding_feature_major(cfg, None) if fm is None else fm)
     b, s = _BATCH.value, _CACHE_LENGTH.value
     params = init_params(cfg, jax.random.key(0))
     cache = init_cache(cfg, b, s)
@@ -113,7 +117,7 @@ def main(argv):
                     count[kinds[event.name]] += 1
     steps = _STEPS.value
     print(f"{_ARCHITECTURE.value} {cfg.dtype} batch {b}, cache {s} slots, "
-          f"scan_layers={cfg.scan_layers}: decode step {wall * 1e3:.1f} ms (best of 3)")
+          f"scan_layers={cfg.scan_layers}, feature_major={cfg.feature_major}: decode step {wall * 1e3:.1f} ms (best of 3)")
     print(f"{'ms/step':>8} {'ops/step':>8}  kind")
     for kind, ns in total.most_common(_TOP.value):
         print(f"{ns / steps / 1e6:8.1f} {count[kind] // steps:8d}  {kind}")

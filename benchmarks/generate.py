@@ -41,6 +41,8 @@ _ARCHITECTURE = flags.DEFINE_string("architecture", None,
 _SCAN_LAYERS = flags.DEFINE_bool("scan_layers", False,
                                   "corea_jax parameter layout: stacked layers run by one scan "
                                   "(the training layout) instead of one parameter set per layer")
+_FEATURE_MAJOR = flags.DEFINE_bool("feature_major", None, "[out, in] MLP and LM-head kernels, the rows "
+                                   "minor (default: the decoding layout, `decoding_feature_major`)")
 _SKIP_HF = flags.DEFINE_bool("skip_hf", False, "measure corea_jax only")
 _OUT = flags.DEFINE_string("out", None, "write the results as JSON here")
 _WORKLOAD = flags.DEFINE_enum("workload", "forced", ["forced", "gsm8k", "grpo"],
@@ -110,11 +112,16 @@ def load_models(dtype: str):
         from corea_jax.models.architectures import architecture
         from corea_jax.models.model import init_params
 
+        from corea_jax.models.model import decoding_feature_major
+
         config = architecture(_ARCHITECTURE.value, dtype=dtype).replace(scan_layers=_SCAN_LAYERS.value)
+        fm = _FEATURE_MAJOR.value
+        config = config.replace(feature_major=decoding_feature_major(config, None) if fm is None else fm)
         model = corea_jax.Model(config=config, params=init_params(config, jax.random.key(0)))
     else:
         model_dir = fetch.fetch_model(_MODEL.value, fetch.default_model_dir(_MODEL.value))
-        model = corea_jax.load_model(model_dir, dtype=dtype, scan_layers=_SCAN_LAYERS.value)
+        model = corea_jax.load_model(model_dir, dtype=dtype, scan_layers=_SCAN_LAYERS.value,
+                                     feature_major=_FEATURE_MAJOR.value)
     if _SKIP_HF.value:
         return model, None
     import torch
@@ -220,7 +227,7 @@ def main_gsm8k() -> list[dict]:
         eos = eos_token_ids(model)
         for batch in map(int, _BATCHES.value):
             row = dict(workload="gsm8k", dtype=dtype, batch=batch, questions=len(prompts),
-                       max_new_tokens=_NEW_TOKENS.value)
+                       max_new_tokens=_NEW_TOKENS.value, feature_major=model.config.feature_major)
             answers = {}
             for schedule in ("continuous", "static"):
                 seconds, answers[schedule] = time_corea_answers(model, prompts, _NEW_TOKENS.value, batch,
@@ -257,7 +264,7 @@ def main_grpo() -> list[dict]:
         eos = eos_token_ids(model)
         for batch in map(int, _BATCHES.value):
             row = dict(workload="grpo", dtype=dtype, batch=batch, questions=len(prompts), group=n,
-                       max_new_tokens=_NEW_TOKENS.value)
+                       max_new_tokens=_NEW_TOKENS.value, feature_major=model.config.feature_major)
             for schedule in ("continuous", "static"):
                 seconds, ours = time_corea_answers(model, prompts, _NEW_TOKENS.value, batch, schedule, n=n,
                                                    temperature=1.0)

@@ -19,11 +19,11 @@ def pair(request, tmp_path_factory):
     """(HF torch model, corea_jax Model) with the same random weights."""
     out = tmp_path_factory.mktemp(request.param)
     hf_model = save_random_hf_model(request.param, out)
-    return request.param, hf_model, corea_jax.load_model(out)
+    return request.param, hf_model, corea_jax.load_model(out), out
 
 
 def test_config_read_from_hf(pair):
-    kind, hf_model, model = pair
+    kind, hf_model, model, _ = pair
     cfg = model.config
     assert cfg.model_type == ("llama" if kind == "llama3" else "qwen2")
     assert cfg.qkv_bias == (kind != "llama3")
@@ -34,7 +34,7 @@ def test_config_read_from_hf(pair):
 
 
 def test_logits_match_transformers(pair):
-    kind, hf_model, model = pair
+    kind, hf_model, model, _ = pair
     rng = np.random.default_rng(0)
     # llama3 config: original context 32, so 96 tokens run past it into the scaled regime.
     length = 96 if kind == "llama3" else 40
@@ -47,7 +47,7 @@ def test_logits_match_transformers(pair):
 
 
 def test_left_padding_matches_unpadded_rows(pair):
-    kind, hf_model, model = pair
+    kind, hf_model, model, _ = pair
     rng = np.random.default_rng(1)
     ids = rng.integers(3, model.config.vocab_size, size=(2, 24))
     mask = np.ones_like(ids)
@@ -61,7 +61,7 @@ def test_left_padding_matches_unpadded_rows(pair):
 
 
 def test_kv_cache_prefill_then_decode_equals_full_forward(pair):
-    _, _, model = pair
+    _, _, model, _ = pair
     cfg = model.config
     rng = np.random.default_rng(2)
     ids = jnp.asarray(rng.integers(3, cfg.vocab_size, size=(2, 20)), jnp.int32)
@@ -99,7 +99,7 @@ def test_params_carry_logical_axis_names():
 
 
 def test_bfloat16_compute_keeps_float32_logits(pair):
-    _, _, model = pair
+    _, _, model, _ = pair
     cfg16 = model.config.replace(param_dtype="bfloat16", dtype="bfloat16")
     params16 = jax.tree.map(lambda p: p.astype(jnp.bfloat16), model.params)
     ids = jnp.arange(10, dtype=jnp.int32)[None] + 3
@@ -113,7 +113,7 @@ def test_bfloat16_compute_keeps_float32_logits(pair):
 def test_layer_layouts_agree(pair):
     """scan_layers=True (stacked, one scan) and False (one parameter set per layer, the
     loading default) hold the same weights and compute the same logits and KV cache."""
-    _, _, model = pair
+    _, _, model, _ = pair
     assert not model.config.scan_layers and "layers_0" in model.params and "layers" not in model.params
     scanned_cfg, scanned = relayout(model.config, model.params, scan_layers=True)
     assert scanned_cfg.scan_layers and scanned["layers"]["mlp"]["up_proj"]["kernel"].shape[0] == scanned_cfg.num_layers
@@ -146,3 +146,61 @@ def test_unscanned_params_carry_per_layer_axis_names():
     assert tuple(axes["layers_0"]["mlp"]["down_proj"]["kernel"]) == ("mlp", "embed")
     with pytest.raises(ConfigError, match="scan_layers"):
         cfg.replace(scan_layers="yes")
+
+
+def test_feature_major_layout_matches_transformers_and_converts_exactly(pair):
+    """feature_major=True ([out, in] MLP and LM-head kernels, applied with the rows minor)
+    loads HF's arrays as they are, gives transformers' logits, converts to and from the
+    [in, out] layout exactly (also stacked) and exports the same tensors."""
+    from corea_jax.models import checkpoint
+
+    kind, hf_model, model, model_dir = pair
+    assert not model.config.feature_major  # toy-sized: below FEATURE_MAJOR_MIN_HIDDEN
+    fm = corea_jax.load_model(model_dir, feature_major=True)
+    cfg = fm.config
+    assert cfg.feature_major
+    assert fm.params["layers_0"]["mlp"]["gate_proj"]["kernel"].shape == (cfg.intermediate_size, cfg.hidden_size)
+    assert fm.params["layers_1"]["mlp"]["down_proj"]["kernel"].shape == (cfg.hidden_size, cfg.intermediate_size)
+    if not cfg.tie_word_embeddings:
+        assert fm.params["lm_head"].shape == (cfg.vocab_size, cfg.hidden_size)
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(2, 24))
+    assert np.abs(np.asarray(corea_jax.logits(fm, ids)) - torch_logits(hf_model, ids)).max() <= 1e-4
+
+    back_cfg, back = relayout(cfg, fm.params, scan_layers=False, feature_major=False)
+    assert back_cfg == model.config
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), back, model.params))
+    stacked_cfg, stacked = relayout(cfg, fm.params, scan_layers=True)
+    assert stacked_cfg.feature_major and stacked_cfg.scan_layers
+    assert np.abs(np.asarray(corea_jax.logits(corea_jax.Model(stacked_cfg, stacked, None), ids))
+                  - np.asarray(corea_jax.logits(fm, ids))).max() <= 1e-5
+    ours = dict(checkpoint.hf_tensors_from_params(cfg, fm.params))
+    ref = dict(checkpoint.hf_tensors_from_params(model.config, model.params))
+    assert ours.keys() == ref.keys() and all((ours[k] == ref[k]).all() for k in ref)
+
+
+def test_feature_major_kernels_carry_reversed_axis_names():
+    from corea_jax.models import param_logical_axes
+
+    cfg = corea_jax.ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=48,
+                                num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                                max_position_embeddings=64, scan_layers=False, feature_major=True)
+    axes = param_logical_axes(cfg)
+    assert tuple(axes["layers_0"]["mlp"]["gate_proj"]["kernel"]) == ("mlp", "embed")
+    assert tuple(axes["layers_1"]["mlp"]["down_proj"]["kernel"]) == ("embed", "mlp")
+    assert tuple(axes["lm_head"]) == ("vocab", "embed")
+    with pytest.raises(ConfigError, match="feature_major: expected True or False"):
+        cfg.replace(feature_major=1)
+
+
+def test_decoding_feature_major_only_for_wide_models_on_one_cpu():
+    from corea_jax.models.model import FEATURE_MAJOR_MIN_HIDDEN, decoding_feature_major
+    from corea_jax.parallel.sharding import make_mesh
+
+    cfg = corea_jax.ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=48,
+                                num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                                max_position_embeddings=64)
+    wide = cfg.replace(hidden_size=FEATURE_MAJOR_MIN_HIDDEN, head_dim=FEATURE_MAJOR_MIN_HIDDEN // 4)
+    assert jax.default_backend() == "cpu"
+    assert not decoding_feature_major(cfg, None)
+    assert decoding_feature_major(wide, None)
+    assert not decoding_feature_major(wide, make_mesh({"data": len(jax.devices())}))

@@ -60,6 +60,10 @@ def _param_table(config: ModelConfig) -> list[tuple[str, tuple[str, ...], tuple[
         ("mlp.up_proj.weight", ("mlp", "up_proj", "kernel"), (d, f), 1),
         ("mlp.down_proj.weight", ("mlp", "down_proj", "kernel"), (f, d), 1),
     ]
+    if config.feature_major:  # [out, in] kernels: HF's own arrays
+        layer[-3:] = [("mlp.gate_proj.weight", ("mlp", "gate_proj", "kernel"), (f, d), None),
+                      ("mlp.up_proj.weight", ("mlp", "up_proj", "kernel"), (f, d), None),
+                      ("mlp.down_proj.weight", ("mlp", "down_proj", "kernel"), (d, f), None)]
     if config.qkv_bias:
         layer += [
             ("self_attn.q_proj.bias", ("self_attn", "q_proj", "bias"), (h, hd), 0),
@@ -76,7 +80,8 @@ def _param_table(config: ModelConfig) -> list[tuple[str, tuple[str, ...], tuple[
                  for i in range(config.num_layers) for name, path, shape, n_in in layer]
     rows.append(("model.norm.weight", ("norm", "scale"), (d,), None))
     if not config.tie_word_embeddings:
-        rows.append(("lm_head.weight", ("lm_head",), (d, v), 1))
+        rows.append(("lm_head.weight", ("lm_head",), (v, d), None) if config.feature_major
+                    else ("lm_head.weight", ("lm_head",), (d, v), 1))
     return rows
 
 

@@ -76,6 +76,11 @@ class ModelConfig:
     # its weights in place; a scan slices (copies) every layer's weights out of the stack at
     # every step, which cost a third of a CPU decode step (`relayout` converts).
     scan_layers: bool = True
+    # Orientation of the MLP and untied LM-head kernels. False: [in, out] (`x @ W`, the
+    # training layout). True: [out, in] as HF stores them, applied as `W @ x^T` with the rows
+    # minor: XLA's CPU matmul runs that form 1.3-1.6x faster at the 16-64 rows of a decode step
+    # (BENCHMARKS.md, "Feature-major decoding"); a decoding layout (`decoding_feature_major`).
+    feature_major: bool = False
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -94,8 +99,9 @@ class ModelConfig:
                 f"rope_parameters.rope_type: expected one of {SUPPORTED_ROPE_TYPES}, "
                 f"found {self.rope.rope_type!r}"
             )
-        if not isinstance(self.scan_layers, bool):
-            raise ConfigError(f"scan_layers: expected True or False, found {self.scan_layers!r}")
+        for field in ("scan_layers", "feature_major"):
+            if not isinstance(getattr(self, field), bool):
+                raise ConfigError(f"{field}: expected True or False, found {getattr(self, field)!r}")
         for field in ("param_dtype", "dtype"):
             if getattr(self, field) not in SUPPORTED_DTYPES:
                 raise ConfigError(

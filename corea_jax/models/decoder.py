@@ -226,12 +226,39 @@ class Attention(nn.Module):
         return out, new_kv
 
 
+class RowsMinorDense(nn.Module):
+    """`W @ x` on feature-major activations: kernel [out, in] (HF's orientation), x [in, B, T]
+    -> [out, B, T]. The decoding form of `nn.Dense` (`ModelConfig.feature_major`)."""
+
+    features: int
+    axes: tuple[str, str]  # logical axes of the kernel, (out, in)
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        kernel = self.param("kernel", _init(self.axes), (self.features, x.shape[0]), cfg.jnp_param_dtype)
+        return jnp.einsum("oi,ibt->obt", kernel.astype(cfg.jnp_dtype), x.astype(cfg.jnp_dtype))
+
+
+def _rows_major(x: Array) -> Array:
+    """[D, B, T] -> [B, T, D] behind an optimization barrier, so XLA does not fold the
+    transpose into the matmul that made x (which would bring back the slower [rows, out] form)."""
+    return jax.lax.optimization_barrier(x).transpose(1, 2, 0)
+
+
 class MLP(nn.Module):
     config: ModelConfig
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
+        if cfg.feature_major:  # the same MLP with [out, in] kernels and the rows minor
+            x = x.transpose(2, 0, 1)
+            gate = RowsMinorDense(cfg.intermediate_size, ("mlp", "embed"), cfg, name="gate_proj")(x)
+            up = RowsMinorDense(cfg.intermediate_size, ("mlp", "embed"), cfg, name="up_proj")(x)
+            hidden = nn.with_logical_constraint(jax.nn.silu(gate) * up, ("mlp", "batch", "length"))
+            return _rows_major(RowsMinorDense(cfg.hidden_size, ("embed", "mlp"), cfg, name="down_proj")(hidden))
         dense = functools.partial(nn.Dense, use_bias=False, dtype=cfg.jnp_dtype,
                                   param_dtype=cfg.jnp_param_dtype)
         up_init = _init(("embed", "mlp"))
@@ -345,12 +372,19 @@ class Decoder(nn.Module):
         if not head:
             return x, new_cache
         if cfg.tie_word_embeddings:
-            head = embed.embedding.T
+            head = embed.embedding if cfg.feature_major else embed.embedding.T
+        elif cfg.feature_major:
+            head = self.param("lm_head", _init(("vocab", "embed")),
+                              (cfg.vocab_size, cfg.hidden_size), cfg.jnp_param_dtype)
         else:
             head = self.param("lm_head", _init(("embed", "vocab")),
                               (cfg.hidden_size, cfg.vocab_size), cfg.jnp_param_dtype)
-        logits = jnp.einsum("btd,dv->btv", x, head.astype(cfg.jnp_dtype),
-                            preferred_element_type=jnp.float32)
+        if cfg.feature_major:  # [V, D] @ x^T: logits [V, B, T], then the rows back in front
+            logits = _rows_major(jnp.einsum("vd,btd->vbt", head.astype(cfg.jnp_dtype), x,
+                                            preferred_element_type=jnp.float32))
+        else:
+            logits = jnp.einsum("btd,dv->btv", x, head.astype(cfg.jnp_dtype),
+                                preferred_element_type=jnp.float32)
         logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
         if return_hidden:
             return logits, new_cache, x
@@ -370,10 +404,15 @@ class Decoder(nn.Module):
         return x, (None if layers_kv is None else (tuple(new_k), tuple(new_v)))
 
 
-def relayout(config: ModelConfig, params, scan_layers: bool) -> tuple[ModelConfig, dict]:
+def relayout(config: ModelConfig, params, scan_layers: bool,
+             feature_major: bool | None = None) -> tuple[ModelConfig, dict]:
     """(config, params) with the layers' parameters stacked (`scan_layers=True`: one "layers"
-    entry with a leading axis of num_layers) or split into `layers_0`, `layers_1`, ...; the
-    same weights either way. Apply it under `jax.jit` to convert without a host round trip."""
+    entry with a leading axis of num_layers) or split into `layers_0`, `layers_1`, ...; and
+    the MLP and untied LM-head kernels as [out, in] (`feature_major=True`) or [in, out]
+    (False; None keeps the config's). The same weights either way. Apply it under `jax.jit`
+    to convert without a host round trip."""
+    if feature_major is not None and feature_major != config.feature_major:
+        config, params = config.replace(feature_major=feature_major), _transpose_kernels(config, params)
     if config.scan_layers == scan_layers:
         return config, params
     params = dict(params)
@@ -388,9 +427,26 @@ def relayout(config: ModelConfig, params, scan_layers: bool) -> tuple[ModelConfi
     return config.replace(scan_layers=scan_layers), params
 
 
+def _transpose_kernels(config: ModelConfig, params) -> dict:
+    """params with every MLP kernel's last two axes and an untied LM head swapped."""
+    swap = lambda x: jnp.swapaxes(x, -1, -2)  # noqa: E731
+    params = dict(params)
+    layer_keys = ["layers"] if config.scan_layers else [f"layers_{i}" for i in range(config.num_layers)]
+    for key in layer_keys:
+        layer = dict(params[key])
+        layer["mlp"] = jax.tree.map(swap, layer["mlp"])
+        params[key] = layer
+    if not config.tie_word_embeddings:
+        params["lm_head"] = swap(params["lm_head"])
+    return params
+
+
 def lm_head_weights(config: ModelConfig, params) -> Array:
     """The LM head matrix [D, V] (the transposed embedding when tied), in the compute dtype."""
-    head = params["embed_tokens"]["embedding"].T if config.tie_word_embeddings else params["lm_head"]
+    if config.tie_word_embeddings:
+        head = params["embed_tokens"]["embedding"].T
+    else:
+        head = params["lm_head"].T if config.feature_major else params["lm_head"]
     return head.astype(config.jnp_dtype)
 
 

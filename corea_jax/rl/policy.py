@@ -18,7 +18,8 @@ from corea_jax.data.records import Record
 from corea_jax.data.toy import ToyTokenizer, num_answers, toy_model_config
 from corea_jax.generation import chat_token_ids
 from corea_jax.models.decoder import relayout
-from corea_jax.models.model import Model, decoding_scan_layers, init_params, load_model, param_shardings
+from corea_jax.models.model import (Model, decoding_feature_major, decoding_scan_layers, init_params, load_model,
+                                    param_shardings)
 
 
 def build_model(config, mesh=None) -> Model:
@@ -46,7 +47,8 @@ def build_model(config, mesh=None) -> Model:
     from corea_jax.models import fetch
 
     path = fetch.fetch_model(name, fetch.default_model_dir(name)) if name in fetch.REGISTRY else name
-    model = load_model(path, dtype=param_dtype, mesh=mesh, scan_layers=config.model.scan_layers)
+    model = load_model(path, dtype=param_dtype, mesh=mesh, scan_layers=config.model.scan_layers,
+                       feature_major=False)  # the training layout
     model.config = model.config.replace(dtype=dtype, remat=config.model.remat)
     return model
 
@@ -55,12 +57,13 @@ def sampling_model(model: Model, params) -> Model:
     """The policy with `params`, for the generation engine, converted once per rollout from
     the training layout (stacked layers, weights in config.model.param_dtype) into the decoding
     layout (`decoding_scan_layers`: one parameter set per layer unless the mesh shards
-    parameters over fsdp) and cast to the compute dtype (the graph casts them at every matmul
+    parameters over fsdp; `decoding_feature_major`: [out, in] MLP kernels on a CPU) and cast to the compute dtype (the graph casts them at every matmul
     anyway, so the samples and their log-probs are those of the stored weights; a decode step
     then reads half the bytes)."""
     config = model.config
     scan = decoding_scan_layers(model.mesh)
-    if config.param_dtype == config.dtype and config.scan_layers == scan:
+    if (config.param_dtype == config.dtype and config.scan_layers == scan
+            and config.feature_major == decoding_feature_major(config, model.mesh)):
         return Model(config, params, model.tokenizer, model.mesh)
     convert, out_config = _decoding_converter(config, model.mesh)
     return Model(out_config, convert(params), model.tokenizer, model.mesh)
@@ -70,12 +73,12 @@ def sampling_model(model: Model, params) -> Model:
 def _decoding_converter(config, mesh):
     """(jitted params -> decoding-layout params, its config), placed by the sharding rules."""
     cast_config = config.replace(param_dtype=config.dtype)
-    scan = decoding_scan_layers(mesh)
-    out_config = cast_config.replace(scan_layers=scan)
+    scan, feature_major = decoding_scan_layers(mesh), decoding_feature_major(config, mesh)
+    out_config = cast_config.replace(scan_layers=scan, feature_major=feature_major)
 
     def convert(params):
         params = jax.tree.map(lambda x: x.astype(config.jnp_dtype), params)
-        return relayout(cast_config, params, scan_layers=scan)[1]
+        return relayout(cast_config, params, scan_layers=scan, feature_major=feature_major)[1]
 
     shardings = None if mesh is None else param_shardings(out_config, mesh)
     return jax.jit(convert, out_shardings=shardings), out_config
