@@ -33,6 +33,7 @@ _DTYPE = flags.DEFINE_string("dtype", "bfloat16", "matmul dtype")
 _PARAM_DTYPE = flags.DEFINE_string("param_dtype", "float32", "master weight / optimizer dtype")
 _REMAT = flags.DEFINE_bool("remat", True, "rematerialise each layer in the backward pass")
 _SCAN = flags.DEFINE_bool("scan_layers", True, "stacked layers run by one scan (the trainer's layout); False: a Python loop over per-layer parameters")
+_FEATURE_MAJOR = flags.DEFINE_bool("feature_major", False, "[out, in] MLP and LM-head kernels, the rows minor")
 _STEPS = flags.DEFINE_integer("steps", 3, "timed steps (after one compiling step)")
 _OUT = flags.DEFINE_string("out", None, "write the result as JSON here")
 
@@ -75,7 +76,8 @@ def main(argv):
     else:
         config = architecture(_ARCHITECTURE.value, dtype=_DTYPE.value)
     config = config.replace(
-        param_dtype=_PARAM_DTYPE.value, remat=_REMAT.value, scan_layers=_SCAN.value)
+        param_dtype=_PARAM_DTYPE.value, remat=_REMAT.value, scan_layers=_SCAN.value,
+        feature_major=_FEATURE_MAJOR.value)
     optim = ml_collections.ConfigDict(defaults().optim)
     optim.learning_rate, optim.warmup_steps, optim.schedule = 1e-6, 0, "constant"
     state = init_train_state(init_params(config, jax.random.key(0)), make_optimizer(optim, 1))
@@ -97,7 +99,8 @@ def main(argv):
     tokens = b * p + b * g * c
     result = dict(device=str(jax.devices()[0].device_kind), jax=jax.__version__,
                   architecture=_ARCHITECTURE.value, params=config.num_params, dtype=_DTYPE.value,
-                  param_dtype=_PARAM_DTYPE.value, remat=_REMAT.value, scan_layers=_SCAN.value, prompts=b, group=g,
+                  param_dtype=_PARAM_DTYPE.value, remat=_REMAT.value, scan_layers=_SCAN.value,
+                  feature_major=_FEATURE_MAJOR.value, prompts=b, group=g,
                   prompt_tokens=p, completion_tokens=c, micro_batch=_MICRO.value,
                   compile_and_first_step_s=times[0], step_s=step_time, tokens_per_s=tokens / step_time,
                   model_tflops=model_flops / 1e12, peak_tflops=peak / 1e12,
