@@ -37,7 +37,7 @@ from corea_jax.generation import GenerationProgram, SamplingParams
 from corea_jax.models.architectures import ARCHITECTURES, architecture
 from corea_jax.models.config import ModelConfig
 from corea_jax.models.decoder import cache_logical_axes
-from corea_jax.models.model import decoding_scan_layers, param_shapes, param_shardings
+from corea_jax.models.model import decoding_feature_major, decoding_scan_layers, param_shapes, param_shardings
 from corea_jax.parallel import sharding as sharding_lib
 from corea_jax.rl import batching, flops
 from corea_jax.rl.config import loss_config
@@ -177,7 +177,8 @@ def generation_plan(cfg: ModelConfig, shape: GenerationShape, mesh, resident_byt
     compute dtype, the KV cache for the bucketed prompt and new-token lengths."""
     # What `policy.sampling_model` and `load_model` generate with: compute-dtype weights in the
     # mesh's decoding layout.
-    cfg = cfg.replace(param_dtype=cfg.dtype, remat=False, scan_layers=decoding_scan_layers(mesh))
+    cfg = cfg.replace(param_dtype=cfg.dtype, remat=False, scan_layers=decoding_scan_layers(mesh),
+                      feature_major=decoding_feature_major(cfg, mesh))
     program = GenerationProgram.for_sampling(cfg, SamplingParams(
         max_new_tokens=shape.max_new_tokens, temperature=shape.temperature, top_k=shape.top_k,
         top_p=shape.top_p))

@@ -3,6 +3,7 @@ contract on tiny random models (seeds, batching, compile budget, log-probs, EOS,
 
 import dataclasses
 
+import jax
 import numpy as np
 import pytest
 
@@ -529,3 +530,15 @@ def test_followup_draws_from_its_own_random_stream(chat_tiny):
     assert all(len(a) == len(r) == 12 for a, r in pairs)
     same = sum(x == y for a, r in pairs for x, y in zip(a, r))
     assert same <= 4, f"{same} of 48 follow-up tokens repeat the answer's draw at the same step"
+
+
+def test_auto_schedule_is_continuous_on_cpu_only_when_rows_outnumber_slots():
+    import types
+
+    from corea_jax.generation.engine import pick_schedule
+
+    one_cpu, meshed = types.SimpleNamespace(mesh=None), types.SimpleNamespace(mesh=object())
+    assert jax.default_backend() == "cpu"
+    assert pick_schedule(one_cpu, rows=48, batch_size=16) == "continuous"
+    assert pick_schedule(one_cpu, rows=16, batch_size=16) == "static"
+    assert pick_schedule(meshed, rows=48, batch_size=16) == "static"

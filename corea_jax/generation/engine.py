@@ -7,7 +7,9 @@ batches of rows, each a prefill + `lax.while_loop` decode until its longest row 
 way the n samples of a prompt share one prefill (its cache copied to their rows), and row
 (prompt p, sample s) draws step t with fold_in(fold_in(key(seed), p * n + s), t), so a
 completion does not depend on the schedule or on the rows beside it (a follow-up turn folds
-its turn into that key: `steps.row_keys`).
+its turn into that key: `steps.row_keys`). The default, "auto" (`pick_schedule`), runs
+continuous on a CPU when the rows outnumber the slots (where it measured faster) and static
+otherwise.
 
 The SLM's answers, the RL rollouts and the LLM all come through `generate`. It runs the
 same `Decoder` graph the trainer differentiates, so the log-probs it returns (under the
@@ -160,26 +162,37 @@ def _batches(model, prompt_ids: list[list[int]], n: int, batch_size: int, desc: 
 SCHEDULES = ("continuous", "static")
 
 
+def pick_schedule(model, rows: int, batch_size: int) -> str:
+    """What `schedule="auto"` runs: "continuous" where it measured faster, on a CPU without a
+    mesh when the rows (prompts x n) outnumber the batch's slots (GSM8K answers, 48 rows in
+    16 slots: 1.28x static on an Intel Xeon, 1.21x on the AMD box, BENCHMARKS.md); else
+    "static" (rows that fit one batch tied on CPU, and the accelerator numbers were measured
+    with it)."""
+    import jax
+
+    on_one_cpu = model.mesh is None and jax.default_backend() == "cpu"
+    return "continuous" if on_one_cpu and rows > batch_size else "static"
+
+
 def generate_tokens(model, prompt_ids: list[list[int]], sampling: SamplingParams, *,
-                    batch_size: int = 32, progress: bool = True, schedule: str = "static",
+                    batch_size: int = 32, progress: bool = True, schedule: str = "auto",
                     ) -> list[list[tuple[list[int], list[float], bool]]]:
     """Token-level generation: per prompt, n tuples (token_ids, logprobs, hit_eos).
 
     schedule: "continuous" (a slot whose row ends takes the next waiting row; decoding in
-    fixed chunks of steps) or "static" (batches of rows, each run until its longest row ends;
-    the default). On CPU (BENCHMARKS.md) continuous was 1.2-1.3x static on GSM8K answers (up
-    to 512 tokens, batch 16 / 32, more rows than slots) and tied with it on a GRPO rollout (8
-    prompts x 8 samples in one batch of 64); static stays the default, the schedule measured on
-    accelerators.
+    fixed chunks of steps), "static" (batches of rows, each run until its longest row ends) or
+    "auto" (the default: `pick_schedule`, continuous on a CPU when rows outnumber slots).
     Both give the same tokens for the same seed: a row's PRNG stream depends only on (seed,
     prompt, sample) and its own step count. The n samples of a prompt share one prefill.
     Stop strings are not applied here (`generate` cuts at them).
     """
     _check_prompts(model.config, prompt_ids, sampling.max_new_tokens)
+    if schedule == "auto":
+        schedule = pick_schedule(model, len(prompt_ids) * sampling.n, batch_size)
     if schedule == "continuous":
         return continuous.generate_continuous(model, prompt_ids, sampling, batch_size, progress, stop=False)
     if schedule != "static":
-        raise ValueError(f"schedule: expected one of {SCHEDULES}, found {schedule!r}")
+        raise ValueError(f"schedule: expected one of {SCHEDULES + ('auto',)}, found {schedule!r}")
     results: list[list[Any]] = [[None] * sampling.n for _ in prompt_ids]
     for chunk, padded in _batches(model, prompt_ids, sampling.n, batch_size, "generate", progress):
         chunks = [prompt_ids[p] for p, _ in padded]
@@ -294,7 +307,7 @@ def _completion(tokenizer, turn: _Turn, b: int, num_prompt_tokens: int, stop) ->
 
 def generate(model, prompts: Sequence[Any], sampling: SamplingParams | None = None, *,
              raw: bool = False, batch_size: int = 32, progress: bool = True,
-             schedule: str = "static") -> list[list[Completion]]:
+             schedule: str = "auto") -> list[list[Completion]]:
     """Generates `sampling.n` completions for each prompt.
 
     Args:
@@ -306,13 +319,15 @@ def generate(model, prompts: Sequence[Any], sampling: SamplingParams | None = No
       sampling: `SamplingParams` (default: greedy, 256 new tokens).
       batch_size: rows (prompts x n) per device batch; the caller never chunks by hand.
       progress: show a tqdm bar.
-      schedule: "continuous" or "static" (see `generate_tokens`); continuously batched rows
-        also end at a stop string, freeing their slot.
+      schedule: "continuous", "static" or "auto" (see `generate_tokens`); continuously
+        batched rows also end at a stop string, freeing their slot.
     Returns:
       One list of `n` Completions per prompt, in prompt order.
     """
     sampling = sampling or SamplingParams()
     prompt_ids = _encode_prompts(model.tokenizer, prompts, raw)
+    if schedule == "auto":
+        schedule = pick_schedule(model, len(prompt_ids) * sampling.n, batch_size)
     if schedule == "continuous":
         _check_prompts(model.config, prompt_ids, sampling.max_new_tokens)
         token_results = continuous.generate_continuous(model, prompt_ids, sampling, batch_size, progress, stop=True)

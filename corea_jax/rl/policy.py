@@ -57,9 +57,9 @@ def sampling_model(model: Model, params) -> Model:
     """The policy with `params`, for the generation engine, converted once per rollout from
     the training layout (stacked layers, weights in config.model.param_dtype) into the decoding
     layout (`decoding_scan_layers`: one parameter set per layer unless the mesh shards
-    parameters over fsdp; `decoding_feature_major`: [out, in] MLP kernels on a CPU) and cast to the compute dtype (the graph casts them at every matmul
-    anyway, so the samples and their log-probs are those of the stored weights; a decode step
-    then reads half the bytes)."""
+    parameters over fsdp; `decoding_feature_major`: [out, in] MLP kernels on a CPU) and cast
+    to the compute dtype (the graph casts them at every matmul anyway, so the samples and their
+    log-probs are those of the stored weights; a decode step then reads half the bytes)."""
     config = model.config
     scan = decoding_scan_layers(model.mesh)
     if (config.param_dtype == config.dtype and config.scan_layers == scan

@@ -68,7 +68,10 @@ def sample_groups(model, prompt_ids: list[list[int]], sampling: SamplingParams, 
     as the loss) and pads them to [B, P] / [B, G, max_new_tokens]."""
     pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     prompt_tokens, prompt_mask = pad_prompts(prompt_ids, prompt_length, pad_id)
-    results = generate_tokens(model, prompt_ids, sampling, batch_size=batch_size, progress=False)
+    # Static: a rollout's rows fit one batch (a tie on CPU), and its float rounding is the one
+    # the shipped reproduction was trained with.
+    results = generate_tokens(model, prompt_ids, sampling, batch_size=batch_size, progress=False,
+                              schedule="static")
     tokens, mask, logprobs = pad_completions([[r[0] for r in group] for group in results],
                                              sampling.max_new_tokens, pad_id,
                                              [[r[1] for r in group] for group in results])
