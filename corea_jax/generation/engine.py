@@ -168,8 +168,6 @@ def pick_schedule(model, rows: int, batch_size: int) -> str:
     16 slots: 1.28x static on an Intel Xeon, 1.21x on the AMD box, BENCHMARKS.md); else
     "static" (rows that fit one batch tied on CPU, and the accelerator numbers were measured
     with it)."""
-    import jax
-
     on_one_cpu = model.mesh is None and jax.default_backend() == "cpu"
     return "continuous" if on_one_cpu and rows > batch_size else "static"
 
