@@ -187,11 +187,10 @@ def fingerprint(config, role: str) -> dict:
     spec = config[role]
     out = {f"{role}.name": spec.name}
     out.update({f"{role}.{key}": _field(spec, key, default) for key, default in _ANSWER_FIELDS})
-    if out[f"{role}.backend"] == "local":  # "auto" as the dtype this host resolves it to
-        out[f"{role}.dtype"] = machine.resolve_dtype(out[f"{role}.dtype"])
     if out[f"{role}.backend"] == "http":
         out.update({f"{role}.http.{key}": spec.http[key] for key in ("base_url", "model", "logprobs")})
     else:
+        out[f"{role}.dtype"] = machine.resolve_dtype(out[f"{role}.dtype"])  # "auto" as resolved here
         out[f"{role}.weights"] = weights_digest(spec.name)
     for split in ("calibration", "test"):
         out.update({f"data.{split}.{key}": _field(config.data[split], key) for key in _DATA_FIELDS})
