@@ -15,14 +15,11 @@ step's wall time (printed first).
 
 from __future__ import annotations
 
-import collections
-import os
-import re
-import tempfile
 import time
-from pathlib import Path
 
 from absl import app, flags
+
+from benchmarks import xla_trace
 
 _ARCHITECTURE = flags.DEFINE_string("architecture", "qwen2.5-0.5b-instruct", "model shapes")
 _BATCH = flags.DEFINE_integer("batch", 32, "rows")
@@ -35,39 +32,11 @@ _STEPS = flags.DEFINE_integer("steps", 3, "profiled steps")
 _TOP = flags.DEFINE_integer("top", 15, "rows of the table")
 
 
-def _op_kinds(hlo_text: str) -> dict[str, str]:
-    """HLO instruction name -> a readable kind: 'matmul -> f32[32,4864]', 'copy', ..."""
-    bodies, current = {}, None
-    for line in hlo_text.splitlines():
-        header = re.match(r"%?(\S+) \(.*\) -> .* \{$", line.strip())
-        if header:
-            current = bodies.setdefault(header.group(1), [])
-        elif current is not None:
-            current.append(line)
-    kinds = {}
-    for line in hlo_text.splitlines():
-        m = re.match(r"\s*(?:ROOT )?%(\S+) = (\S+) (\w[\w-]*)\((.*)", line)
-        if not m:
-            continue
-        name, shape, op, rest = m.groups()
-        shape = re.sub(r"\{[^}]*\}", "", shape)
-        called = re.search(r"calls=%(\S+?)[,\s]", rest)
-        body = "\n".join(bodies.get(called.group(1), [])) if called else ""
-        if op == "dot" or " dot(" in body:
-            kinds[name] = f"matmul -> {shape}"
-        elif op == "copy" or name.startswith("copy"):
-            kinds[name] = f"copy -> {shape}"
-        else:
-            kinds[name] = re.sub(r"\.\d+$", "", name)
-    return kinds
-
-
 def main(argv):
     del argv
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from jax._src.lib import _profile_data
 
     from corea_jax.generation import sampling
     from corea_jax.models.architectures import architecture
@@ -93,7 +62,7 @@ def main(argv):
 
     step = jax.jit(step, donate_argnums=(1,))
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (b, 1)), jnp.int32)
-    kinds = _op_kinds(step.lower(params, cache, tokens).compile().as_text())
+    kinds = xla_trace.op_kinds(step.lower(params, cache, tokens).compile().as_text())
     for _ in range(2):
         tokens, _, cache = jax.block_until_ready(step(params, cache, tokens))
     wall = float("inf")
@@ -102,29 +71,17 @@ def main(argv):
         tokens, _, cache = jax.block_until_ready(step(params, cache, tokens))
         wall = min(wall, time.perf_counter() - start)
 
-    trace_dir = tempfile.mkdtemp(prefix="decode_profile_")
-    jax.profiler.start_trace(trace_dir)
-    for _ in range(_STEPS.value):
+    def run():
+        nonlocal tokens, cache
         tokens, _, cache = jax.block_until_ready(step(params, cache, tokens))
-    jax.profiler.stop_trace()
-    [trace] = sorted(Path(trace_dir).rglob("*.xplane.pb"))[-1:]
-    total, count = collections.Counter(), collections.Counter()
-    for plane in _profile_data.ProfileData.from_file(str(trace)).planes:
-        for line in plane.lines:
-            for event in line.events:
-                if event.name in kinds:
-                    total[kinds[event.name]] += event.duration_ns
-                    count[kinds[event.name]] += 1
+
+    total, count = xla_trace.traced_times(run, kinds, _STEPS.value)
     steps = _STEPS.value
     print(f"{_ARCHITECTURE.value} {cfg.dtype} batch {b}, cache {s} slots, "
           f"scan_layers={cfg.scan_layers}, feature_major={cfg.feature_major}: decode step {wall * 1e3:.1f} ms (best of 3)")
-    print(f"{'ms/step':>8} {'ops/step':>8}  kind")
-    for kind, ns in total.most_common(_TOP.value):
-        print(f"{ns / steps / 1e6:8.1f} {count[kind] // steps:8d}  {kind}")
-    rest = sum(total.values()) - sum(ns for _, ns in total.most_common(_TOP.value))
-    print(f"{rest / steps / 1e6:8.1f} {'':8}  (everything else)")
+    xla_trace.print_table(total, count, steps, _TOP.value)
 
 
 if __name__ == "__main__":
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
+    xla_trace.enable()
     app.run(main)

@@ -2,7 +2,7 @@
 
   python -m benchmarks.update_step --architecture={qwen2.5-1.5b-instruct,HF_DIR} [--prompts=4] [--group=8]
       [--prompt_tokens=512] [--completion_tokens=2048] [--micro_batch=8] [--dtype=bfloat16]
-      [--param_dtype=float32] [--remat] [--steps=3] [--out=FILE]
+      [--param_dtype=float32] [--remat] [--steps=3] [--profile=1] [--out=FILE]
 
 What `corea_jax.rl.update.update_step` does in a training run, on a synthetic batch of the
 given shape (random tokens, full-length completions, random advantages): the shared-prompt
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from absl import app, flags
 
+from benchmarks import xla_trace
 from benchmarks.peaks import dot_gflops
 
 _ARCHITECTURE = flags.DEFINE_string("architecture", "qwen2.5-0.5b-instruct",
@@ -35,6 +36,9 @@ _REMAT = flags.DEFINE_bool("remat", True, "rematerialise each layer in the backw
 _SCAN = flags.DEFINE_bool("scan_layers", True, "stacked layers run by one scan (the trainer's layout); False: a Python loop over per-layer parameters")
 _FEATURE_MAJOR = flags.DEFINE_bool("feature_major", False, "[out, in] MLP and LM-head kernels, the rows minor")
 _STEPS = flags.DEFINE_integer("steps", 3, "timed steps (after one compiling step)")
+_PROFILE = flags.DEFINE_integer("profile", 0, "after the timed steps, trace this many more under "
+                                "jax.profiler and print where they went (XLA's per-op trace, by kind)")
+_TOP = flags.DEFINE_integer("top", 20, "rows of the --profile table")
 _OUT = flags.DEFINE_string("out", None, "write the result as JSON here")
 
 
@@ -58,6 +62,8 @@ def synthetic_batch(config, rng):
 
 def main(argv):
     del argv
+    if _PROFILE.value:
+        xla_trace.enable()  # XLA reads its flags when the backend starts, at the first jax call below
     import jax
     import ml_collections
     import numpy as np
@@ -106,6 +112,17 @@ def main(argv):
                   model_tflops=model_flops / 1e12, peak_tflops=peak / 1e12,
                   mfu=model_flops / step_time / peak)
     print(json.dumps(result, indent=2))
+    if _PROFILE.value:
+        kinds = xla_trace.op_kinds(update_step.lower(state, batch, model_config=config,
+                                                     loss_config=loss_config).compile().as_text())
+
+        def run():
+            nonlocal state
+            state, metrics = update_step(state, batch, model_config=config, loss_config=loss_config)
+            jax.block_until_ready((state, metrics))
+
+        total, count = xla_trace.traced_times(run, kinds, _PROFILE.value)
+        xla_trace.print_table(total, count, _PROFILE.value, _TOP.value)
     if _OUT.value:
         Path(_OUT.value).parent.mkdir(parents=True, exist_ok=True)
         Path(_OUT.value).write_text(json.dumps(result, indent=2))

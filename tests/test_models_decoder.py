@@ -204,3 +204,16 @@ def test_decoding_feature_major_only_for_wide_models_on_one_cpu():
     assert not decoding_feature_major(cfg, None)
     assert decoding_feature_major(wide, None)
     assert not decoding_feature_major(wide, make_mesh({"data": len(jax.devices())}))
+
+
+def test_training_layout_unrolls_layers_only_on_one_cpu():
+    from corea_jax.models.model import FEATURE_MAJOR_MIN_HIDDEN, training_layout
+    from corea_jax.parallel.sharding import make_mesh
+
+    cfg = corea_jax.ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=48,
+                                num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                                max_position_embeddings=64)
+    wide = cfg.replace(hidden_size=FEATURE_MAJOR_MIN_HIDDEN, head_dim=FEATURE_MAJOR_MIN_HIDDEN // 4)
+    assert training_layout(cfg, None) == (False, False)
+    assert training_layout(wide, None) == (False, True)
+    assert training_layout(wide, make_mesh({"data": len(jax.devices())})) == (True, False)

@@ -101,3 +101,20 @@ def test_other_bad_values(tmp_path, no_model, field, value, match):
 
     _bad(tmp_path, no_model, match, edit, error=(ValueError, FileNotFoundError))
 
+
+
+def test_the_parameter_layout_may_change_on_resume():
+    """A run written in one layout (or before feature_major existed) resumes in another: the
+    checkpoint is converted (tests/test_rl_trainer.py), so the layout is not a result-changing
+    field. Other model fields still are."""
+    import json
+
+    config = _load("configs/tiny.py")
+    assert config.model.scan_layers is None and config.model.feature_major is None  # the platform's fastest
+    saved = json.loads(config.to_json_best_effort())
+    saved["model"]["scan_layers"] = True
+    del saved["model"]["feature_major"]
+    assert rl_config.resume_differences(saved, config) == []
+    saved["model"]["dtype"] = "bfloat16"
+    assert rl_config.resume_differences(saved, config) == [
+        "config.model.dtype: 'bfloat16' in the workdir, 'float32' now"]

@@ -116,7 +116,7 @@ def test_gsm8k_records_through_a_real_tokenizer(tmp_path):
     # The trained policy is exported as an HF directory that loads back with its tokenizer.
     from corea_jax import load_model
 
-    exported = load_model(tmp_path / "run" / "hf", scan_layers=True)  # the trainer's layout
+    exported = load_model(tmp_path / "run" / "hf", scan_layers=False)  # the trainer's layout on one CPU
     assert exported.tokenizer is not None and exported.config.num_layers == 2
     import jax
 
@@ -152,6 +152,7 @@ def test_bfloat16_compute_keeps_float32_master_weights():
 
     config = tiny_config()
     config.model.dtype = "bfloat16"
+    config.model.scan_layers = True
     model = policy.build_model(config)
     assert model.config.param_dtype == "float32" and model.config.dtype == "bfloat16"
     assert {x.dtype for x in jax.tree.leaves(model.params)} == {jnp.dtype("float32")}
@@ -203,22 +204,68 @@ def _copy_run(source, target):
     return target
 
 
-def test_unrolled_layers_train_as_the_stacked_layout_does(short_run, tmp_path):
-    """model.scan_layers=False (the layers unrolled) is the same model: the same samples,
-    rewards and losses as the stacked run, step for step, and a resume in that layout."""
-    _, stacked = short_run
+def test_stacked_layers_and_kernels_out_in_train_as_the_default_layout_does(short_run, tmp_path):
+    """model.scan_layers=True (one scan over stacked layers) with [out, in] kernels is the same
+    model as the CPU default (layers unrolled, [in, out] kernels for a toy-sized model): the
+    same samples, rewards and losses, step for step, and a resume in that layout."""
+    _, unrolled = short_run
     config = _short_config()
-    config.model.scan_layers = False
+    assert (config.model.scan_layers, config.model.feature_major) == (None, None)
+    config.model.scan_layers, config.model.feature_major = True, True
     trainer.train(config, tmp_path, log=lambda _: None)
-    unrolled = read_metrics(tmp_path)
-    assert [r["step"] for r in unrolled] == [1, 2]
-    for a, b in zip(stacked, unrolled):
+    stacked = read_metrics(tmp_path)
+    assert [r["step"] for r in stacked] == [1, 2]
+    for a, b in zip(unrolled, stacked):
         assert a["reward_mean"] == b["reward_mean"] and a["accuracy"] == b["accuracy"]
         np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-4, atol=1e-6)
         assert b["sampler_logprob_gap"] < 1e-4
     config.total_steps = 3
     trainer.train(config, tmp_path, log=lambda _: None)
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+
+
+def test_a_run_resumes_in_another_layout_its_checkpoint_converted(short_run, tmp_path):
+    """A checkpoint written in the CPU default layout resumes stacked with [out, in] kernels:
+    params and AdamW moments are converted exactly (back in the saved layout they equal the
+    checkpoint bit for bit), and the resumed step 2 matches the uninterrupted one."""
+    import shutil
+
+    import jax
+
+    from corea_jax.rl import policy
+    from corea_jax.rl.checkpointing import Checkpointer
+    from corea_jax.rl.train_state import init_train_state, make_optimizer, relayout_state
+
+    workdir = _copy_run(short_run[0], tmp_path / "run")
+    shutil.rmtree(workdir / "checkpoints" / "2")
+    (workdir / "metrics.jsonl").write_text((workdir / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    assert Checkpointer(workdir).saved_layout() == (False, False)
+    config = _short_config()
+    config.model.scan_layers, config.model.feature_major = True, True
+    messages = []
+    trainer.train(config, workdir, log=messages.append)
+    assert any("converting the checkpoint from layout (scan_layers, feature_major) = (False, False) to "
+               "(True, True)" in m for m in messages), messages
+    rows, reference = read_metrics(workdir), short_run[1]
+    assert rows[0] == reference[0]
+    assert rows[1]["reward_mean"] == reference[1]["reward_mean"]
+    np.testing.assert_allclose(rows[1]["loss"], reference[1]["loss"], rtol=1e-4, atol=1e-6)
+    assert Checkpointer(workdir).saved_layout() == (True, True)
+
+    # The conversion itself: step 1's checkpoint, restored stacked and [out, in], converted back.
+    model = policy.build_model(config)
+    state = init_train_state(model.params, make_optimizer(config.optim, config.total_steps))
+    converted, _ = trainer.restore_checkpoint(Checkpointer(short_run[0]), state, model.config, None, print)
+    unconverted = jax.eval_shape(lambda s: relayout_state(s, model.config, False, False), state)
+    unconverted = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])),
+        unconverted)
+    original, _ = Checkpointer(short_run[0]).restore(unconverted)
+    assert "layers" in converted.params and "layers_0" in original.params
+    back = relayout_state(converted, model.config, False, False)
+    assert jax.tree.structure(back) == jax.tree.structure(original)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(original)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_a_restart_with_another_result_changing_config_is_refused(short_run, tmp_path, monkeypatch):
@@ -278,7 +325,8 @@ def test_the_checkpointed_rng_key_is_the_one_a_resumed_run_samples_with(short_ru
     workdir = _copy_run(short_run[0], tmp_path / "run")
     meta_file = workdir / "checkpoints" / "1" / "meta" / "metadata"
     meta = json.loads(meta_file.read_text())
-    assert set(meta) == {"step", "seed", "rng_key"}  # the step is the data position
+    assert set(meta) == {"step", "seed", "rng_key", "layout"}  # the step is the data position
+    assert meta["layout"] == {"scan_layers": False, "feature_major": False}  # the CPU default, toy-sized
     assert meta["rng_key"] == key_data(jax.random.key(0))
     shutil.rmtree(workdir / "checkpoints" / "2")
     meta_file.write_text(json.dumps(dict(meta, rng_key=key_data(jax.random.key(123)))))

@@ -1,7 +1,8 @@
 """orbax checkpoints of a training run: the train state plus a small JSON of run position.
 
 Saved per step: params, optimizer state and step (one pytree), and JSON metadata with the
-seed and the run's base PRNG key, which a resumed run samples with. The step is the data
+seed, the run's base PRNG key, which a resumed run samples with, and the parameter layout
+(a run may resume in another layout: `train_state.relayout_state` converts). The step is the data
 position (step s reads the records `data.records.step_indices` picks for s). orbax writes
 each step to a temporary directory and renames it when complete, so a run killed mid-save
 leaves the previous checkpoint as the latest one.
@@ -16,6 +17,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from corea_jax.models.config import ModelConfig
 from corea_jax.rl.train_state import TrainState
 
 
@@ -40,9 +42,24 @@ class Checkpointer:
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(pytree), meta=ocp.args.JsonSave(meta)))
 
+    def saved_layout(self, step: int | None = None) -> tuple[bool, bool] | None:
+        """(scan_layers, feature_major) the checkpoint at `step` (default: latest) stores its
+        parameters in (`layout_meta`); None when there is no checkpoint. A checkpoint written
+        before layouts were recorded holds [in, out] kernels, stacked when its parameters have
+        one "layers" entry."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            return None
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        if "layout" in meta:
+            return bool(meta["layout"]["scan_layers"]), bool(meta["layout"]["feature_major"])
+        params = self.manager.item_metadata(step)["state"]["params"]
+        return "layers" in params, False
+
     def restore(self, state: TrainState, step: int | None = None) -> tuple[TrainState, dict] | None:
         """The checkpoint at `step` (default: latest) restored into `state`'s structure and
-        shardings, with its metadata; None when there is none."""
+        shardings (its arrays, or ShapeDtypeStructs with shardings), with its metadata; None
+        when there is none."""
         step = self.latest_step() if step is None else step
         if step is None:
             return None
@@ -59,6 +76,11 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def layout_meta(config: ModelConfig) -> dict:
+    """The checkpoint metadata entry naming the parameter layout of `config`."""
+    return {"layout": {"scan_layers": config.scan_layers, "feature_major": config.feature_major}}
 
 
 def key_data(key: jax.Array) -> list[int]:

@@ -37,11 +37,15 @@ def defaults() -> ml_collections.ConfigDict:
         param_dtype="float32",  # master weights and optimizer state; keep float32 under bfloat16
         # compute: a 1e-6 learning-rate step is below bfloat16's resolution of a weight
         remat=False,
-        # The training layout: True stacks the layers under one scan (one compiled layer:
-        # fast compiles, the default for large models); False unrolls them (no per-layer
-        # slicing and stacking of weights and gradients: a 2-core CPU update of a 4-layer
-        # model ran 1.5x faster, BENCHMARKS.md). Sampling converts to its own layout.
-        scan_layers=True,
+        # The training layout (`models.model.training_layout` when None: the fastest
+        # measured on this platform). scan_layers True stacks the layers under one scan (one
+        # compiled layer: fast compiles, the default on accelerators); False unrolls them (no
+        # per-layer slicing and stacking of weights and gradients: faster updates on a CPU).
+        # feature_major: [out, in] MLP and LM-head kernels (faster on a CPU for models >= 512
+        # wide). Same model either way (up to float rounding): a run resumes in another
+        # layout, its checkpoint converted. Sampling converts to its own layout.
+        scan_layers=ml_collections.config_dict.placeholder(bool),
+        feature_major=ml_collections.config_dict.placeholder(bool),
         toy=dict(hidden_size=64, num_layers=2, num_heads=4)))
 
     c.data = ml_collections.ConfigDict(dict(
@@ -125,8 +129,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field in ("dtype", "param_dtype"):
         _expect(config.model[field] in ("float32", "bfloat16", "float16"), f"model.{field}",
                 "one of ('float32', 'bfloat16', 'float16')", config.model[field])
-    _expect(isinstance(config.model.scan_layers, bool), "model.scan_layers", "True or False",
-            config.model.scan_layers)
+    for field in ("scan_layers", "feature_major"):
+        _expect(config.model[field] is None or isinstance(config.model[field], bool), f"model.{field}",
+                "True, False or None (the platform's fastest)", config.model[field])
 
     r = config.rollout
     _expect(_is_int(r.group_size) and (r.group_size >= 2 or config.mode == "sft"), "rollout.group_size",
@@ -222,6 +227,9 @@ def loss_config(config: ml_collections.ConfigDict) -> grpo.LossConfig:
 # Groups a resumed run may change: they cannot change its results (mesh: the same programs
 # sharded otherwise, equal up to the float reduction order).
 RESUMABLE_CHANGES = ("log", "checkpoint", "mesh")
+# Fields a resumed run may change: the parameter layout (the same model, its checkpoint
+# converted on restore, equal up to float rounding like a changed mesh).
+RESUMABLE_FIELDS = ("model.scan_layers", "model.feature_major")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -238,15 +246,16 @@ def resume_differences(saved: dict, config: ml_collections.ConfigDict) -> list[s
     """The result-changing fields in which `config` differs from a run's saved config.json
     (`saved`, parsed), each as "config.<field>: <saved> in the workdir, <now> now".
 
-    Every field counts except those under RESUMABLE_CHANGES, and total_steps only when the
-    learning-rate schedule depends on the run length (`schedule_uses_run_length`).
+    Every field counts except RESUMABLE_FIELDS and those under RESUMABLE_CHANGES, and
+    total_steps only when the learning-rate schedule depends on the run length
+    (`schedule_uses_run_length`).
     """
     now = _flat(json.loads(config.to_json_best_effort()))
     before = _flat(saved)
     absent = "<absent>"
     out = []
     for field in sorted(set(now) | set(before)):
-        if field.split(".", 1)[0] in RESUMABLE_CHANGES:
+        if field.split(".", 1)[0] in RESUMABLE_CHANGES or field in RESUMABLE_FIELDS:
             continue
         if field == "total_steps" and not schedule_uses_run_length(config.optim):
             continue

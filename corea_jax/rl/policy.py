@@ -18,14 +18,15 @@ from corea_jax.data.records import Record
 from corea_jax.data.toy import ToyTokenizer, num_answers, toy_model_config
 from corea_jax.generation import chat_token_ids
 from corea_jax.models.decoder import relayout
+from corea_jax.models.config import ModelConfig
 from corea_jax.models.model import (Model, decoding_feature_major, decoding_scan_layers, init_params, load_model,
-                                    param_shardings)
+                                    param_shardings, training_layout)
 
 
 def build_model(config, mesh=None) -> Model:
     """The initial policy (also the KL reference when kl_beta > 0): weights stored in
-    config.model.param_dtype, matmuls in config.model.dtype, layers in the training layout
-    config.model.scan_layers."""
+    config.model.param_dtype, matmuls in config.model.dtype, parameters in the run's training layout
+    (`run_layout`)."""
     name, dtype, param_dtype = config.model.name, config.model.dtype, config.model.param_dtype
     if name == "toy":
         arithmetic = config.data.arithmetic
@@ -38,7 +39,7 @@ def build_model(config, mesh=None) -> Model:
         model_config = model_config.replace(dtype=dtype, param_dtype=param_dtype, remat=config.model.remat)
         # Initialized stacked, then laid out: the seed gives the same weights in either layout.
         params = init_params(model_config, jax.random.key(config.seed))
-        model_config, params = relayout(model_config, params, config.model.scan_layers)
+        model_config, params = relayout(model_config, params, *run_layout(config, model_config, mesh))
         if mesh is not None:
             from corea_jax.parallel.multihost import place_tree
 
@@ -47,10 +48,24 @@ def build_model(config, mesh=None) -> Model:
     from corea_jax.models import fetch
 
     path = fetch.fetch_model(name, fetch.default_model_dir(name)) if name in fetch.REGISTRY else name
-    model = load_model(path, dtype=param_dtype, mesh=mesh, scan_layers=config.model.scan_layers,
-                       feature_major=False)  # the training layout
+    model = load_model(path, dtype=param_dtype, mesh=mesh, scan_layers=True, feature_major=False)
+    scan, feature_major = run_layout(config, model.config, mesh)
+    if (scan, feature_major) != (True, False):
+        model.config, model.params = relayout(model.config, model.params, scan, feature_major)
+        if mesh is not None:
+            from corea_jax.parallel.multihost import place_tree
+
+            model.params = place_tree(model.params, param_shardings(model.config, mesh))
     model.config = model.config.replace(dtype=dtype, remat=config.model.remat)
     return model
+
+
+def run_layout(config, model_config: ModelConfig, mesh) -> tuple[bool, bool]:
+    """(scan_layers, feature_major) of a run: config.model's, each None resolved by
+    `models.model.training_layout` for this platform."""
+    scan, feature_major = training_layout(model_config, mesh)
+    pick = lambda value, default: default if value is None else bool(value)  # noqa: E731
+    return pick(config.model.scan_layers, scan), pick(config.model.feature_major, feature_major)
 
 
 def sampling_model(model: Model, params) -> Model:

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from corea_jax.models.decoder import relayout
+
 SCHEDULES = ("cosine", "linear", "constant")
 
 
@@ -102,3 +104,14 @@ def train_state_shardings(state: TrainState, param_shardings, mesh) -> TrainStat
     opt_state = optax.tree_map_params(state.tx, lambda _, sharding: sharding, state.opt_state,
                                       param_shardings, transform_non_params=lambda _: scalar)
     return TrainState(step=scalar, params=param_shardings, opt_state=opt_state, tx=state.tx)
+
+
+def relayout_state(state: TrainState, config, scan_layers: bool, feature_major: bool) -> TrainState:
+    """`state` (params in `config`'s layout) with its params and every params-shaped optimizer
+    slot (AdamW's mu, nu) in the layout (scan_layers, feature_major): stacking and transposes
+    only, so the values are exact. Works on abstract states (`jax.eval_shape`)."""
+    structure = jax.tree.structure(state.params)
+    is_params = lambda tree: jax.tree.structure(tree) == structure  # noqa: E731
+    convert = lambda tree: relayout(config, tree, scan_layers, feature_major)[1]  # noqa: E731
+    opt_state = jax.tree.map(lambda t: convert(t) if is_params(t) else t, state.opt_state, is_leaf=is_params)
+    return state.replace(params=convert(state.params), opt_state=opt_state)

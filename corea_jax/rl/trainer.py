@@ -30,13 +30,13 @@ from corea_jax.data.records import load_records, step_indices
 from corea_jax.generation import SamplingParams
 from corea_jax.models.model import Model, save_hf
 from corea_jax.rl import batching, flops, grpo, policy, rollout, scoring
-from corea_jax.rl.checkpointing import Checkpointer, key_data, key_from_data
+from corea_jax.rl.checkpointing import Checkpointer, key_data, key_from_data, layout_meta
 from corea_jax.rl.config import loss_config as run_loss_config, resume_differences, validate
 from corea_jax.rl.metrics_writer import MetricsWriter
 from corea_jax.parallel.multihost import global_array, place_tree
 from corea_jax.parallel.sharding import mesh_context
 from corea_jax.rl.train_state import (TrainState, init_train_state, learning_rate_schedule, make_optimizer,
-                                     optimizer_updates, train_state_shardings)
+                                     optimizer_updates, relayout_state, train_state_shardings)
 from corea_jax.rl.update import micro_batch_shardings, score_logprobs, sharded_update_step, update_step
 
 
@@ -337,6 +337,29 @@ def sft_step(state: TrainState, model: Model, records, step: int, config, ctx: S
 # --------------------------------------------------------------------------- the loop
 
 
+def restore_checkpoint(checkpointer: Checkpointer, state: TrainState, model_config, mesh,
+                       log: Callable[[str], None]) -> tuple[TrainState, dict] | None:
+    """The latest checkpoint as a state in `model_config`'s layout (`state`'s), with its
+    metadata; None when there is none. A checkpoint in another layout (written on another
+    platform, or before the layout default changed) is restored as written, then converted."""
+    saved = checkpointer.saved_layout()
+    if saved is None:
+        return None
+    layout = (model_config.scan_layers, model_config.feature_major)
+    if saved == layout:
+        return checkpointer.restore(state)
+    saved_config = model_config.replace(scan_layers=saved[0], feature_major=saved[1])
+    target = jax.eval_shape(lambda s: relayout_state(s, model_config, *saved), state)
+    if mesh is None:
+        shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), target)
+    else:
+        shardings = train_state_shardings(target, policy.param_shardings(saved_config, mesh), mesh)
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target, shardings)
+    restored, meta = checkpointer.restore(target)
+    log(f"converting the checkpoint from layout (scan_layers, feature_major) = {saved} to {layout}")
+    return jax.jit(lambda s: relayout_state(s, saved_config, *layout))(restored), meta
+
+
 def train(config, workdir: str | Path, *, log: Callable[[str], None] = logging.info) -> TrainState:
     """Runs (or resumes) a training run in `workdir`; returns the final train state.
 
@@ -370,7 +393,7 @@ def train(config, workdir: str | Path, *, log: Callable[[str], None] = logging.i
 
     checkpointer = Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
                                 async_save=config.checkpoint.async_save)
-    restored = checkpointer.restore(state)
+    restored = restore_checkpoint(checkpointer, state, model.config, mesh, log)
     base_key = jax.random.key(config.seed)
     if restored is not None:
         state, meta = restored
@@ -410,7 +433,8 @@ def train(config, workdir: str | Path, *, log: Callable[[str], None] = logging.i
                 f"{k}={metrics[k]:.4g}" for k in ("loss", "reward_mean", "accuracy", "ece", "time_step")
                 if k in metrics))
             if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == config.total_steps:
-                checkpointer.save(state, {"step": step + 1, "seed": config.seed, "rng_key": key_data(base_key)})
+                checkpointer.save(state, {"step": step + 1, "seed": config.seed, "rng_key": key_data(base_key),
+                                          **layout_meta(model.config)})
     finally:
         checkpointer.wait()
         checkpointer.close()
