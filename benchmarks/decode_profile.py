@@ -1,16 +1,16 @@
 """Where one decode step's time goes: XLA's own per-op trace, grouped by what each op computes.
 
   python -m benchmarks.decode_profile [--architecture=qwen2.5-0.5b-instruct] [--batch=32]
-      [--cache_length=256] [--dtype=float32] [--scan_layers=false] [--feature_major]
+      [--cache_length=256] [--dtype=float32] [--scan_layers=false] [--feature_major] [--sample]
 
 Random weights of a corea_jax.models.architectures shape (the time does not depend on the
 values). One decode step is `Decoder.apply` on one new token per row with a KV cache of
 --cache_length slots, half of them filled, the cache donated as in the engine's loop, plus the
-engine's greedy choice and log-prob. The step runs --steps times under `jax.profiler`; XLA CPU
-thunks are traced (`--xla_cpu_enable_xprof_traceme`, set here before jax loads) and their
-durations are summed per kind: matmuls by output shape, copies, fusions by name. Times are summed
-over XLA's worker threads, so independent ops that ran side by side add up to more than the
-step's wall time (printed first).
+engine's greedy choice (with --sample, its draw at temperature 1) and log-prob. The step runs
+--steps times under `jax.profiler` (`benchmarks.xla_trace`: XLA's CPU thunks, their durations
+summed per kind: matmuls by output shape, copies, fusions by name; summed over XLA's worker
+threads, so independent ops that ran side by side add up to more than the step's wall time,
+printed first).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ _DTYPE = flags.DEFINE_string("dtype", "float32", "parameter and compute dtype")
 _SCAN_LAYERS = flags.DEFINE_bool("scan_layers", False, "stacked layers run by one scan")
 _FEATURE_MAJOR = flags.DEFINE_bool("feature_major", None, "[out, in] MLP and LM-head kernels, the rows "
                                    "minor (default: the decoding layout, `decoding_feature_major`)")
+_SAMPLE = flags.DEFINE_bool("sample", False, "draw each token at temperature 1 (the engine's "
+                             "`sampling.categorical`, as a GRPO rollout does) instead of greedily")
 _STEPS = flags.DEFINE_integer("steps", 3, "profiled steps")
 _TOP = flags.DEFINE_integer("top", 15, "rows of the table")
 
@@ -51,11 +53,12 @@ def main(argv):
     cache = init_cache(cfg, b, s)
     cache = cache.replace(valid=cache.valid.at[:, : s // 2].set(True), index=jnp.int32(s // 2))
     decoder = Decoder(cfg)
+    keys = jax.random.split(jax.random.key(0), b)
 
     def step(params, cache, tokens):
         logits, cache = decoder.apply({"params": params}, tokens, jnp.full_like(tokens, s // 2),
                                       jnp.ones(tokens.shape, bool), cache)
-        token = sampling.greedy(logits[:, 0])
+        token = sampling.categorical(keys, logits[:, 0]) if _SAMPLE.value else sampling.greedy(logits[:, 0])
         logprob = jnp.take_along_axis(jax.nn.log_softmax(logits[:, 0]), token[:, None], axis=-1)
         # Rewind the write slot: every profiled step attends over the same number of slots.
         return token[:, None], logprob, cache.replace(index=cache.index - 1)
@@ -78,7 +81,8 @@ def main(argv):
     total, count = xla_trace.traced_times(run, kinds, _STEPS.value)
     steps = _STEPS.value
     print(f"{_ARCHITECTURE.value} {cfg.dtype} batch {b}, cache {s} slots, "
-          f"scan_layers={cfg.scan_layers}, feature_major={cfg.feature_major}: decode step {wall * 1e3:.1f} ms (best of 3)")
+          f"scan_layers={cfg.scan_layers}, feature_major={cfg.feature_major}, "
+          f"{'sampled' if _SAMPLE.value else 'greedy'}: decode step {wall * 1e3:.1f} ms (best of 3)")
     xla_trace.print_table(total, count, steps, _TOP.value)
 
 

@@ -80,6 +80,23 @@ def test_greedy_matches_argmax_across_blocks(seed, vocab, levels):
     assert np.asarray(sampling.greedy(jnp.asarray(logits))).tolist() == logits.argmax(-1).tolist()
 
 
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), vocab=st.sampled_from([3, 128, 129, 1000]),
+       filtered=st.booleans(), scale=st.sampled_from([0.01, 1.0, 30.0]))
+def test_categorical_draws_exactly_what_jax_random_categorical_draws(seed, vocab, filtered, scale):
+    """The same token as `jax.random.categorical` for every row's key, with filtered (float32
+    minimum) entries and peaked or flat distributions: only the argmax is computed otherwise."""
+    rng = np.random.default_rng(seed)
+    logits = (rng.normal(size=(16, vocab)) * scale).astype(np.float32)
+    if filtered:
+        logits[rng.random(logits.shape) < 0.5] = jnp.finfo(jnp.float32).min
+    keys = jax.random.split(jax.random.key(seed), 16)
+    ours = jax.jit(sampling.categorical)(keys, jnp.asarray(logits))
+    theirs = jax.jit(jax.vmap(jax.random.categorical))(keys, jnp.asarray(logits))
+    assert ours.dtype == jnp.int32
+    assert ours.tolist() == theirs.tolist()
+
+
 # ------------------------------------------------------------------------ top-k / top-p
 
 _mask_fn = jax.jit(sampling.top_k_top_p_mask)

@@ -29,6 +29,15 @@ def greedy(logits: jax.Array) -> jax.Array:
     return (block * _ARGMAX_BLOCK + inner).astype(jnp.int32)
 
 
+def categorical(keys: jax.Array, logits: jax.Array) -> jax.Array:
+    """One draw [B] per row from softmax(logits) [B, V], row b with keys[b]: exactly
+    `jax.random.categorical`'s draws (the argmax of the logits plus Gumbel noise from the
+    row's key), its argmax in `greedy`'s two stages (85 of its 167 ms for [64, 49152] on the
+    project's CPU was XLA's scalar argmax loop)."""
+    noise = jax.vmap(lambda key: jax.random.gumbel(key, logits.shape[-1:], logits.dtype))(keys)
+    return greedy(noise + logits)
+
+
 def top_k_top_p_mask(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
     """Boolean [B, V]: the tokens that top-k (k <= 0: off) and top-p (p = 1: off) allow.
 
@@ -67,5 +76,4 @@ def sample(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_k: ja
 
     keys: [B] typed PRNG keys, one per row, so a row's samples do not depend on its batch.
     """
-    scaled = sampling_logits(logits, temperature, top_k, top_p, filtered=filtered)
-    return jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
+    return categorical(keys, sampling_logits(logits, temperature, top_k, top_p, filtered=filtered))

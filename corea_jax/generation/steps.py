@@ -78,7 +78,7 @@ def choose(program, scalars: SamplingScalars, logits, keys, steps):
         step_keys = jax.vmap(jax.random.fold_in)(keys, steps)
         logits = sampling_lib.sampling_logits(logits, scalars.temperature, scalars.top_k, scalars.top_p,
                                               filtered=program.filtered)
-        token = jax.vmap(jax.random.categorical)(step_keys, logits).astype(jnp.int32)
+        token = sampling_lib.categorical(step_keys, logits)
     logprob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
     return token, logprob
 
