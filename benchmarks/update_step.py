@@ -2,7 +2,7 @@
 
   python -m benchmarks.update_step --architecture={qwen2.5-1.5b-instruct,HF_DIR} [--prompts=4] [--group=8]
       [--prompt_tokens=512] [--completion_tokens=2048] [--micro_batch=8] [--dtype=bfloat16]
-      [--param_dtype=float32] [--remat] [--steps=3] [--profile=1] [--out=FILE]
+      [--param_dtype=float32] [--remat] [--steps=3] [--alternate=true:false] [--profile=1] [--out=FILE]
 
 What `corea_jax.rl.update.update_step` does in a training run, on a synthetic batch of the
 given shape (random tokens, full-length completions, random advantages): the shared-prompt
@@ -35,6 +35,9 @@ _PARAM_DTYPE = flags.DEFINE_string("param_dtype", "float32", "master weight / op
 _REMAT = flags.DEFINE_bool("remat", True, "rematerialise each layer in the backward pass")
 _SCAN = flags.DEFINE_bool("scan_layers", True, "stacked layers run by one scan (the trainer's layout); False: a Python loop over per-layer parameters")
 _FEATURE_MAJOR = flags.DEFINE_bool("feature_major", False, "[out, in] MLP and LM-head kernels, the rows minor")
+_ALTERNATE = flags.DEFINE_string("alternate", None, "SCAN_LAYERS:FEATURE_MAJOR (e.g. true:false): a "
+                                 "second layout of the same weights, its steps alternated with the "
+                                 "first's in this process (this box's speed drifts between runs)")
 _STEPS = flags.DEFINE_integer("steps", 3, "timed steps (after one compiling step)")
 _PROFILE = flags.DEFINE_integer("profile", 0, "after the timed steps, trace this many more under "
                                 "jax.profiler and print where they went (XLA's per-op trace, by kind)")
@@ -65,11 +68,13 @@ def main(argv):
     if _PROFILE.value:
         xla_trace.enable()  # XLA reads its flags when the backend starts, at the first jax call below
     import jax
+    import jax.numpy as jnp
     import ml_collections
     import numpy as np
 
     from corea_jax.models.architectures import architecture
     from corea_jax.models.config import ModelConfig
+    from corea_jax.models.decoder import relayout
     from corea_jax.models.model import init_params
     from corea_jax.rl import flops, grpo
     from corea_jax.rl.config import defaults
@@ -81,44 +86,62 @@ def main(argv):
         config = ModelConfig.from_hf(hf, dtype=_DTYPE.value)
     else:
         config = architecture(_ARCHITECTURE.value, dtype=_DTYPE.value)
-    config = config.replace(
-        param_dtype=_PARAM_DTYPE.value, remat=_REMAT.value, scan_layers=_SCAN.value,
-        feature_major=_FEATURE_MAJOR.value)
+    config = config.replace(param_dtype=_PARAM_DTYPE.value, remat=_REMAT.value, scan_layers=_SCAN.value,
+                            feature_major=_FEATURE_MAJOR.value)
     optim = ml_collections.ConfigDict(defaults().optim)
     optim.learning_rate, optim.warmup_steps, optim.schedule = 1e-6, 0, "constant"
-    state = init_train_state(init_params(config, jax.random.key(0)), make_optimizer(optim, 1))
+    params = init_params(config.replace(scan_layers=True, feature_major=False), jax.random.key(0))
+    layouts = [(_SCAN.value, _FEATURE_MAJOR.value)]
+    if _ALTERNATE.value:
+        layouts.append(tuple(flag.strip().lower() == "true" for flag in _ALTERNATE.value.split(":")))
+    configs, states = [], []
+    for scan, feature_major in layouts:  # the same weights in each layout
+        cfg, laid_out = relayout(config.replace(scan_layers=True, feature_major=False), params, scan, feature_major)
+        configs.append(cfg)
+        states.append(init_train_state(jax.tree.map(jnp.copy, laid_out), make_optimizer(optim, 1)))
+    del params
     batch = jax.device_put(synthetic_batch(config, np.random.default_rng(0)))
     loss_config = grpo.LossConfig(eps_low=0.2, eps_high=0.28, on_policy=True)
     peak = dot_gflops(_DTYPE.value) * 1e9
 
-    times = []
+    times = [[] for _ in layouts]
     for step in range(_STEPS.value + 1):
-        start = time.perf_counter()
-        state, metrics = update_step(state, batch, model_config=config, loss_config=loss_config)
-        jax.block_until_ready((state, metrics))
-        times.append(time.perf_counter() - start)
-        print(f"step {step}: {times[-1]:.3f} s  loss {float(metrics['loss']):.4f}", flush=True)
-    step_time = sum(times[1:]) / max(len(times) - 1, 1)
+        for i, (cfg, layout) in enumerate(zip(configs, layouts)):
+            start = time.perf_counter()
+            states[i], metrics = update_step(states[i], batch, model_config=cfg, loss_config=loss_config)
+            jax.block_until_ready((states[i], metrics))
+            times[i].append(time.perf_counter() - start)
+            print(f"step {step} (scan_layers, feature_major) = {layout}: {times[i][-1]:.3f} s  "
+                  f"loss {float(metrics['loss']):.4f}", flush=True)
     b, g, p, c = _PROMPTS.value, _GROUP.value, _PROMPT_TOKENS.value, _COMPLETION_TOKENS.value
     chunk = min(g, _MICRO.value)
     model_flops = flops.update_flops(config, b * (g // chunk) * p, b * g * c, p, c)
     tokens = b * p + b * g * c
+    step_times = [sum(t[1:]) / max(len(t) - 1, 1) for t in times]
+    step_time = step_times[0]
     result = dict(device=str(jax.devices()[0].device_kind), jax=jax.__version__,
                   architecture=_ARCHITECTURE.value, params=config.num_params, dtype=_DTYPE.value,
                   param_dtype=_PARAM_DTYPE.value, remat=_REMAT.value, scan_layers=_SCAN.value,
                   feature_major=_FEATURE_MAJOR.value, prompts=b, group=g,
                   prompt_tokens=p, completion_tokens=c, micro_batch=_MICRO.value,
-                  compile_and_first_step_s=times[0], step_s=step_time, tokens_per_s=tokens / step_time,
+                  compile_and_first_step_s=times[0][0], step_s=step_time, step_times_s=times[0][1:],
+                  tokens_per_s=tokens / step_time,
                   model_tflops=model_flops / 1e12, peak_tflops=peak / 1e12,
                   mfu=model_flops / step_time / peak)
+    if _ALTERNATE.value:
+        result["alternate"] = dict(scan_layers=layouts[1][0], feature_major=layouts[1][1],
+                                   compile_and_first_step_s=times[1][0], step_s=step_times[1],
+                                   step_times_s=times[1][1:], mfu=model_flops / step_times[1] / peak)
+        result["speedup_over_alternate"] = step_times[1] / step_time
+    state = states[0]
     print(json.dumps(result, indent=2))
     if _PROFILE.value:
-        kinds = xla_trace.op_kinds(update_step.lower(state, batch, model_config=config,
+        kinds = xla_trace.op_kinds(update_step.lower(state, batch, model_config=configs[0],
                                                      loss_config=loss_config).compile().as_text())
 
         def run():
             nonlocal state
-            state, metrics = update_step(state, batch, model_config=config, loss_config=loss_config)
+            state, metrics = update_step(state, batch, model_config=configs[0], loss_config=loss_config)
             jax.block_until_ready((state, metrics))
 
         total, count = xla_trace.traced_times(run, kinds, _PROFILE.value)
