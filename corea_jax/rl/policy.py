@@ -17,8 +17,8 @@ from corea_jax import prompts
 from corea_jax.data.records import Record
 from corea_jax.data.toy import ToyTokenizer, num_answers, toy_model_config
 from corea_jax.generation import chat_token_ids
-from corea_jax.models.decoder import relayout
 from corea_jax.models.config import ModelConfig
+from corea_jax.models.decoder import relayout
 from corea_jax.models.model import (Model, decoding_feature_major, decoding_scan_layers, init_params, load_model,
                                     param_shardings, training_layout)
 
@@ -70,7 +70,7 @@ def run_layout(config, model_config: ModelConfig, mesh) -> tuple[bool, bool]:
 
 def sampling_model(model: Model, params) -> Model:
     """The policy with `params`, for the generation engine, converted once per rollout from
-    the training layout (stacked layers, weights in config.model.param_dtype) into the decoding
+    the training layout (`run_layout`, weights in config.model.param_dtype) into the decoding
     layout (`decoding_scan_layers`: one parameter set per layer unless the mesh shards
     parameters over fsdp; `decoding_feature_major`: [out, in] MLP kernels on a CPU) and cast
     to the compute dtype (the graph casts them at every matmul anyway, so the samples and their
