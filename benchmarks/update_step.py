@@ -93,7 +93,11 @@ def main(argv):
     params = init_params(config.replace(scan_layers=True, feature_major=False), jax.random.key(0))
     layouts = [(_SCAN.value, _FEATURE_MAJOR.value)]
     if _ALTERNATE.value:
-        layouts.append(tuple(flag.strip().lower() == "true" for flag in _ALTERNATE.value.split(":")))
+        flags_ = [flag.strip().lower() for flag in _ALTERNATE.value.split(":")]
+        if len(flags_) != 2 or not set(flags_) <= {"true", "false"}:
+            raise app.UsageError(f"--alternate: expected SCAN_LAYERS:FEATURE_MAJOR as two of true/false "
+                                 f"(e.g. true:false), found {_ALTERNATE.value!r}")
+        layouts.append(tuple(flag == "true" for flag in flags_))
     configs, states = [], []
     for scan, feature_major in layouts:  # the same weights in each layout
         cfg, laid_out = relayout(config.replace(scan_layers=True, feature_major=False), params, scan, feature_major)

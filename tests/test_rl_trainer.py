@@ -247,12 +247,13 @@ def test_a_run_resumes_in_another_layout_its_checkpoint_converted(short_run, tmp
     assert any("converting the checkpoint from layout (scan_layers, feature_major) = (False, False) to "
                "(True, True)" in m for m in messages), messages
     rows, reference = read_metrics(workdir), short_run[1]
-    assert rows[0] == reference[0]
+    assert [r["step"] for r in rows] == [1, 2]
     assert rows[1]["reward_mean"] == reference[1]["reward_mean"]
     np.testing.assert_allclose(rows[1]["loss"], reference[1]["loss"], rtol=1e-4, atol=1e-6)
     assert Checkpointer(workdir).saved_layout() == (True, True)
 
-    # The conversion itself: step 1's checkpoint, restored stacked and [out, in], converted back.
+    # The conversion itself: the run's latest checkpoint (step 2), restored stacked and
+    # [out, in], converted back.
     model = policy.build_model(config)
     state = init_train_state(model.params, make_optimizer(config.optim, config.total_steps))
     converted, _ = trainer.restore_checkpoint(Checkpointer(short_run[0]), state, model.config, None, print)
@@ -266,6 +267,26 @@ def test_a_run_resumes_in_another_layout_its_checkpoint_converted(short_run, tmp
     assert jax.tree.structure(back) == jax.tree.structure(original)
     for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(original)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_run_resumes_on_a_mesh_from_a_single_device_checkpoint(short_run, tmp_path):
+    """The CPU default's checkpoint (layers unrolled) resumed on an fsdp mesh (stacked):
+    converted into the mesh's shardings, and step 2 as the uninterrupted run's."""
+    import shutil
+
+    workdir = _copy_run(short_run[0], tmp_path / "run")
+    shutil.rmtree(workdir / "checkpoints" / "2")
+    (workdir / "metrics.jsonl").write_text((workdir / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    config = _short_config()
+    config.mesh.fsdp = 8
+    messages = []
+    state = trainer.train(config, workdir, log=messages.append)
+    assert any("= (False, False) to (True, False)" in m for m in messages), messages
+    rows, reference = read_metrics(workdir), short_run[1]
+    assert rows[1]["reward_mean"] == reference[1]["reward_mean"]
+    np.testing.assert_allclose(rows[1]["loss"], reference[1]["loss"], rtol=1e-4, atol=1e-6)
+    kernel = state.params["layers"]["mlp"]["up_proj"]["kernel"]
+    assert len(kernel.sharding.device_set) == 8 and not kernel.sharding.is_fully_replicated
 
 
 def test_a_restart_with_another_result_changing_config_is_refused(short_run, tmp_path, monkeypatch):

@@ -187,8 +187,12 @@ def training_layout(config: ModelConfig, mesh) -> tuple[bool, bool]:
     BENCHMARKS.md). Elsewhere stacked layers under one scan (one compiled layer: fast
     compiles of large models) and [in, out] kernels (the sharding rules' and the matmul
     units' form)."""
-    cpu = mesh is None and jax.default_backend() == "cpu"
-    return (not cpu, decoding_feature_major(config, mesh))
+    return training_scan_layers(mesh), decoding_feature_major(config, mesh)
+
+
+def training_scan_layers(mesh) -> bool:
+    """`training_layout`'s scan_layers (it does not depend on the model)."""
+    return not (mesh is None and jax.default_backend() == "cpu")
 
 
 def load_model(path: str | os.PathLike, *, dtype: str = "float32", mesh=None,

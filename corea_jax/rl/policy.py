@@ -20,7 +20,7 @@ from corea_jax.generation import chat_token_ids
 from corea_jax.models.config import ModelConfig
 from corea_jax.models.decoder import relayout
 from corea_jax.models.model import (Model, decoding_feature_major, decoding_scan_layers, init_params, load_model,
-                                    param_shardings, training_layout)
+                                    param_shardings, training_layout, training_scan_layers)
 
 
 def build_model(config, mesh=None) -> Model:
@@ -48,14 +48,12 @@ def build_model(config, mesh=None) -> Model:
     from corea_jax.models import fetch
 
     path = fetch.fetch_model(name, fetch.default_model_dir(name)) if name in fetch.REGISTRY else name
-    model = load_model(path, dtype=param_dtype, mesh=mesh, scan_layers=True, feature_major=False)
-    scan, feature_major = run_layout(config, model.config, mesh)
-    if (scan, feature_major) != (True, False):
-        model.config, model.params = relayout(model.config, model.params, scan, feature_major)
-        if mesh is not None:
-            from corea_jax.parallel.multihost import place_tree
-
-            model.params = place_tree(model.params, param_shardings(model.config, mesh))
+    # Read straight into the run's layout and shardings (load_model's feature_major=None is
+    # `decoding_feature_major`, the same rule as `training_layout`'s).
+    scan = training_scan_layers(mesh) if config.model.scan_layers is None else bool(config.model.scan_layers)
+    model = load_model(path, dtype=param_dtype, mesh=mesh, scan_layers=scan,
+                       feature_major=config.model.feature_major)
+    assert (model.config.scan_layers, model.config.feature_major) == run_layout(config, model.config, mesh)
     model.config = model.config.replace(dtype=dtype, remat=config.model.remat)
     return model
 

@@ -108,10 +108,14 @@ def train_state_shardings(state: TrainState, param_shardings, mesh) -> TrainStat
 
 def relayout_state(state: TrainState, config, scan_layers: bool, feature_major: bool) -> TrainState:
     """`state` (params in `config`'s layout) with its params and every params-shaped optimizer
-    slot (AdamW's mu, nu) in the layout (scan_layers, feature_major): stacking and transposes
-    only, so the values are exact. Works on abstract states (`jax.eval_shape`)."""
+    slot (AdamW's mu, nu: a subtree with the params' structure and shapes) in the layout
+    (scan_layers, feature_major): stacking and transposes only, so the values are exact. Works
+    on abstract states (`jax.eval_shape`). `make_optimizer`'s states hold no other per-parameter
+    slots; a factored or masked optimizer state would need its own conversion."""
     structure = jax.tree.structure(state.params)
-    is_params = lambda tree: jax.tree.structure(tree) == structure  # noqa: E731
+    shapes = [x.shape for x in jax.tree.leaves(state.params)]
+    is_params = lambda tree: (jax.tree.structure(tree) == structure  # noqa: E731
+                              and [getattr(x, "shape", None) for x in jax.tree.leaves(tree)] == shapes)
     convert = lambda tree: relayout(config, tree, scan_layers, feature_major)[1]  # noqa: E731
     opt_state = jax.tree.map(lambda t: convert(t) if is_params(t) else t, state.opt_state, is_leaf=is_params)
     return state.replace(params=convert(state.params), opt_state=opt_state)

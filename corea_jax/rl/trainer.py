@@ -357,7 +357,11 @@ def restore_checkpoint(checkpointer: Checkpointer, state: TrainState, model_conf
     target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target, shardings)
     restored, meta = checkpointer.restore(target)
     log(f"converting the checkpoint from layout (scan_layers, feature_major) = {saved} to {layout}")
-    return jax.jit(lambda s: relayout_state(s, saved_config, *layout))(restored), meta
+    out_shardings = None if mesh is None else train_state_shardings(
+        state, policy.param_shardings(model_config, mesh), mesh)
+    # No donation: the converted arrays have other shapes, so XLA could not reuse the buffers.
+    convert = jax.jit(lambda s: relayout_state(s, saved_config, *layout), out_shardings=out_shardings)
+    return convert(restored), meta
 
 
 def train(config, workdir: str | Path, *, log: Callable[[str], None] = logging.info) -> TrainState:
