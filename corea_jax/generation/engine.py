@@ -42,6 +42,7 @@ from corea_jax.generation.static import GenerationProgram
 from corea_jax.generation.steps import SamplingScalars, compile_count, eos_token_ids
 from corea_jax.models.config import ModelConfig
 from corea_jax.models.decoder import KVCache
+from corea_jax.parallel.machine import one_cpu
 
 __all__ = ["Completion", "GenerationProgram", "SCHEDULES", "SamplingParams", "SamplingScalars",
            "chat_token_ids", "compile_count", "eos_token_ids", "generate", "generate_followup",
@@ -168,8 +169,7 @@ def pick_schedule(model, rows: int, batch_size: int) -> str:
     16 slots: 1.28x static on an Intel Xeon, 1.21x on the AMD box, BENCHMARKS.md); else
     "static" (rows that fit one batch tied on CPU, and the accelerator numbers were measured
     with it)."""
-    on_one_cpu = model.mesh is None and jax.default_backend() == "cpu"
-    return "continuous" if on_one_cpu and rows > batch_size else "static"
+    return "continuous" if one_cpu(model.mesh) and rows > batch_size else "static"
 
 
 def generate_tokens(model, prompt_ids: list[list[int]], sampling: SamplingParams, *,

@@ -175,8 +175,7 @@ def decoding_feature_major(config: ModelConfig, mesh) -> bool:
     CPU without a mesh for models at least FEATURE_MAJOR_MIN_HIDDEN wide, where XLA's CPU
     matmul runs `W @ x^T` 1.3-1.6x faster at decode-sized row counts; else [in, out] (the
     accelerators' matmul units were measured in that form, and sharding rules expect it)."""
-    return (mesh is None and jax.default_backend() == "cpu"
-            and config.hidden_size >= FEATURE_MAJOR_MIN_HIDDEN)
+    return machine.one_cpu(mesh) and config.hidden_size >= FEATURE_MAJOR_MIN_HIDDEN
 
 
 def training_layout(config: ModelConfig, mesh) -> tuple[bool, bool]:
@@ -192,7 +191,7 @@ def training_layout(config: ModelConfig, mesh) -> tuple[bool, bool]:
 
 def training_scan_layers(mesh) -> bool:
     """`training_layout`'s scan_layers (it does not depend on the model)."""
-    return not (mesh is None and jax.default_backend() == "cpu")
+    return not machine.one_cpu(mesh)
 
 
 def load_model(path: str | os.PathLike, *, dtype: str = "float32", mesh=None,

@@ -1,6 +1,7 @@
 """What host this is: the CPU model name (as `lscpu` prints it) and its core count, for
 reports and benchmark headers (float results and speeds differ between CPU families), and
-the compute dtype that runs fastest on it (`dtype="auto"`)."""
+the compute dtype that runs fastest on it (`dtype="auto"`), and whether programs run on one
+CPU (`one_cpu`)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,14 @@ def cpu_model() -> str:
     except OSError:
         pass
     return f"{name or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def one_cpu(mesh) -> bool:
+    """Whether programs run on the CPU backend without a mesh: where the CPU-measured choices
+    (decoding and training layouts, the generation schedule) apply."""
+    import jax
+
+    return mesh is None and jax.default_backend() == "cpu"
 
 
 

@@ -349,18 +349,20 @@ def restore_checkpoint(checkpointer: Checkpointer, state: TrainState, model_conf
     if saved == layout:
         return checkpointer.restore(state)
     saved_config = model_config.replace(scan_layers=saved[0], feature_major=saved[1])
+
+    def shardings(abstract_state, config):  # where a state in `config`'s layout lives
+        if mesh is None:
+            return jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract_state)
+        return train_state_shardings(abstract_state, policy.param_shardings(config, mesh), mesh)
+
     target = jax.eval_shape(lambda s: relayout_state(s, model_config, *saved), state)
-    if mesh is None:
-        shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), target)
-    else:
-        shardings = train_state_shardings(target, policy.param_shardings(saved_config, mesh), mesh)
-    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target, shardings)
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target,
+                          shardings(target, saved_config))
     restored, meta = checkpointer.restore(target)
     log(f"converting the checkpoint from layout (scan_layers, feature_major) = {saved} to {layout}")
-    out_shardings = None if mesh is None else train_state_shardings(
-        state, policy.param_shardings(model_config, mesh), mesh)
     # No donation: the converted arrays have other shapes, so XLA could not reuse the buffers.
-    convert = jax.jit(lambda s: relayout_state(s, saved_config, *layout), out_shardings=out_shardings)
+    convert = jax.jit(lambda s: relayout_state(s, saved_config, *layout),
+                      out_shardings=shardings(state, model_config))
     return convert(restored), meta
 
 
