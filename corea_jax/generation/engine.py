@@ -29,6 +29,7 @@ batching); this one encodes prompts, batches rows, and cuts completions at stop 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Sequence
 
 import jax
@@ -81,11 +82,88 @@ def _encode_prompts(tokenizer, prompts: Sequence[Any], raw: bool) -> list[list[i
     return encoded
 
 
-def chat_token_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
-    """Token ids of chat `messages` under the tokenizer's chat template."""
+_CONTENT_MARK = "@@corea-message-{}@@"  # stands for a message's content while the template renders
+
+
+def chat_token_ids(tokenizer, messages: Sequence[dict], add_generation_prompt: bool = True) -> list[int]:
+    """Token ids of chat `messages` under the tokenizer's chat template.
+
+    Message contents are encoded as plain text: a question holding "<|im_end|>" gets the
+    ordinary tokens that spell it, and the only special ids are those the template itself
+    writes. For contents free of special-token text the ids equal encoding the rendered
+    template in one call. Raises ValueError when a content holds special-token text and
+    the template rewrites contents (then they cannot be told apart from the template's text).
+    """
+    messages = list(messages)
     text = tokenizer.apply_chat_template(messages, tokenize=False,
                                          add_generation_prompt=add_generation_prompt)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    pieces = _template_and_contents(tokenizer, messages, text, add_generation_prompt)
+    if pieces is None:  # the template rewrites contents: safe only if none spells a special token
+        special = set(_special_tokens(tokenizer).values())
+        for i, message in enumerate(messages):
+            content = message.get("content")
+            if isinstance(content, str) and special & set(tokenizer(content, add_special_tokens=False)["input_ids"]):
+                raise ValueError(f"messages[{i}].content: holds special-token text, and the chat template "
+                                 "rewrites message contents, so it cannot be encoded as plain text")
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return _encode_pieces(tokenizer, pieces)
+
+
+def _template_and_contents(tokenizer, messages: list[dict], text: str,
+                           add_generation_prompt: bool) -> list[tuple[str, bool]] | None:
+    """`text` as [(piece, is_content)] in order, or None when the template does not copy each
+    content verbatim (each found once by rendering with marks in their place)."""
+    marks = {i: _CONTENT_MARK.format(i) for i, m in enumerate(messages)
+             if isinstance(m.get("content"), str) and m["content"]}
+    masked = [{**m, "content": marks[i]} if i in marks else m for i, m in enumerate(messages)]
+    template = tokenizer.apply_chat_template(masked, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
+    if any(template.count(mark) != 1 for mark in marks.values()):
+        return None
+    pieces, end = [], 0
+    for start, i in sorted((template.index(mark), i) for i, mark in marks.items()):
+        pieces += [(template[end:start], False), (messages[i]["content"], True)]
+        end = start + len(marks[i])
+    pieces.append((template[end:], False))
+    if "".join(piece for piece, _ in pieces) != text:  # a content changed on its way through
+        return None
+    return pieces
+
+
+def _special_tokens(tokenizer) -> dict[str, int]:
+    """The tokenizer's special added tokens, text -> id (those `split_special_tokens` disables)."""
+    return {str(token): int(i) for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+
+
+def _encode_pieces(tokenizer, pieces: list[tuple[str, bool]]) -> list[int]:
+    """Special tokens are looked for in the template's pieces only; the text between two of
+    them (template text and contents alike) is encoded in one call without special-token
+    parsing, as the tokenizer itself encodes the text between special tokens."""
+    special = _special_tokens(tokenizer)
+    # Longest first: at one position the longest special token wins, as in the tokenizer.
+    pattern = re.compile("|".join(re.escape(s) for s in sorted(special, key=len, reverse=True)))
+    ids: list[int] = []
+    plain: list[str] = []
+
+    def flush():
+        if "".join(plain):
+            ids.extend(tokenizer("".join(plain), add_special_tokens=False,
+                                 split_special_tokens=True)["input_ids"])
+        plain.clear()
+
+    for piece, is_content in pieces:
+        if is_content or not special:
+            plain.append(piece)
+            continue
+        end = 0
+        for match in pattern.finditer(piece):
+            plain.append(piece[end:match.start()])
+            flush()
+            ids.append(special[match.group()])
+            end = match.end()
+        plain.append(piece[end:])
+    flush()
+    return ids
 
 
 @dataclasses.dataclass
