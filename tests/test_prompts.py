@@ -145,3 +145,58 @@ def test_followup_suffix_refuses_a_template_that_rewrites_history():
     first = prompts.build_messages(QUESTION, prompts.get_prompt_config("rlvr"))
     with pytest.raises(ValueError, match="verbatim"):
         prompts.followup_suffix(_tokenizer(STRIPS_THINKING), first, "<think>hmm</think>\\boxed{72}")
+
+
+# ------------------------------------------------------- the cascade's messages, with history
+
+HISTORY = [{"role": "system", "content": "Answer in French."},
+           {"role": "user", "content": "What is 2 + 2?"},
+           {"role": "assistant", "content": "Quatre: \\boxed{4}"},
+           {"role": "system", "content": "Be brief."}]
+
+
+@pytest.mark.parametrize("preset, system_prompt, choices", [
+    ("corea", None, None), ("rlvr", "You are careful.", None), ("choice", None, ["21", "23", "25"]),
+    ("question", None, None)])
+def test_messages_for_without_history_is_the_preset_alone(preset, system_prompt, choices):
+    from corea_jax.cascade.backends import messages_for
+    from corea_jax.cascade.datasets import Item
+
+    item = Item("t/0", QUESTION, "B" if choices else "72", "choice" if choices else "gsm8k", choices=choices)
+    cfg = dataclasses.replace(prompts.get_prompt_config(preset), multiple_choice=choices is not None)
+    if system_prompt:
+        cfg = dataclasses.replace(cfg, system_prompt=system_prompt)
+    assert messages_for(item, preset, system_prompt=system_prompt) == prompts.build_messages(QUESTION, cfg, choices)
+    assert messages_for(item, preset, system_prompt=system_prompt, history=()) == \
+        messages_for(item, preset, system_prompt=system_prompt)
+
+
+def test_messages_for_puts_earlier_turns_before_the_question_and_merges_system_texts():
+    from corea_jax.cascade.backends import messages_for
+    from corea_jax.cascade.datasets import Item
+
+    item = Item("t/0", QUESTION, "72", "gsm8k")
+    alone = messages_for(item, "corea")  # no system message in the preset: the client's become one
+    out = messages_for(item, "corea", history=HISTORY)
+    assert out == [{"role": "system", "content": "Answer in French.\n\nBe brief."},
+                   HISTORY[1], HISTORY[2], alone[-1]]
+    assert "Example." in out[-1]["content"] and out[-1]["content"].endswith("Problem: " + QUESTION)
+    # COREA's system message stays first, the client's texts follow it in their order.
+    out = messages_for(item, "corea", system_prompt="You are careful.", history=HISTORY)
+    assert out[0] == {"role": "system", "content": "You are careful.\n\nAnswer in French.\n\nBe brief."}
+    assert out[1:] == [HISTORY[1], HISTORY[2], alone[-1]]
+    # Turns alone: the preset's messages around them, unchanged.
+    out = messages_for(item, "corea", system_prompt="You are careful.", history=HISTORY[1:3])
+    assert out == [{"role": "system", "content": "You are careful."}, HISTORY[1], HISTORY[2], alone[-1]]
+
+
+@pytest.mark.parametrize("turn, match", [
+    ({"role": "developer", "content": "x"}, r"history\[1\]\.role: expected 'system', 'user' or 'assistant', found 'developer'"),
+    ({"role": "tool", "content": "x"}, r"history\[1\]\.role: .*found 'tool'"),
+    ({"role": "user", "content": None}, r"history\[1\]\.content: expected a string, found NoneType")])
+def test_messages_for_refuses_a_turn_it_cannot_place(turn, match):
+    from corea_jax.cascade.backends import messages_for
+    from corea_jax.cascade.datasets import Item
+
+    with pytest.raises(ValueError, match=match):
+        messages_for(Item("t/0", QUESTION, "72", "gsm8k"), "corea", history=[HISTORY[1], turn])

@@ -68,12 +68,17 @@ def failed_answer(error: str, seconds: float = 0.0) -> Answer:
 
 
 def messages_for(item: Item, prompt: str, ask_confidence: bool | None = None,
-                 system_prompt: str | None = None, worked_example: bool | None = None) -> list[dict]:
+                 system_prompt: str | None = None, worked_example: bool | None = None,
+                 history: Sequence[dict] = ()) -> list[dict]:
     """Chat messages for `item` under preset `prompt`; options listed for a multiple-choice item.
 
     ask_confidence overrides the preset's (two-turn elicitation asks for it in the follow-up);
     system_prompt, when given, replaces the preset's system message; worked_example, when not
     None, overrides the preset's (a shorter prompt for a model that needs no example).
+    history: the client's earlier turns, each {"role": "system" | "user" | "assistant",
+    "content": str} (a caller maps OpenAI's "developer" to "system"). Their system texts join
+    the preset's system message after it (or become one), and the user/assistant turns go
+    between it and the final user turn, which carries COREA's instruction and the question.
     """
     cfg = prompts.get_prompt_config(prompt)
     if ask_confidence is not None:
@@ -82,10 +87,25 @@ def messages_for(item: Item, prompt: str, ask_confidence: bool | None = None,
         cfg = dataclasses.replace(cfg, worked_example=worked_example)
     if system_prompt:
         cfg = dataclasses.replace(cfg, system_prompt=system_prompt)
-    if item.choices is not None:
-        cfg = dataclasses.replace(cfg, multiple_choice=True)
-        return prompts.build_messages(item.question, cfg, item.choices)
-    return prompts.build_messages(item.question, dataclasses.replace(cfg, multiple_choice=False))
+    cfg = dataclasses.replace(cfg, multiple_choice=item.choices is not None)
+    messages = prompts.build_messages(item.question, cfg, item.choices)
+    if not history:
+        return messages
+    systems, turns = [], []
+    for i, turn in enumerate(history):
+        role, content = turn.get("role"), turn.get("content")
+        if role not in ("system", "user", "assistant"):
+            raise ValueError(f"history[{i}].role: expected 'system', 'user' or 'assistant', found {role!r}")
+        if not isinstance(content, str):
+            raise ValueError(f"history[{i}].content: expected a string, found {type(content).__name__}")
+        if role == "system":
+            systems.append(content)
+        else:
+            turns.append({"role": role, "content": content})
+    *system, question = messages  # build_messages: [system?, user]
+    if systems:  # COREA's system text first, the client's after it
+        system = [{"role": "system", "content": "\n\n".join([m["content"] for m in system] + systems)}]
+    return [*system, *turns, question]
 
 
 def score(item: Item, response: str, stated: str | None, token_scores: dict[str, float] | None,
