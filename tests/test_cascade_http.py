@@ -3,17 +3,21 @@
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from configs.cascade import tiny
 from corea_jax.cascade import evaluate
+from corea_jax.cascade import http as http_lib
 from corea_jax.cascade import records as records_lib
+from corea_jax.cascade.backends import messages_for
 from corea_jax.cascade.datasets import Item
 from corea_jax.cascade.http import HTTPBackend
 from tests.cascade_helpers import SHARED_DATA
@@ -25,11 +29,14 @@ SECRET = "sk-test-secret-value"
 
 class _Server:
     """A chat-completions server; `behaviour(server, body) -> (status, bytes)` decides each reply,
-    or `(status, bytes, options)`: options["headers"] are sent too, and with options["trickle_s"]
-    the body goes out one byte every trickle_s seconds."""
+    or `(status, bytes, options)`: options["headers"] are sent too, with options["trickle_s"]
+    the body goes out one byte every trickle_s seconds, and with options["cut_after"] = n the
+    connection ends after n bytes of the body (reset, RST, with options["reset"]; else closed).
+    `completed` counts bodies sent whole; `dropped` is set when a client went away mid-body."""
 
     def __init__(self, behaviour):
         self.behaviour, self.requests, self.in_flight, self.max_in_flight = behaviour, [], 0, 0
+        self.completed, self.dropped = 0, threading.Event()
         self.lock = threading.Lock()
         outer = self
 
@@ -56,6 +63,14 @@ class _Server:
                     for key, value in options.get("headers", {}).items():
                         self.send_header(key, value)
                     self.end_headers()
+                    if "cut_after" in options:
+                        self.wfile.write(payload[:options["cut_after"]])
+                        self.wfile.flush()
+                        self.close_connection = True
+                        if options.get("reset"):  # linger 0: close sends RST, not FIN
+                            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        self.connection.close()
+                        return
                     if "trickle_s" in options:
                         for k in range(len(payload)):
                             self.wfile.write(payload[k:k + 1])
@@ -63,8 +78,10 @@ class _Server:
                             time.sleep(options["trickle_s"])
                     else:
                         self.wfile.write(payload)
+                    with outer.lock:
+                        outer.completed += 1
                 except (BrokenPipeError, ConnectionResetError):
-                    pass
+                    outer.dropped.set()
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -163,8 +180,12 @@ def test_persistent_errors_fail_the_item_which_is_retried_next_run(server, tmp_p
 
 
 def test_a_stalled_server_times_out_and_fails_the_item(server):
-    s = server(lambda srv, body: _completion(body, delay=3.0))
-    answer = _backend(s.url, timeout_s=0.3, max_retries=1).answer(ITEMS[:1])[0]
+    release = threading.Event()  # the server answers nothing until the client has given up
+    s = server(lambda srv, body: (release.wait(60), _completion(body))[1])
+    try:
+        answer = _backend(s.url, timeout_s=0.3, max_retries=1).answer(ITEMS[:1])[0]
+    finally:
+        release.set()
     assert answer.failed and "Timeout" in answer.error and len(s.requests) == 2
 
 
@@ -174,22 +195,47 @@ def test_malformed_json_fails_the_item(server):
     assert answer.failed and not answer.correct
 
 
-def test_concurrency_bound_and_rate_limit(server):
-    def overlapping(srv, body):  # hold each reply until a second request is in flight (or 2 s)
-        deadline = time.monotonic() + 2.0
-        while srv.in_flight < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return _completion(body, delay=0.05)
+class _Clock:
+    """Stands in for the `time` module inside `cascade.http`: sleeps are recorded, not slept;
+    with `frozen`, monotonic() stands still (so the rate limiter's waits are exact)."""
+
+    def __init__(self, frozen: bool = False):
+        self.sleeps, self._lock = [], threading.Lock()
+        self._now = time.monotonic() if frozen else None
+
+    def sleep(self, seconds):
+        with self._lock:
+            self.sleeps.append(seconds)
+
+    def monotonic(self):
+        return time.monotonic() if self._now is None else self._now
+
+    def __getattr__(self, name):  # perf_counter, time: the real ones
+        return getattr(time, name)
+
+
+def test_concurrency_bound(server):
+    pair = threading.Barrier(2)  # each reply waits for a second request in flight
+
+    def overlapping(srv, body):
+        pair.wait(timeout=60)
+        return _completion(body)
 
     s = server(overlapping)
-    _backend(s.url, max_concurrency=2).answer(ITEMS)
+    answers = _backend(s.url, max_concurrency=2).answer(ITEMS)
+    assert all(a.correct for a in answers) and len(s.requests) == len(ITEMS)
     assert s.max_in_flight == 2  # two at once, never three
+
+
+def test_rate_limit_spaces_request_starts(server, monkeypatch):
+    clock = _Clock(frozen=True)
+    monkeypatch.setattr(http_lib, "time", clock)
     limited = server(lambda srv, body: _completion(body))
-    _backend(limited.url, max_concurrency=4, requests_per_second=5).answer(ITEMS[:5])
-    starts = sorted(t for t, _, _ in limited.requests)
-    # 5 starts at most 5 per second span >= 0.8 s (unlimited, 4 at once: ~0); half of it allows
-    # for connection jitter on a loaded box.
-    assert starts[-1] - starts[0] >= 0.4
+    answers = _backend(limited.url, max_concurrency=4, requests_per_second=5).answer(ITEMS[:5])
+    assert all(a.correct for a in answers) and len(limited.requests) == 5
+    # Five starts at 5 per second, four threads at once: each waits 0.2 s more than the one
+    # before it (unlimited: no waits at all).
+    assert sorted(clock.sleeps) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8])
 
 
 def test_refused_connection_and_unset_key_name_the_field(monkeypatch):
@@ -235,25 +281,28 @@ def test_an_error_body_echoing_the_key_is_redacted_from_the_records(server, monk
     assert SECRET not in (tmp_path / "records.jsonl").read_text()
 
 
-def test_retry_after_is_honoured(server):
+def test_retry_after_is_honoured(server, monkeypatch):
     def busy_once(srv, body):
         if len(srv.requests) == 1:
             return 429, b'{"error": {"message": "slow down"}}', {"headers": {"Retry-After": "1"}}
         return _completion(body)
 
+    clock = _Clock()
+    monkeypatch.setattr(http_lib, "time", clock)
     s = server(busy_once)
     answer = _backend(s.url, backoff_s=0.01, max_concurrency=1).answer(ITEMS[:1])[0]
     assert answer.correct and len(s.requests) == 2
-    assert s.requests[1][0] - s.requests[0][0] >= 0.95
+    assert clock.sleeps == [1.0]  # the server's second, not the 0.01 s backoff
 
 
 def test_timeout_bounds_the_whole_request_not_each_read(server):
     body = b'{"choices": [{"message": {"content": "\\\\boxed{1}"}}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}'
-    s = server(lambda srv, req: (200, body, {"trickle_s": 0.04}))  # ~4 s in all, a byte each 0.04 s
-    start = time.monotonic()
+    body += b" " * 3000  # a byte each 0.02 s: a minute in all, each read well within timeout_s
+    s = server(lambda srv, req: (200, body, {"trickle_s": 0.02}))
     answer = _backend(s.url, timeout_s=1.0, max_retries=0).answer(ITEMS[:1])[0]
-    assert time.monotonic() - start < 2.5
     assert answer.failed and "timeout_s" in answer.error and "Timeout" in answer.error
+    # Given up mid-body: the client dropped the connection while the server was still sending.
+    assert s.dropped.wait(60) and s.completed == 0
 
 
 def test_a_null_message_content_fails_the_item(server):
@@ -280,3 +329,46 @@ def _free_port():
     port = sock.getsockname()[1]
     sock.close()  # nothing listens there now
     return port
+
+
+@pytest.mark.parametrize("reset", [True, False], ids=["reset", "closed"])
+def test_a_connection_lost_mid_body_is_retried(server, reset):
+    """Finding 12: httpx's ReadError (connection reset) or RemoteProtocolError (closed before
+    the promised Content-Length) while the body is read is retried like a 5xx."""
+    def lost_once(srv, body):
+        status, payload = _completion(body)
+        if len(srv.requests) == 1:
+            return status, payload, {"cut_after": len(payload) // 2, "reset": reset}
+        return status, payload
+
+    s = server(lost_once)
+    answer = _backend(s.url, max_retries=1, max_concurrency=1).answer(ITEMS[:1])[0]
+    assert answer.correct and not answer.failed and len(s.requests) == 2 and s.completed == 1
+
+
+def test_answer_one_sends_the_budget_stop_strings_and_history(server):
+    s = server(lambda srv, body: _completion(body))
+    backend = _backend(s.url)
+    history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+               {"role": "assistant", "content": "Hello."}]
+    answer = backend.answer_one(ITEMS[2], max_new_tokens=7, stop=["\nConfidence"], history=history)
+    assert answer.correct and answer.prompt_tokens == 40
+    sent = s.requests[0][1]
+    assert sent["max_tokens"] == 7 and sent["stop"] == ["\nConfidence"]
+    assert sent["messages"] == messages_for(ITEMS[2], "corea", history=history)
+    assert sent["messages"][-1]["content"].endswith("Problem: What is 2 + 1?")
+    backend.answer(ITEMS[:1])  # the batch path: the backend's budget, no stop, no history
+    sent = s.requests[1][1]
+    assert sent["max_tokens"] == backend.max_new_tokens and "stop" not in sent
+    assert sent["messages"] == messages_for(ITEMS[0], "corea")
+
+
+def test_answer_one_retries_and_fails_the_item_without_raising(server):
+    codes = iter([503])
+    s = server(lambda srv, body: (503, b'{"error": {"message": "busy"}}') if next(codes, 200) == 503
+               else _completion(body))
+    answer = _backend(s.url, max_retries=1).answer_one(ITEMS[0])
+    assert answer.correct and len(s.requests) == 2
+    port = _free_port()
+    answer = _backend(f"http://127.0.0.1:{port}/v1", max_retries=0).answer_one(ITEMS[0])
+    assert answer.failed and "APIConnectionError" in answer.error  # answer() would raise ConnectionError

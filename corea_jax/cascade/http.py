@@ -4,10 +4,11 @@ Through the maintained `openai` client, with what a long evaluation against a sh
 needs: at most `max_concurrency` requests in flight, at most `requests_per_second` request
 starts, `timeout_s` bounding each whole request (connecting, waiting and reading the body,
 however slowly it trickles), and retries with exponential backoff on 429, 5xx, timeouts and
-dropped connections, waiting at least what a `Retry-After` header asks (up to
-MAX_RETRY_AFTER_S). Token counts come from the server's `usage`; token log-probs are
-requested when `logprobs` is set (and dropped if the server refuses them), so the
-answer-token probability sources work over HTTP too.
+dropped connections (a connection reset or cut off while the body is read included),
+waiting at least what a `Retry-After` header asks (up to MAX_RETRY_AFTER_S). Token counts
+come from the server's `usage`; token log-probs are requested when `logprobs` is set (and
+dropped if the server refuses them), so the answer-token probability sources work over
+HTTP too.
 
 The API key is read from the environment variable named by `api_key_env` and lives only in
 the client: it is never logged, and it is redacted from everything an Answer carries (a server
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import email.utils
+import importlib
 import json
 import os
 import threading
@@ -63,6 +65,19 @@ class _RateLimiter:
         time.sleep(max(0.0, start - now))
 
 
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """httpx's TransportError (reset, closed mid-body, read timeout) from whichever of httpx
+    and its successor httpx2 is installed: openai releases read bodies through one of them."""
+    errors = []
+    for name in ("httpx", "httpx2"):
+        try:
+            errors.append(importlib.import_module(name).TransportError)
+        except ImportError:
+            pass
+    return tuple(errors)
+
+
+_TRANSPORT_ERRORS = _transport_errors()
 MAX_RETRY_AFTER_S = 60.0  # a longer Retry-After is capped: the item fails rather than stall the run
 REDACTED = "[redacted]"
 
@@ -173,10 +188,13 @@ class HTTPBackend:
         once past `deadline` (so a trickling server is cut off, not waited out)."""
         with self._client.chat.completions.with_streaming_response.create(**kwargs) as response:
             body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if time.monotonic() > deadline:
-                    raise self._timeout()
+            try:
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if time.monotonic() > deadline:
+                        raise self._timeout()
+            except _TRANSPORT_ERRORS as err:  # reset or cut off mid-body: the client does not wrap it
+                raise _Transient(err) from err
         return json.loads(bytes(body))
 
     def _timeout(self) -> TimeoutError:
@@ -202,10 +220,12 @@ class HTTPBackend:
             raise box["error"]
         return box["response"]
 
-    def _create(self, messages, max_tokens: int):
+    def _create(self, messages, max_tokens: int, stop: Sequence[str] = ()):
         """One request -> (text, prompt_tokens, completion_tokens, pieces or None, logprobs or None)."""
         kwargs = dict(model=self.model, messages=messages, max_tokens=max_tokens,
                       temperature=self.temperature)
+        if stop:  # the server cuts the reply, so its usage counts what it returned
+            kwargs["stop"] = list(stop)
         if self.logprobs:
             kwargs["logprobs"] = True
         self._limiter.wait()
@@ -214,7 +234,7 @@ class HTTPBackend:
         except self._openai.BadRequestError as err:
             if self.logprobs and "logprob" in str(err).lower():
                 self.logprobs = False  # the server does not offer them: ask without
-                return self._create(messages, max_tokens)
+                return self._create(messages, max_tokens, stop)
             raise
         except (self._openai.APITimeoutError, self._openai.APIConnectionError, TimeoutError) as err:
             raise _Transient(err) from err
@@ -237,10 +257,10 @@ class HTTPBackend:
         except (AttributeError, IndexError, KeyError, TypeError, ValueError) as err:
             raise ValueError(f"malformed response from {self.base_url}: {err}") from err
 
-    def _with_retries(self, messages, max_tokens: int):
+    def _with_retries(self, messages, max_tokens: int, stop: Sequence[str] = ()):
         for attempt in range(self.max_retries + 1):
             try:
-                return self._create(messages, max_tokens)
+                return self._create(messages, max_tokens, stop)
             except _Transient as err:
                 if attempt == self.max_retries:
                     raise
@@ -256,12 +276,23 @@ class HTTPBackend:
             return text
         return text.replace(self._secret, REDACTED)
 
-    def _answer_one(self, item: Item) -> Answer:
+    def answer_one(self, item: Item, *, max_new_tokens: int | None = None, stop: Sequence[str] = (),
+                   history: Sequence[dict] = ()) -> Answer:
+        """One Answer for `item`, in the calling thread, under the backend's retries, timeout and
+        rate limit; a request that failed for good gives a failed Answer, not an exception (a
+        history turn `messages_for` cannot place raises its ValueError).
+
+        max_new_tokens: the reply's budget (None: the backend's); stop: OpenAI's `stop` strings,
+        sent to the server when given; history: earlier turns of the conversation
+        (`messages_for`). Concurrency is the caller's: `answer` runs `max_concurrency` at a time.
+        """
         start = time.perf_counter()
         ask_confidence = None if self.mode == "one_turn" else False
-        messages = messages_for(item, self.prompt, ask_confidence, self.system_prompt, self.worked_example)
+        messages = messages_for(item, self.prompt, ask_confidence, self.system_prompt, self.worked_example,
+                                history=history)
+        budget = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         try:
-            text, n_in, n_out, pieces, logprobs = self._with_retries(messages, self.max_new_tokens)
+            text, n_in, n_out, pieces, logprobs = self._with_retries(messages, budget, stop)
             stated = None
             if self.mode == "two_turn":
                 follow = prompts.followup_messages(messages, text)
@@ -283,7 +314,7 @@ class HTTPBackend:
     def answer(self, items: Sequence[Item]) -> list[Answer]:
         """One Answer per item, in order; requests run `max_concurrency` at a time."""
         with concurrent.futures.ThreadPoolExecutor(self.max_concurrency) as pool:
-            answers = list(pool.map(self._answer_one, items))
+            answers = list(pool.map(self.answer_one, items))
         if answers and all(a.failed and "APIConnectionError" in (a.error or "") for a in answers):
             raise ConnectionError(f"{self.field}.base_url: could not connect to {self.base_url} "
                                   f"({answers[0].error}); is the server running?")
