@@ -18,8 +18,8 @@ from launch import quiet_logs, usage_errors
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The server's workdir (records.jsonl).", required=True)
 _RULE = flags.DEFINE_enum("rule", "usage", refit.RULES, "Threshold rule.")
-_SOURCE = flags.DEFINE_string("confidence_source", "verbal", "The confidence the server defers on "
-                              "(its config.confidence_source).")
+_SOURCE = flags.DEFINE_string("confidence_source", None, "The confidence to fit on; unset: the one the "
+                              "server defers on (its log says; another is refused).")
 _TARGET = flags.DEFINE_float("target_usage", 0.3, "usage: the LLM's share of the requests.")
 _EPSILON = flags.DEFINE_float("epsilon", 0.05, "risk: the allowed share of kept answers the LLM disagrees with.")
 _DELTA = flags.DEFINE_float("delta", 0.1, "risk: the allowed failure probability.")

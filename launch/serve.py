@@ -4,10 +4,12 @@
       --workdir=DIR --host=0.0.0.0 --port=8000
   python -m launch.serve --config=configs/serve/tiny.py --workdir=DIR   # no keys: 127.0.0.1 only
 
+COREA_METRICS_KEYS=... adds keys that may read /metrics and /health's details only (a scraper).
 Models: corea, corea-slm, corea-llm. Logs every request to DIR/records.jsonl; SIGHUP reloads
 DIR/threshold.json (`launch.refit`); SIGTERM drains the requests in flight and exits.
 """
 
+import logging
 import os
 
 from absl import app, flags
@@ -27,10 +29,13 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     quiet_logs()
+    logging.getLogger("corea_jax.serving").setLevel(logging.INFO)  # one line per request, start-up, reloads
     keys = parse_keys(os.environ.get("COREA_API_KEYS"))
+    metrics_keys = parse_keys(os.environ.get("COREA_METRICS_KEYS"))
     with usage_errors():
         serving_app.check_listen(_HOST.value, keys)
-        serving_app.serve(_CONFIG.value, _WORKDIR.value, host=_HOST.value, port=_PORT.value, api_keys=keys)
+        serving_app.serve(_CONFIG.value, _WORKDIR.value, host=_HOST.value, port=_PORT.value, api_keys=keys,
+                          metrics_keys=metrics_keys)
 
 
 if __name__ == "__main__":

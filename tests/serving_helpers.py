@@ -40,12 +40,12 @@ class InProcessServer:
     """uvicorn serving `app` in a thread (no signal handlers: not the main thread)."""
 
     def __init__(self, app):
-        import uvicorn
+        from corea_jax.serving.app import DrainingServer
 
         self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = DrainingServer(app, host="127.0.0.1", port=self.port, log_level="warning")
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -79,3 +79,86 @@ def metric(text: str, name: str, **labels) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+class FakeLLM:
+    """An OpenAI-compatible chat endpoint on 127.0.0.1 whose faults a test switches on and off:
+    `mode` "ok" answers "\\boxed{5}" (usage counted), "hold" keeps each request until `release`
+    is set (a slow LLM, event-driven), "fail" answers 500. `stop()` closes the port (a killed
+    LLM: connections refused). Counts requests and the most it held at once."""
+
+    def __init__(self):
+        import json
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.mode, self.release = "ok", threading.Event()
+        self.requests, self.in_flight, self.max_in_flight = [], 0, 0
+        self.lock = threading.Lock()
+        self.arrived = threading.Condition(self.lock)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.lock:
+                    outer.requests.append(body)
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                    outer.arrived.notify_all()
+                try:
+                    mode = outer.mode
+                    if mode == "hold":
+                        outer.release.wait(120)
+                    status, payload = (500, b'{"error": {"message": "boom"}}') if mode == "fail" else \
+                        (200, json.dumps(outer.completion(body)).encode())
+                finally:
+                    with outer.lock:
+                        outer.in_flight -= 1
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @staticmethod
+    def completion(body) -> dict:
+        text = "The answer is \\boxed{5}.\nConfidence: 0.9"
+        for stop in body.get("stop") or []:
+            text = text.split(stop)[0]
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": text}}],
+                "usage": {"prompt_tokens": 30, "completion_tokens": 7, "total_tokens": 37}}
+
+    def wait_for(self, count: int, timeout: float = 120) -> None:
+        """Until `count` requests have arrived in all."""
+        with self.arrived:
+            assert self.arrived.wait_for(lambda: len(self.requests) >= count, timeout), \
+                f"{len(self.requests)} of {count} LLM requests arrived"
+
+    def stop(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def http_llm_config(url: str, **overrides):
+    """tiny_config with the LLM behind `url` (an OpenAI-compatible endpoint), configured as a user
+    configures it (`--config.llm.backend=http`)."""
+    return tiny_config(**{"llm.backend": "http", "llm.http.base_url": url, "llm.http.model": "fake-llm",
+                          "llm.http.max_retries": 0, "llm.http.timeout_s": 60.0, "llm.http.logprobs": False,
+                          "llm.non_embedding_params": 1_000_000, "llm.max_new_tokens": 32, **overrides})

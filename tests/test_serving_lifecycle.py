@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.request
 
+import openai
 import pytest
 
 from tests.helpers import REPO
@@ -116,3 +117,76 @@ def test_every_serve_config_is_valid(name):
     from corea_jax.serving.app import validate_config
 
     validate_config(importlib.import_module(name).get_config())
+
+
+def _http_llm_flags(url: str) -> list[str]:
+    return ["--config.llm.backend=http", f"--config.llm.http.base_url={url}", "--config.llm.http.model=fake",
+            "--config.llm.http.max_retries=0", "--config.llm.http.logprobs=False",
+            "--config.llm.non_embedding_params=1000000", "--config.llm.http.max_concurrency=4"]
+
+
+def test_sigterm_past_the_drain_time_answers_503_and_logs_every_request(tmp_path):
+    """Four corea requests held by a stuck LLM when SIGTERM comes, drain time 2 s: each client
+    gets a 503 in OpenAI's schema, each request one log line, and the server exits."""
+    from tests.serving_helpers import FakeLLM
+
+    fake = FakeLLM()
+    fake.mode = "hold"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "COREA_API_KEYS": "", "JAX_PLATFORMS": "cpu"}
+    with open(tmp_path / "server.log", "w") as out:
+        proc = subprocess.Popen(_serve(tmp_path, f"--port={port}", "--config.threshold.tau=1.0",
+                                       "--config.drain_timeout_s=2", *_http_llm_flags(fake.url)),
+                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_for(lambda: _get_json(f"{url}/health")["status"] == "ok", START_TIMEOUT_S, proc)
+        c = client(url, timeout=120)
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(c.chat.completions.create, model="corea", max_tokens=4,
+                                   messages=[{"role": "user", "content": q}]) for q in QUESTIONS[:4]]
+            fake.wait_for(4)
+            proc.send_signal(signal.SIGTERM)
+            errors = []
+            for future in futures:
+                with pytest.raises(openai.APIStatusError) as err:
+                    future.result(timeout=120)
+                errors.append(err.value)
+        fake.release.set()  # the stuck calls end, so the process can exit
+        assert proc.wait(timeout=120) in (0, -signal.SIGTERM)
+    finally:
+        fake.stop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert [e.status_code for e in errors] == [503] * 4
+    assert {e.body["code"] for e in errors} == {"shutting_down"}
+    lines = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    assert sorted(line["request_id"] for line in lines) == sorted(e.response.headers["x-request-id"] for e in errors)
+    assert all(line["finish_reason"] == "shutdown" and line["llm"]["failed"] for line in lines)
+    log_text = (tmp_path / "server.log").read_text()
+    assert sum(f"{e.response.headers['x-request-id']} model=corea status=503" in log_text for e in errors) == 4
+
+
+def test_sighup_during_start_up_is_applied_and_a_bad_threshold_file_stops_the_start(tmp_path):
+    (tmp_path / "threshold.json").write_text("0.3")
+    bad = subprocess.run(_serve(tmp_path, f"--port={free_port()}", *SMALL), cwd=REPO, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "COREA_API_KEYS": ""})
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert f"{tmp_path / 'threshold.json'}: expected a JSON object with a tau field" in bad.stderr
+
+    (tmp_path / "threshold.json").write_text(json.dumps({"tau": 0.25, "rule": "fixed"}))
+    port = free_port()
+    env = {**os.environ, "COREA_API_KEYS": "", "JAX_PLATFORMS": "cpu"}
+    with open(tmp_path / "server.log", "w") as out:
+        proc = subprocess.Popen(_serve(tmp_path, f"--port={port}", *SMALL), cwd=REPO, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        _wait_for(lambda: "starting: loading the models" in (tmp_path / "server.log").read_text(), 300, proc)
+        (tmp_path / "threshold.json").write_text(json.dumps({"tau": 0.75, "rule": "fixed"}))
+        proc.send_signal(signal.SIGHUP)  # what refit --pid does to a server still loading its models
+        _wait_for(lambda: _get_json(f"http://127.0.0.1:{port}/health")["status"] == "ok", START_TIMEOUT_S, proc)
+        assert _get_json(f"http://127.0.0.1:{port}/health")["tau"] == 0.75
+    finally:
+        proc.terminate()
+        proc.wait(timeout=300)

@@ -61,7 +61,8 @@ def test_risk_rule_with_no_certifiable_tau_defers_everything(tmp_path):
     lines = [_line(i, 0.9, audit=True, agree=False) for i in range(30)]
     _write(tmp_path / "records.jsonl", lines)
     result = refit(tmp_path, "risk", epsilon=0.05, delta=0.1)
-    assert result["tau"] == math.inf
+    assert result["tau"] is None and result["defer_everything"] and "no tau is certified" in result["reason"]
+    json.loads((tmp_path / "threshold.json").read_text(), parse_constant=pytest.fail)  # plain JSON
     assert read_threshold(tmp_path)["tau"] == math.inf
     assert "defer everything" in describe(result)
 

@@ -35,6 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.on_llm_failure = "degraded"  # LLM down: the SLM's answer flagged degraded, or "error" (503)
     config.shadow_rate = 0.1  # corea requests audited: kept ones also go to the LLM, agreement logged
     config.log_questions = True  # False: records.jsonl keeps no question text
+    # System messages and earlier turns: "pass" (through the chat template, before COREA's
+    # instruction; the SLM's confidence was calibrated on single questions) or "refuse" (400).
+    config.conversation = "pass"
     config.seed = 0
     config.drain_timeout_s = 120  # SIGTERM: how long in-flight requests may take to finish
     config.limits = ml_collections.ConfigDict()
@@ -42,4 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.limits.max_question_chars = 8000
     config.limits.requests_per_minute = 600.0  # per API key; 0 turns the limit off
     config.limits.burst = 64
+    config.limits.max_body_bytes = 1_000_000  # a larger request body: 413
+    config.limits.max_queued = 64  # per model, beyond its slots (HTTP: max_concurrency); then refused
+    config.limits.queue_full_status = 503  # 503 or 429, with Retry-After
+    config.limits.max_tokens_policy = "refuse"  # max_tokens above a model's limit: "refuse" (400) or "clamp"
     return config

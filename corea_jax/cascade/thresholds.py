@@ -54,6 +54,33 @@ def fixed_threshold(tau: float) -> float:
     return _check_unit("tau", tau)
 
 
+def check_tau(value, field: str = "tau") -> float:
+    """A deferral threshold as every consumer takes it: a finite number in [0, 1], or math.inf,
+    the explicit "defer everything" state (what the risk rule returns when nothing is certified).
+    Booleans, NaN, strings and numbers outside [0, 1] are refused naming `field`."""
+    ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if not ok or not (0 <= value <= 1 or value == math.inf):
+        raise ValueError(f"{field}: expected a number in [0, 1] (or the defer-everything state), "
+                         f"found {value!r}")
+    return float(value)
+
+
+def tau_to_json(tau: float) -> float | None:
+    """tau for a JSON file or response: None stands for math.inf (defer everything), which JSON
+    cannot spell."""
+    return None if check_tau(tau) == math.inf else float(tau)
+
+
+def tau_from_json(value, field: str = "tau", *, defer_everything: bool = False) -> float:
+    """The inverse of `tau_to_json`: None (with defer_everything, or alone) -> math.inf."""
+    if value is None:
+        return math.inf
+    tau = check_tau(value, field)
+    if defer_everything and tau != math.inf:
+        raise ValueError(f"{field}: expected null with defer_everything true, found {value!r}")
+    return tau
+
+
 def paper_threshold(llm_correct: Sequence[bool]) -> float:
     """COREA's rule: tau = the LLM's pass@1 on the calibration split."""
     llm_correct = np.asarray(llm_correct, bool)

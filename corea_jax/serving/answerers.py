@@ -4,14 +4,21 @@
   HTTPAnswerer   the cascade's `HTTPBackend` (an OpenAI-compatible server), in a worker thread.
 
 Either asks with the cascade's prompt (`backends.messages_for`: COREA's instruction around the
-question) and reads the answer and confidences as the cascade does; live traffic has no gold,
-so no verdict is computed (`correct` is left to the caller, who logs null).
+question, after the conversation's earlier turns) and reads the answer and confidences as the
+cascade does; live traffic has no gold, so no verdict is computed (`correct` is left to the
+caller, who logs null).
+
+Each answerer bounds what it admits: `capacity` requests at once (the engine's slots, or the
+HTTP backend's max_concurrency, plus `max_queued` waiting); one more raises `Overloaded`. A
+failed engine or endpoint gives a failed Answer (finish reason "error"), never an exception.
+HTTP calls run on the answerer's own pool of max_concurrency threads, so a slow LLM holds its
+own threads only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
+import concurrent.futures
 import math
 from pathlib import Path
 from typing import Callable
@@ -20,7 +27,7 @@ from corea_jax import confidence as confidence_lib
 from corea_jax import grading, prompts
 from corea_jax.cascade.backends import Answer, failed_answer, messages_for, non_embedding_params
 from corea_jax.cascade.datasets import Item
-from corea_jax.serving.batcher import EngineBatcher
+from corea_jax.serving.batcher import EngineBatcher, EngineStopped
 
 # A gold the cascade's HTTPBackend can grade against (it always grades); the verdict is dropped.
 _PLACEHOLDER_GOLD = {"gsm8k": "0", "math": "0", "choice": "A"}
@@ -53,13 +60,34 @@ def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
     return (text[:min(hits)], True) if hits else (text, False)
 
 
+def covering_tokens(decode: Callable[[list[int]], str], ids: list[int], chars: int) -> int:
+    """The fewest leading tokens of `ids` whose text has at least `chars` characters: what a
+    reply cut at a stop string used (the tokens generated past the cut are not counted)."""
+    lo, hi = 0, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(decode(ids[:mid])) >= chars:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+class Overloaded(Exception):
+    """The answerer's admission bound is reached (`capacity` requests in flight)."""
+
+    def __init__(self, role: str, capacity: int):
+        super().__init__(f"the {role} has {capacity} requests in flight, its limit")
+        self.role, self.capacity = role, capacity
+
+
 class LocalAnswerer:
     """A local model: prompt -> shared slots -> Answer; `on_text` streams the reply as it grows."""
 
     kind = "local"
 
     def __init__(self, model, batcher: EngineBatcher, *, prompt: str, task: str,
-                 system_prompt: str | None = None, worked_example: bool | None = None):
+                 system_prompt: str | None = None, worked_example: bool | None = None, max_queued: int = 64):
         from corea_jax.generation import chat_token_ids
 
         self.model, self.batcher, self.task = model, batcher, task
@@ -67,25 +95,36 @@ class LocalAnswerer:
         self._chat_ids = chat_token_ids
         self.non_embedding_params = non_embedding_params(model.config)
         self.max_new_tokens = batcher.max_new_tokens
+        self.capacity = batcher.slots + max_queued
 
-    def prompt_ids(self, question: str) -> list[int]:
+    def prompt_ids(self, question: str, history=()) -> list[int]:
         messages = messages_for(_item(question, self.task), self.prompt, system_prompt=self.system_prompt,
-                                worked_example=self.worked_example)
+                                worked_example=self.worked_example, history=history)
         return self._chat_ids(self.model.tokenizer, messages)
 
     async def answer(self, question: str, max_tokens: int, stop: list[str],
                      on_text: Callable[[str], None] | None = None,
-                     prompt: list[int] | None = None) -> tuple[Answer, str]:
-        """(the Answer, finish reason "stop" or "length"); prompt: `prompt_ids(question)` if known."""
+                     prompt: list[int] | None = None, history=()) -> tuple[Answer, str]:
+        """(the Answer, finish reason "stop", "length" or "error"); prompt: `prompt_ids(question,
+        history)` if known. Raises Overloaded at capacity."""
+        if self.batcher.in_flight >= self.capacity:
+            raise Overloaded(self.batcher.name, self.capacity)
         tokenizer = self.model.tokenizer
         decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
         on_tokens = None
         if on_text is not None:
             on_tokens = lambda ids: on_text(cut_at_stop(decode(ids), stop)[0])  # noqa: E731
-        prompt = self.prompt_ids(question) if prompt is None else prompt
-        generation = await self.batcher.generate(prompt, max_tokens, tuple(stop), on_tokens)
-        text, stopped = cut_at_stop(decode(generation.token_ids), stop)
-        reply = reply_answer(tokenizer, generation.token_ids, generation.logprobs, text, self.task,
+        prompt = self.prompt_ids(question, history) if prompt is None else prompt
+        try:
+            generation = await self.batcher.generate(prompt, max_tokens, tuple(stop), on_tokens)
+        except EngineStopped as err:
+            return failed_answer(str(err)), "error"
+        ids, logprobs = generation.token_ids, generation.logprobs
+        text, stopped = cut_at_stop(decode(ids), stop)
+        if stopped:  # count (and score) the tokens that made the returned text, not those past the cut
+            kept = covering_tokens(decode, ids, len(text))
+            ids, logprobs = ids[:kept], logprobs[:kept]
+        reply = reply_answer(tokenizer, ids, logprobs, text, self.task,
                              prompt_tokens=generation.prompt_tokens, seconds=generation.seconds)
         return reply, "stop" if stopped else generation.finish_reason
 
@@ -95,36 +134,47 @@ class LocalAnswerer:
 
 
 class HTTPAnswerer:
-    """The cascade's HTTPBackend (retries, timeouts, rate limit) answering one question per call."""
+    """The cascade's HTTPBackend (retries, timeouts, rate limit) answering one question per call,
+    on a pool of the backend's max_concurrency threads of its own."""
 
     kind = "http"
 
-    def __init__(self, backend, task: str):
+    def __init__(self, backend, task: str, max_queued: int = 64):
         self.backend, self.task = backend, task
         self.non_embedding_params = backend.non_embedding_params
         self.max_new_tokens = backend.max_new_tokens
+        self.capacity = backend.max_concurrency + max_queued
+        self.in_flight = 0
         self.alive = True
+        self._pool = concurrent.futures.ThreadPoolExecutor(backend.max_concurrency, thread_name_prefix="llm-http")
 
-    def prompt_ids(self, question: str) -> None:
+    def prompt_ids(self, question: str, history=()) -> None:
         return None  # counted by the server
 
     async def answer(self, question: str, max_tokens: int, stop: list[str],
-                     on_text: Callable[[str], None] | None = None, prompt=None) -> tuple[Answer, str]:
+                     on_text: Callable[[str], None] | None = None, prompt=None,
+                     history=()) -> tuple[Answer, str]:
         del prompt  # the server applies its own template
-        backend = copy.copy(self.backend)  # shares the client and rate limiter; its own budget
-        backend.max_new_tokens = max_tokens
+        if self.in_flight >= self.capacity:
+            raise Overloaded("llm", self.capacity)
+        self.in_flight += 1
         try:
-            (reply,) = await asyncio.to_thread(backend.answer, [_item(question, self.task)])
-        except ConnectionError as err:
-            reply = failed_answer(f"ConnectionError: {err}")
+            reply = await asyncio.get_running_loop().run_in_executor(
+                self._pool, lambda: self.backend.answer_one(_item(question, self.task), max_new_tokens=max_tokens,
+                                                            stop=tuple(stop), history=tuple(history)))
+        finally:
+            self.in_flight -= 1
         if reply.failed:
             return reply, "error"
-        text, stopped = cut_at_stop(reply.response, stop)
+        text, stopped = cut_at_stop(reply.response, stop)  # the upstream stops there too
         reply.response, reply.correct = text, False
         if on_text is not None:
             on_text(text)
         finish = "stop" if stopped or reply.generated_tokens < max_tokens else "length"
         return reply, finish
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------- building them
@@ -175,7 +225,8 @@ def random_model(spec, tokenizer_dir: Path, seed: int = 0):
     return Model(config, jax.device_put(params), tokenizer)
 
 
-def build_answerer(spec, role: str, *, task: str, workdir: Path, metrics=None, seed: int = 0):
+def build_answerer(spec, role: str, *, task: str, workdir: Path, metrics=None, seed: int = 0,
+                   max_queued: int = 64):
     """The answerer config.<role> describes: backend "local" (a registry name, a path, or
     "random" for `random_model`) or "http" (the cascade's HTTPBackend)."""
     from corea_jax.cascade import evaluate
@@ -184,7 +235,7 @@ def build_answerer(spec, role: str, *, task: str, workdir: Path, metrics=None, s
         backend = evaluate.make_backend(spec, role, progress=False)
         if _field(spec, "non_embedding_params"):
             backend.non_embedding_params = int(spec.non_embedding_params)
-        return HTTPAnswerer(backend, task)
+        return HTTPAnswerer(backend, task, max_queued=max_queued)
     if spec.name == "random":
         model = random_model(spec, workdir / "models" / role, seed=seed)
     else:
@@ -194,4 +245,4 @@ def build_answerer(spec, role: str, *, task: str, workdir: Path, metrics=None, s
                             metrics=metrics)
     return LocalAnswerer(model, batcher, prompt=spec.prompt, task=task,
                          system_prompt=_field(spec, "system_prompt", "") or None,
-                         worked_example=_field(spec, "worked_example", None))
+                         worked_example=_field(spec, "worked_example", None), max_queued=max_queued)

@@ -2,9 +2,11 @@
 service and the routes; `serve(...)` runs it under uvicorn.
 
 Lifecycle: the engines start (and compile on one warm-up request each) before the first request
-is accepted; on SIGTERM or SIGINT uvicorn stops accepting, lets the requests in flight finish
-(at most config.drain_timeout_s), then the shadow calls finish and their lines are written, then
-the engines stop. SIGHUP reloads DIR/threshold.json (a `refit`) without a restart.
+is accepted; on SIGTERM or SIGINT uvicorn stops accepting and the requests in flight may finish
+for config.drain_timeout_s; those still running then are answered with a 503 in OpenAI's schema
+(and logged so), the shadow calls get what is left of the drain time, their lines are written,
+and the engines stop. SIGHUP reloads DIR/threshold.json (a `refit`) without a restart; its
+handler is installed first, so a SIGHUP during start-up is remembered, not fatal.
 """
 
 from __future__ import annotations
@@ -16,16 +18,17 @@ import signal
 import time
 from pathlib import Path
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corea_jax.serving import routes
 from corea_jax.serving.answerers import LocalAnswerer, build_answerer
-from corea_jax.serving.auth import KeyRing, RateLimiter, is_loopback
+from corea_jax.serving.auth import KeyRing, LoopbackGuard, RateLimiter, is_loopback
 from corea_jax.serving.chat import ChatService
 from corea_jax.serving.metrics import ServerMetrics
-from corea_jax.serving.protocol import APIError, bad_request, param_name
+from corea_jax.serving.protocol import APIError, bad_request, param_name, server_error
 
 log = logging.getLogger(__name__)
 
@@ -47,28 +50,52 @@ def validate_config(config) -> None:
         raise ValueError(f"confidence_source: expected one of {SOURCES}, found {config.confidence_source!r}")
     if config.task not in grading.TASKS:
         raise ValueError(f"task: expected one of {grading.TASKS}, found {config.task!r}")
-    tau = config.threshold.tau
-    if not 0 <= tau <= 1:
-        raise ValueError(f"threshold.tau: expected a number in [0, 1], found {tau!r}")
+    from corea_jax.cascade.thresholds import check_tau
+    from corea_jax.serving.chat import CONVERSATION
+
+    check_tau(config.threshold.tau, "threshold.tau")
     for role in ("slm", "llm"):
         spec = config[role]
         if spec.get("backend", "local") == "local":
             for key in ("slots", "max_prompt_tokens", "max_new_tokens"):
                 if not (isinstance(spec[key], int) and spec[key] >= 1):
                     raise ValueError(f"{role}.{key}: expected an integer >= 1, found {spec[key]!r}")
+        if config.cost_model == "price" and len(tuple(spec.get("price_per_million", ()))) != 2:
+            raise ValueError(f"{role}.price_per_million: the price cost model needs (USD per 1M input "
+                             f"tokens, USD per 1M output tokens), found {tuple(spec.get('price_per_million', ()))}")
     if config.slm.get("backend", "local") != "local":
         raise ValueError("slm.backend: expected 'local' (the SLM's confidence needs the local engine)")
+    if (config.llm.get("backend", "local") == "http" and config.cost_model == "flops"
+            and not config.llm.get("non_embedding_params")):
+        raise ValueError("llm.non_embedding_params: an LLM behind HTTP needs its parameter count for the "
+                         "flops cost model (or set cost_model='price' with llm.price_per_million)")
+    if config.conversation not in CONVERSATION:
+        raise ValueError(f"conversation: expected one of {CONVERSATION}, found {config.conversation!r}")
+    limits = config.limits
+    for key, low in (("max_body_bytes", 1024), ("max_queued", 0)):
+        if isinstance(limits[key], bool) or not isinstance(limits[key], int) or limits[key] < low:
+            raise ValueError(f"limits.{key}: expected an integer >= {low}, found {limits[key]!r}")
+    if limits.queue_full_status not in (429, 503):
+        raise ValueError(f"limits.queue_full_status: expected 429 or 503, found {limits.queue_full_status!r}")
+    if limits.max_tokens_policy not in ("refuse", "clamp"):
+        raise ValueError(f"limits.max_tokens_policy: expected 'refuse' or 'clamp', found {limits.max_tokens_policy!r}")
 
 
-def create_app(config, workdir, api_keys=(), *, warmup: bool = True) -> FastAPI:
-    """The ASGI app serving config.slm / config.llm; DIR/records.jsonl logs every request."""
+def create_app(config, workdir, api_keys=(), *, metrics_keys=(), warmup: bool = True) -> FastAPI:
+    """The ASGI app serving config.slm / config.llm; DIR/records.jsonl logs every request.
+    Without api_keys it answers loopback callers only (`auth.LoopbackGuard`)."""
+    from corea_jax.serving.chat import read_threshold
+
     validate_config(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    read_threshold(workdir, config.confidence_source)  # a bad file stops the start before models load
     metrics = ServerMetrics()
-    slm = build_answerer(config.slm, "slm", task=config.task, workdir=workdir, metrics=metrics, seed=config.seed)
+    queued = config.limits.max_queued
+    slm = build_answerer(config.slm, "slm", task=config.task, workdir=workdir, metrics=metrics, seed=config.seed,
+                         max_queued=queued)
     llm = build_answerer(config.llm, "llm", task=config.task, workdir=workdir, metrics=metrics,
-                         seed=config.seed + 1)
+                         seed=config.seed + 1, max_queued=queued)
     service = ChatService(config, workdir, slm, llm, metrics)
     engines = [a for a in (slm, llm) if isinstance(a, LocalAnswerer)]
 
@@ -83,15 +110,17 @@ def create_app(config, workdir, api_keys=(), *, warmup: bool = True) -> FastAPI:
         try:
             yield
         finally:
-            await service.close()
+            await service.close(timeout=config.drain_timeout_s)
             for answerer in engines:
                 answerer.batcher.close(timeout=60)
 
-    app = FastAPI(title="corea_jax", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.corea = ServerState(service, KeyRing(list(api_keys)),
+    app = FastAPI(title="corea_jax", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.corea = ServerState(service, KeyRing(list(api_keys), list(metrics_keys)),
                                   RateLimiter(config.limits.requests_per_minute, config.limits.burst),
                                   metrics, int(time.time()))
     app.include_router(routes.router)
+    if not api_keys:
+        app.add_middleware(LoopbackGuard)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, err: APIError):
@@ -108,7 +137,28 @@ def create_app(config, workdir, api_keys=(), *, warmup: bool = True) -> FastAPI:
         return routes.error_response(APIError(err.status_code, str(err.detail), type="not_found_error"
                                               if err.status_code == 404 else "invalid_request_error"))
 
+    @app.exception_handler(Exception)
+    async def _failed(request: Request, err: Exception):
+        log.error("%s %s failed", request.method, request.url.path, exc_info=err)
+        return routes.error_response(server_error())
+
     return app
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server whose shutdown first tells the service to drain: new requests get a 503,
+    and the ones still running after drain_timeout_s (less a margin to send the answers) are
+    answered with a 503 before uvicorn would cancel them without a word."""
+
+    def __init__(self, app, **config):
+        self.service = app.state.corea.service
+        config.setdefault("timeout_graceful_shutdown", self.service.config.drain_timeout_s)
+        super().__init__(uvicorn.Config(app, **config))
+
+    async def shutdown(self, sockets=None):
+        drain = float(self.service.config.drain_timeout_s)
+        self.service.begin_drain(max(0.0, drain - min(2.0, drain / 2)))
+        await super().shutdown(sockets)
 
 
 def check_listen(host: str, api_keys) -> None:
@@ -117,14 +167,23 @@ def check_listen(host: str, api_keys) -> None:
                          "(comma-separated) or listen on 127.0.0.1")
 
 
-def serve(config, workdir, *, host: str = "127.0.0.1", port: int = 8000, api_keys=()) -> None:
+def serve(config, workdir, *, host: str = "127.0.0.1", port: int = 8000, api_keys=(), metrics_keys=()) -> None:
     """Runs the server until SIGTERM / SIGINT (draining in-flight requests); SIGHUP re-reads tau."""
-    import uvicorn
-
     check_listen(host, api_keys)
-    app = create_app(config, workdir, api_keys)
-    service = app.state.corea.service
-    signal.signal(signal.SIGHUP, lambda *_: service.reload_threshold())
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info",
-                                           timeout_graceful_shutdown=config.drain_timeout_s))
-    server.run()
+    pending = []  # a SIGHUP before the service exists (start-up) is applied once it does
+    holder: dict = {}
+
+    def on_sighup(*_):
+        if "service" in holder:
+            holder["service"].reload_threshold()
+        else:
+            pending.append(True)
+
+    signal.signal(signal.SIGHUP, on_sighup)  # first: refit --pid may signal a starting server
+    log.info("starting: loading the models (SIGHUP reloads threshold.json from now on)")
+    app = create_app(config, workdir, api_keys, metrics_keys=metrics_keys)
+    holder["service"] = app.state.corea.service
+    if pending:
+        holder["service"].reload_threshold()
+    # Our request log (routes) writes one line per request, with its id: uvicorn's access log is off.
+    DrainingServer(app, host=host, port=port, log_level="info", access_log=False).run()

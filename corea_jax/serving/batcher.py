@@ -6,6 +6,11 @@ one engine thread drains between decode chunks: a request that arrives while oth
 the next free slot at the next chunk boundary (16 decode steps), never waiting for the batch to
 finish. A cancelled request (its client went away) leaves its slot at the next chunk boundary.
 Streaming callers get the tokens generated so far after every chunk.
+
+An exception in the engine thread fails the requests it holds (each hears `EngineStopped`, and
+the server answers them per its failure policy), is logged, and the engine starts again with a
+fresh scheduler; after MAX_RESTARTS failures within RESTART_WINDOW_S it stays down and `alive`
+turns False (`/health` answers 503).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import collections
 import dataclasses
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -21,6 +27,10 @@ from typing import Callable
 
 from corea_jax.generation import SamplingParams, compile_count
 from corea_jax.generation.continuous import SlotRow, SlotScheduler
+
+log = logging.getLogger(__name__)
+MAX_RESTARTS = 3  # engine failures tolerated within RESTART_WINDOW_S before it stays down
+RESTART_WINDOW_S = 60.0
 
 
 @dataclasses.dataclass
@@ -81,7 +91,9 @@ class EngineBatcher:
         self._rows = itertools.count()
         self._thread: threading.Thread | None = None
         self._closing = False
-        self.error: BaseException | None = None
+        self._failures: list[float] = []  # monotonic times of engine failures
+        self.error: BaseException | None = None  # set when the engine stays down
+        self.in_flight = 0  # requests queued or decoding (the admission bound's count)
         if metrics is not None:
             metrics.slots.labels(name).set(slots)
 
@@ -114,56 +126,85 @@ class EngineBatcher:
         job = _Job(list(prompt), int(max_tokens), tuple(stop), loop, loop.create_future(), on_tokens,
                    time.perf_counter())
         self._inbox.put(job)
+        self.in_flight += 1
         try:
             return await job.future
         except asyncio.CancelledError:
             job.cancelled = True
             self._inbox.put(False)  # wake the engine so the slot frees now, not at the next arrival
             raise
+        finally:
+            self.in_flight -= 1
 
     # ------------------------------------------------------------------ the engine thread
 
     def _run(self) -> None:
-        waiting: collections.deque[_Job] = collections.deque()
-        try:
-            scheduler = SlotScheduler(self.model, self.sampling, self.slots, self.max_prompt_tokens)
-            stopping = False
-            while True:
-                block = not scheduler.busy and not waiting
-                if block and stopping:
-                    return
-                stopping |= self._take(waiting, block)
-                self._cancel(scheduler, waiting)
-                if scheduler.free and waiting:
-                    admit = [waiting.popleft() for _ in range(min(scheduler.free, len(waiting)))]
-                    scheduler.admit([SlotRow(job, job.prompt, next(self._rows), job.max_tokens, job.stop)
-                                     for job in admit])
-                self._gauge(scheduler, waiting)
-                if not scheduler.busy:
-                    continue
-                busy = scheduler.busy
-                ended = scheduler.step()
+        """The engine thread: serve until closed; after a failure, fail the held requests and
+        start again (at most MAX_RESTARTS times within RESTART_WINDOW_S)."""
+        while True:
+            waiting: collections.deque[_Job] = collections.deque()
+            held: list[SlotScheduler] = []
+            try:
+                self._serve(waiting, held)
+                return
+            except Exception as err:  # noqa: BLE001 - every held request hears of it
+                self._fail(err, waiting, held)
+                now = time.monotonic()
+                self._failures = [t for t in self._failures if now - t < RESTART_WINDOW_S] + [now]
                 if self.metrics is not None:
-                    self.metrics.decode_chunk(self.name, busy)
-                    self.metrics.compiled.set(compile_count())
-                for row, ids, logprobs, hit_eos in ended:
-                    job = row.tag
-                    reason = "stop" if hit_eos or len(ids) < job.max_tokens else "length"
-                    job.loop.call_soon_threadsafe(_resolve, job.future, Generation(
-                        ids, logprobs, len(job.prompt), reason, time.perf_counter() - job.started))
-                if any(r is not None and r.tag.on_tokens is not None for r in scheduler.slots):
-                    for job, ids in scheduler.tokens_so_far().items():
-                        if job.on_tokens is not None and not job.cancelled:
-                            job.loop.call_soon_threadsafe(job.on_tokens, ids)
-        except BaseException as err:  # noqa: BLE001 - every waiting request hears of it
-            self.error = err
-            for job in list(waiting) + self._drain():
-                job.loop.call_soon_threadsafe(_resolve, job.future, None, EngineStopped(f"{self.name}: {err!r}"))
-            if "scheduler" in locals():
-                for row in scheduler.cancel([r.tag for r in scheduler.slots if r is not None]):
-                    row.tag.loop.call_soon_threadsafe(_resolve, row.tag.future, None,
-                                                      EngineStopped(f"{self.name}: {err!r}"))
-            raise
+                    self.metrics.engine_failures.labels(self.name).inc()
+                if self._closing or len(self._failures) > MAX_RESTARTS:
+                    self.error = err
+                    log.error("engine %s: failed %d times in %.0f s, staying down: %r", self.name,
+                              len(self._failures), RESTART_WINDOW_S, err)
+                    self._fail(err, collections.deque(), [])  # whatever arrived meanwhile
+                    return
+                log.exception("engine %s failed; restarting it", self.name)
+
+    def _fail(self, err: BaseException, waiting, held) -> None:
+        """Resolves every request the engine holds (queued, waiting, decoding) with EngineStopped."""
+        error = EngineStopped(f"{self.name}: the engine failed ({type(err).__name__})")
+        jobs = list(waiting) + self._drain()
+        for scheduler in held:
+            jobs += [row.tag for row in scheduler.slots if row is not None]
+        for job in jobs:
+            job.loop.call_soon_threadsafe(_resolve, job.future, None, error)
+        if self.metrics is not None:
+            self.metrics.busy.labels(self.name).set(0)
+            self.metrics.queued.labels(self.name).set(0)
+
+    def _serve(self, waiting, held: list) -> None:
+        scheduler = SlotScheduler(self.model, self.sampling, self.slots, self.max_prompt_tokens)
+        held.append(scheduler)
+        stopping = False
+        while True:
+            block = not scheduler.busy and not waiting
+            if block and stopping:
+                return
+            stopping |= self._take(waiting, block)
+            self._cancel(scheduler, waiting)
+            if scheduler.free and waiting:
+                admit = [waiting.popleft() for _ in range(min(scheduler.free, len(waiting)))]
+                scheduler.admit([SlotRow(job, job.prompt, next(self._rows), job.max_tokens, job.stop)
+                                 for job in admit])
+            self._gauge(scheduler, waiting)
+            if not scheduler.busy:
+                continue
+            busy = scheduler.busy
+            ended = scheduler.step()
+            if self.metrics is not None:
+                self.metrics.decode_chunk(self.name, busy)
+                self.metrics.compiled.set(compile_count())
+            for row, ids, logprobs, hit_eos in ended:
+                job = row.tag
+                reason = "stop" if hit_eos or len(ids) < job.max_tokens else "length"
+                job.loop.call_soon_threadsafe(_resolve, job.future, Generation(
+                    ids, logprobs, len(job.prompt), reason, time.perf_counter() - job.started))
+            if any(r is not None and r.tag.on_tokens is not None for r in scheduler.slots):
+                for job, ids in scheduler.tokens_so_far().items():
+                    if job.on_tokens is not None and not job.cancelled:
+                        job.loop.call_soon_threadsafe(job.on_tokens, ids)
+            self._gauge(scheduler, waiting)  # idle again: the gauges say so now, not at the next request
 
     def _drain(self) -> list[_Job]:
         jobs = []

@@ -3,14 +3,26 @@
 `ChatService.complete(request, client)` answers one validated request:
   corea      the SLM answers; its confidence (config.confidence_source) below tau defers the
              question to the LLM, whose answer is returned; a missing confidence defers (as in
-             `cascade.thresholds.keeps`). If the LLM fails: per config.on_llm_failure, the SLM's
-             answer flagged `degraded`, or a 503.
+             `cascade.thresholds.keeps`). If the LLM fails or is full: per config.on_llm_failure,
+             the SLM's answer flagged `degraded`, or a 503.
   corea-slm  the SLM alone;  corea-llm  the LLM alone.
-Every request, answered, refused by a failing LLM or abandoned by its client, is appended to
-DIR/records.jsonl as one fsynced line (`log.RequestLog`) in the cascade's record schema.
-A `shadow_rate` share of the corea requests is audited: a kept one is also sent to the LLM in
-the background and the SLM-LLM agreement logged (deferred ones have both answers anyway), so
-`refit` gets an unbiased labelled sample of the traffic.
+The conversation's earlier turns and system messages reach the models through the chat
+template, before COREA's instruction and the question (config.conversation = "pass"), or are
+refused with a 400 naming `messages` ("refuse"): the SLM's confidence was calibrated on single
+questions.
+
+Every request that passes validation ends in exactly one line of DIR/records.jsonl
+(`log.RequestLog`, the cascade's record schema) and one counted outcome, whatever happens:
+answered, refused (a full queue, a failed model, shutdown), failed unexpectedly, or abandoned by
+its client. A `shadow_rate` share of the corea requests is audited: a kept one is also sent to the
+LLM in the background and the SLM-LLM agreement logged (deferred ones have both answers anyway),
+so `refit` gets an unbiased labelled sample of the traffic; the shadow call is counted as an LLM
+call with its tokens and cost.
+
+Costs (`corea.cost`, `corea_cost_total`): a request pays every call made for it; its LLM-only
+cost is the LLM's measured cost where the LLM answered (deferred or shadowed), else estimated
+from the SLM's token counts. A request the LLM did not serve as planned (degraded or refused)
+counts its spend on both sides: it saves nothing.
 """
 
 from __future__ import annotations
@@ -30,13 +42,16 @@ from corea_jax.cascade.backends import failed_answer
 from corea_jax.cascade.costs import CostModel
 from corea_jax.cascade.datasets import Item
 from corea_jax.cascade.records import make_record
-from corea_jax.cascade.thresholds import keeps
+from corea_jax.cascade.thresholds import check_tau, keeps, tau_from_json, tau_to_json
+from corea_jax.serving.answerers import Overloaded
 from corea_jax.serving.log import RequestLog
 from corea_jax.serving.protocol import (SERVED_MODELS, APIError, ChatCompletionRequest, bad_request,
-                                        new_id, now)
+                                        new_id, now, unavailable)
 
 THRESHOLD_FILE = "threshold.json"
 ON_LLM_FAILURE = ("degraded", "error")
+CONVERSATION = ("pass", "refuse")
+RETRY_AFTER_S = 5  # what a 503 / 429 refusal asks the client to wait
 log = logging.getLogger(__name__)
 
 
@@ -53,16 +68,30 @@ class Outcome:
     corea: dict
 
 
-def read_threshold(workdir: Path) -> dict | None:
-    """DIR/threshold.json (written by `refit`), or None when there is none."""
+def read_threshold(workdir: Path, confidence_source: str | None = None) -> dict | None:
+    """DIR/threshold.json (written by `refit`) with "tau" as a float (math.inf: defer
+    everything), or None when there is none. ValueError naming the file and the field for a
+    file that is not a JSON object with a valid tau, or that was fitted on another confidence
+    source than `confidence_source`."""
     path = Path(workdir) / THRESHOLD_FILE
     if not path.exists():
         return None
-    fitted = json.loads(path.read_text())
-    tau = fitted.get("tau")
-    if not isinstance(tau, (int, float)) or not (0 <= tau <= 1 or tau == math.inf):
-        raise ValueError(f"{path}: tau: expected a number in [0, 1], found {tau!r}")
-    return fitted
+    try:
+        fitted = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(fitted, dict) or "tau" not in fitted:
+        raise ValueError(f"{path}: expected a JSON object with a tau field (as launch.refit writes), "
+                         f"found {type(fitted).__name__} {str(fitted)[:60]}")
+    defer = fitted.get("defer_everything", False)
+    if not isinstance(defer, bool):
+        raise ValueError(f"{path}: defer_everything: expected true or false, found {defer!r}")
+    tau = tau_from_json(fitted["tau"], f"{path}: tau", defer_everything=defer)
+    fitted_source = fitted.get("confidence_source")
+    if confidence_source is not None and fitted_source not in (None, confidence_source):
+        raise ValueError(f"{path}: confidence_source: tau was fitted on {fitted_source!r}, but this server "
+                         f"defers on {confidence_source!r}; refit with --confidence_source={confidence_source}")
+    return {**fitted, "tau": tau}
 
 
 class ChatService:
@@ -81,56 +110,98 @@ class ChatService:
                                             for r in self.answerers})
         self._random = random.Random(config.seed)
         self._background: set[asyncio.Task] = set()
-        self.tau = float(config.threshold.tau)
-        self.threshold_info: dict = {"rule": "config", "tau": self.tau}
-        self.reload_threshold()
+        self.draining = False
+        self._drain_deadline: asyncio.Future | None = None
+        self.threshold_error: str | None = None  # why the last reload was refused
+        self.set_tau(check_tau(config.threshold.tau, "threshold.tau"), rule="config")
+        fitted = read_threshold(self.workdir, config.confidence_source)  # a bad file stops the start
+        if fitted is not None:
+            self._apply(fitted)
 
     # ------------------------------------------------------------------ threshold
 
+    def _apply(self, fitted: dict) -> None:
+        self.tau, self.threshold_info = fitted["tau"], {**fitted, "tau": tau_to_json(fitted["tau"])}
+        self.metrics.set_tau(self.tau)
+        log.info("tau = %s (%s)", self.tau if math.isfinite(self.tau) else "defer everything",
+                 fitted.get("rule"))
+
     def reload_threshold(self) -> float:
-        """Loads DIR/threshold.json if present (a refit); a bad file keeps the current tau."""
+        """Loads DIR/threshold.json again (a refit, SIGHUP); a bad file is refused with a log line
+        and the current tau kept (`threshold_error` and /health say why)."""
         try:
-            fitted = read_threshold(self.workdir)
+            fitted = read_threshold(self.workdir, self.config.confidence_source)
         except (ValueError, OSError) as err:
-            log.error("threshold not reloaded: %s", err)
+            self.threshold_error = str(err)
+            self.metrics.threshold_refused.inc()
+            log.error("threshold.json refused, tau stays %s: %s", self.tau, err)
             return self.tau
+        self.threshold_error = None
         if fitted is not None:
-            self.tau, self.threshold_info = float(fitted["tau"]), fitted
-            log.info("tau = %s (%s)", self.tau, fitted.get("rule"))
-        self.metrics.tau.set(self.tau if math.isfinite(self.tau) else 1.0)
+            self._apply(fitted)
         return self.tau
 
-    def set_tau(self, tau: float) -> None:
-        self.tau, self.threshold_info = float(tau), {"rule": "set", "tau": float(tau)}
-        self.metrics.tau.set(self.tau)
+    def set_tau(self, tau: float, rule: str = "set") -> None:
+        self.tau = check_tau(tau)
+        self.threshold_info = {"rule": rule, "tau": tau_to_json(self.tau),
+                               "defer_everything": self.tau == math.inf}
+        self.metrics.set_tau(self.tau)
 
     # ------------------------------------------------------------------ validation
 
-    def validate(self, request: ChatCompletionRequest) -> tuple[str, int, dict]:
-        """(the question, the max_tokens budget, role -> prompt token ids or None), or APIError 400
-        naming the field."""
+    def validate(self, request: ChatCompletionRequest) -> tuple[str, list[dict], int, dict]:
+        """(the question, the earlier turns, the max_tokens budget, role -> prompt token ids or
+        None), or APIError 400 naming the field."""
         limits = self.config.limits
         if request.model not in SERVED_MODELS:
             raise bad_request("model", f"model: expected one of {list(SERVED_MODELS)}, found "
                               f"{request.model!r}", code="model_not_found")
         roles = {"corea": ("slm", "llm"), "corea-slm": ("slm",), "corea-llm": ("llm",)}[request.model]
+        self._check_decoding(request, roles)
         budget = request.budget() or limits.default_max_tokens
         most = min(self.answerers[r].max_new_tokens for r in roles)
         if budget > most:
-            raise bad_request(request.budget_param(), f"{request.budget_param()}: expected at most {most} "
-                              f"for model {request.model!r}, found {budget}")
-        question = request.question()
-        if len(question) > limits.max_question_chars:
-            raise bad_request("messages", f"messages: the question has {len(question)} characters, more "
+            if limits.max_tokens_policy != "clamp":
+                raise bad_request(request.budget_param(), f"{request.budget_param()}: expected at most "
+                                  f"{most} for model {request.model!r}, found {budget}")
+            budget = most
+        question, history = request.question(), request.history()
+        if history and self.config.conversation == "refuse":
+            raise bad_request("messages", "messages: expected one user message (this server's "
+                              "config.conversation is 'refuse': the SLM's confidence is calibrated on "
+                              f"single questions), found {len(request.messages)} messages")
+        chars = len(question) + sum(len(turn["content"]) for turn in history)
+        if chars > limits.max_question_chars:
+            raise bad_request("messages", f"messages: the conversation has {chars} characters, more "
                               f"than the {limits.max_question_chars} allowed", code="context_length_exceeded")
         prompts = {}
         for role in roles:
-            ids = prompts[role] = self.answerers[role].prompt_ids(question)
+            ids = prompts[role] = self.answerers[role].prompt_ids(question, history)
             most_prompt = self.config[role].get("max_prompt_tokens", 0)
             if ids is not None and len(ids) > most_prompt:
                 raise bad_request("messages", f"messages: the prompt is {len(ids)} tokens for the {role}, "
                                   f"more than the {most_prompt} allowed", code="context_length_exceeded")
-        return question, budget, prompts
+        return question, history, budget, prompts
+
+    def _check_decoding(self, request: ChatCompletionRequest, roles) -> None:
+        """temperature, top_p, seed and the penalties: the served decoding is the config's (the
+        SLM's confidence is calibrated under it); a request may restate it, not change it."""
+        served = {self.config[r].temperature for r in roles}
+        if request.temperature is not None and {float(request.temperature)} != served:
+            raise bad_request("temperature", f"temperature: this server decodes {request.model!r} at "
+                              f"temperature {sorted(served)[0]:g}; expected that value or none, found "
+                              f"{request.temperature:g}", code="unsupported_parameter")
+        if request.top_p is not None and request.top_p != 1:
+            raise bad_request("top_p", f"top_p: expected 1 or none (no nucleus sampling here), found "
+                              f"{request.top_p:g}", code="unsupported_parameter")
+        if request.seed is not None and served != {0.0}:
+            raise bad_request("seed", "seed: per-request seeds are not supported for sampled decoding "
+                              "(greedy decoding, temperature 0, is deterministic and accepts any seed)",
+                              code="unsupported_parameter")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(request, name) not in (None, 0):
+                raise bad_request(name, f"{name}: expected 0 or none (penalties are not supported), "
+                                  f"found {getattr(request, name):g}", code="unsupported_parameter")
 
     # ------------------------------------------------------------------ answering
 
@@ -138,46 +209,61 @@ class ChatService:
                        on_text: Callable[[str], None] | None = None, rid: str | None = None) -> Outcome:
         """Answers `request` (validated here); `on_text` receives the growing reply text of the
         answering model (for `corea`, the SLM's only once kept: its confidence comes last).
-        rid: the request's id (the response's and the log line's); a new one by default."""
-        question, budget, prompts = self.validate(request)
+        rid: the request's id (the response's and the log line's); a new one by default.
+        Exactly one log line is written for a validated request, whatever ends it."""
+        if self.draining:
+            raise unavailable("the server is shutting down; retry shortly", "shutting_down", RETRY_AFTER_S)
+        question, history, budget, prompts = self.validate(request)
         started, rid, model = time.perf_counter(), rid or new_id(), request.model
-        line = dict(request_id=rid, served_model=model, client=client, created=now(),
-                    question=question if self.config.log_questions else None, tau=None, deferred=None,
-                    answered_by=None, degraded=False, audit=False, shadow=False, agree=None, llm=None)
         item = Item(id=rid, question=question, gold="", task=self.config.task)
-        first = "llm" if model == "corea-llm" else "slm"
+        line = dict(request_id=rid, served_model=model, client=client, created=now(),
+                    question=question if self.config.log_questions else None,
+                    turns=len(request.messages), confidence_source=self.config.confidence_source,
+                    tau=None, deferred=None, answered_by=None, degraded=False, audit=False, shadow=False,
+                    agree=None, llm=None, threshold_rule=self.threshold_info.get("rule"))
+        state = {"head": None, "written": False}
         try:
-            reply, finish = await self.answerers[first].answer(
-                question, budget, request.stop, None if model == "corea" else on_text, prompt=prompts[first])
-        except asyncio.CancelledError:
-            self._abandoned(item, first, line, started)
+            return await self._route(request, item, history, budget, prompts, line, state, started, on_text)
+        except BaseException as err:
+            if not state["written"]:
+                self._end_unanswered(err, item, line, state, started, "llm" if model == "corea-llm" else "slm")
             raise
-        head = self._record(item, first, reply)
+
+    async def _ask(self, role: str, question: str, budget: int, stop, on_text, prompt, history):
+        try:
+            return await self.answerers[role].answer(question, budget, stop, on_text, prompt=prompt,
+                                                     history=history)
+        except Overloaded as err:
+            self.metrics.overloaded.labels(role).inc()
+            return failed_answer(str(err)), "overloaded"
+
+    async def _route(self, request, item, history, budget, prompts, line, state, started, on_text) -> Outcome:
+        model, question, rid = request.model, item.question, item.id
+        first = "llm" if model == "corea-llm" else "slm"
+        reply, finish = await self._ask(first, question, budget, request.stop,
+                                        None if model == "corea" else on_text, prompts[first], history)
+        head = state["head"] = self._record(item, first, reply)
         text, answered_by = reply.response, first
-        if reply.failed:  # corea-llm with its backend down
-            self._write({**head, **line, "finish_reason": "error"}, started)
-            raise APIError(503, f"the LLM backend failed: {reply.error}", type="service_unavailable",
-                           code="llm_unavailable")
-        llm_reply = None
+        if reply.failed:  # the first model is full or down: nothing to answer with
+            raise self._refusal(first, finish)
         if model == "corea":
             confidence = reply.confidence.get(self.config.confidence_source)
             deferred = not bool(keeps([confidence], self.tau)[0])
-            line.update(tau=self.tau if math.isfinite(self.tau) else None, deferred=deferred, audit=self._random.random() < self.config.shadow_rate)
+            line.update(tau=tau_to_json(self.tau), deferred=deferred,
+                        audit=self._random.random() < self.config.shadow_rate)
             if deferred:
-                try:
-                    llm_reply, llm_finish = await self.answerers["llm"].answer(
-                        question, budget, request.stop, on_text, prompt=prompts["llm"])
-                except asyncio.CancelledError:
-                    self._abandoned(item, "llm", line, started, head)
-                    raise
+                state["llm_pending"] = True
+                llm_reply, llm_finish = await self._ask("llm", question, budget, request.stop, on_text,
+                                                        prompts["llm"], history)
+                state["llm_pending"] = False
                 line["llm"] = self._record(item, "llm", llm_reply)
                 if llm_reply.failed:
                     line["degraded"] = True
                     if self.config.on_llm_failure == "error":
-                        self._write({**head, **line, "finish_reason": "error"}, started)
-                        raise APIError(503, f"the LLM backend failed: {llm_reply.error}",
-                                       type="service_unavailable", code="llm_unavailable")
+                        raise self._refusal("llm", llm_finish)
                     self.metrics.degraded.inc()
+                    log.warning("request %s: the LLM failed (%s); answered by the SLM, degraded", rid,
+                                llm_reply.error)
                 else:
                     text, finish, answered_by = llm_reply.response, llm_finish, "llm"
                     line["agree"] = self._agree(reply.response, reply.answer, llm_reply)
@@ -186,39 +272,79 @@ class ChatService:
         shadow = bool(line["audit"] and not line["deferred"])  # kept and audited: the LLM answers too
         line.update(answered_by=answered_by, finish_reason=finish, shadow=shadow)
         record = {**head, **line}
-        costs = self._costs(record)
-        outcome = self._outcome(rid, model, text, finish, record, costs)
+        outcome = self._outcome(rid, model, text, finish, record)
+        record["latency_s"] = round(time.perf_counter() - started, 4)  # the answer's, not a shadow's
+        self.metrics.answered(model, answered_by, bool(line["deferred"]))
         if shadow:
-            record["latency_s"] = round(time.perf_counter() - started, 4)  # the answer's, not the shadow's
-            self._spawn(self._shadow(item, record, budget, started))
+            state["written"] = True  # the shadow task writes it
+            self._count_calls(record)
+            self._spawn(self._shadow(item, record, budget, history))
         else:
-            await asyncio.to_thread(self._write, record, started)
-        self._count(record, costs)
+            await self._finish(record, state)
         return outcome
+
+    def _refusal(self, role: str, finish: str) -> APIError:
+        """The 503 (or the configured status for a full queue) for a model that could not answer;
+        the client hears which role, never its address (the log line has the error)."""
+        name = {"slm": "SLM", "llm": "LLM"}[role]
+        if finish == "overloaded":
+            status = int(self.config.limits.queue_full_status)
+            return APIError(status, f"the {name} is at capacity; retry after {RETRY_AFTER_S} s",
+                            type="rate_limit_error" if status == 429 else "service_unavailable",
+                            code=f"{role}_overloaded", headers={"Retry-After": str(RETRY_AFTER_S)})
+        return unavailable(f"the {name} is unavailable; retry after {RETRY_AFTER_S} s", f"{role}_unavailable",
+                           RETRY_AFTER_S)
+
+    def _end_unanswered(self, err: BaseException, item: Item, line: dict, state: dict, started: float,
+                        first: str) -> None:
+        """The one line (and counts) of a request that ends without an answer: refused, failed,
+        cancelled by its client, or cut by shutdown."""
+        if isinstance(err, asyncio.CancelledError):
+            reason = "shutdown" if self.draining else "client disconnected"
+            finish = "shutdown" if self.draining else "cancelled"
+        elif isinstance(err, APIError):
+            reason, finish = err.message, "error"
+        else:
+            reason, finish = f"{type(err).__name__}: {err}", "error"
+            log.error("request %s failed", item.id, exc_info=err)
+        head = state["head"] or self._record(item, first, failed_answer(reason, time.perf_counter() - started))
+        record = {**head, **line, "finish_reason": finish}
+        if state.get("llm_pending"):
+            record["llm"] = self._record(item, "llm", failed_answer(reason))
+        record["latency_s"] = round(time.perf_counter() - started, 4)
+        state["written"] = True
+        self._count_calls(record)
+        self._count_costs(record)
+        self._spawn(self.log.append_async(record))
+
+    async def _finish(self, record: dict, state: dict) -> None:
+        state["written"] = True
+        self._count_calls(record)
+        self._count_costs(record)
+        await self.log.append_async(record)
 
     def _record(self, item: Item, role: str, reply) -> dict:
         record = make_record(item, reply, model=role, split="test", cost=None, cost_model=self.config.cost_model)
         record.update(split="live", gold=None, correct=None)
         if not reply.failed:
-            record["cost"] = self._cost(record)
+            record["cost"] = self.cost_model(record)
         return record
 
-    def _cost(self, record: dict) -> float | None:
-        try:
-            return self.cost_model(record)
-        except ValueError:  # e.g. no price configured for the price cost model
-            return None
-
     def _costs(self, record: dict) -> tuple[float | None, float | None]:
-        """(what the request cost, what it would have cost with the LLM alone) for a corea request."""
+        """(what a corea request cost, all calls made for it; what the LLM alone would have cost);
+        (None, None) for the other models."""
         if record["served_model"] != "corea":
             return None, None
         llm = record["llm"]
-        cascade = [record["cost"]] + ([llm["cost"]] if llm and not llm["failed"] else [])
-        if any(c is None for c in cascade):
-            return None, None
-        alone = llm["cost"] if llm and not llm["failed"] else self._cost({**record, "model": "llm"})
-        return sum(cascade), alone
+        served_by_llm = bool(llm and not llm["failed"])
+        spent = sum(r["cost"] for r in [record] + ([llm] if served_by_llm else []) if not r["failed"])
+        if served_by_llm:
+            alone = llm["cost"]
+        elif record["degraded"] or record["finish_reason"] in ("error", "shutdown", "cancelled") or record["failed"]:
+            alone = spent  # not served as planned: no saving claimed
+        else:
+            alone = self.cost_model({**record, "model": "llm"})
+        return spent, alone
 
     def _agree(self, slm_response: str, slm_answer: str | None, llm) -> bool | None:
         """Does the SLM's answer equal the LLM's (the label of an audited request)? None when
@@ -231,39 +357,36 @@ class ChatService:
             agree = bool(grading.grade(slm_response, llm.answer, self.config.task))
         except ValueError:  # the LLM's answer is no gold of this task (e.g. not a number)
             agree = slm_answer.strip() == llm.answer.strip()
-        if self.metrics is not None:
-            self.metrics.agree.labels(str(agree).lower()).inc()
+        self.metrics.agree.labels(str(agree).lower()).inc()
         return agree
 
-    async def _shadow(self, item: Item, record: dict, budget: int, started: float) -> None:
-        """The LLM's answer to a kept, audited request, logged with the agreement."""
+    async def _shadow(self, item: Item, record: dict, budget: int, history) -> None:
+        """The LLM's answer to a kept, audited request, logged with the agreement; counted as an
+        LLM call (tokens, cost) once it ends."""
         try:
-            llm_reply, _ = await self.answerers["llm"].answer(item.question, budget, [], None)
+            llm_reply, _ = await self._ask("llm", item.question, budget, [], None, None, history)
+        except asyncio.CancelledError:  # shutdown: the line is still written
+            llm_reply = failed_answer("shutdown")
+            record["llm"] = self._record(item, "llm", llm_reply)
+            self._count_costs(record)
+            self.log.append(record)
+            raise
         except Exception as err:  # noqa: BLE001 - the shadow call never fails the request
             llm_reply = failed_answer(f"{type(err).__name__}: {err}")
         record["llm"] = self._record(item, "llm", llm_reply)
         record["agree"] = self._agree(record["response"], record["answer"], llm_reply)
         self.metrics.shadow.inc()
-        await asyncio.to_thread(self._write, record, started)
-
-    def _abandoned(self, item: Item, role: str, line: dict, started: float, head: dict | None = None) -> None:
-        """Logs a request whose client went away (its slot is already being freed)."""
-        reply = failed_answer("client disconnected", time.perf_counter() - started)
-        record = {**(head or self._record(item, role, reply)), **line, "finish_reason": "cancelled"}
-        if head is not None:
-            record["llm"] = self._record(item, "llm", reply)
-        self._write(record, started)
-
-    def _write(self, record: dict, started: float) -> None:
-        record.setdefault("latency_s", round(time.perf_counter() - started, 4))
-        self.log.append(record)
+        if not llm_reply.failed:
+            self.metrics.model_call("llm", llm_reply.prompt_tokens, llm_reply.generated_tokens)
+        self._count_costs(record)
+        await self.log.append_async(record)
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _outcome(self, rid, model, text, finish, record, costs) -> Outcome:
+    def _outcome(self, rid, model, text, finish, record) -> Outcome:
         llm = record["llm"]
         tokens = {"slm": None, "llm": None}
         for r in [record] + ([llm] if llm else []):
@@ -274,29 +397,63 @@ class ChatService:
                      completion_tokens=sum(t["completion"] for t in used))
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         confidence = record["confidence"].get(self.config.confidence_source) if record["model"] == "slm" else None
+        costs = self._costs(record)
         cost = costs[0] if costs[0] is not None else sum(
-            r["cost"] for r in [record] + ([llm] if llm else []) if r.get("cost") is not None)
+            r["cost"] for r in [record] + ([llm] if llm else []) if not r["failed"])
         corea = dict(answered_by=record["answered_by"], confidence=confidence,
                      confidence_source=self.config.confidence_source,
-                     tau=record["tau"],
+                     tau=record["tau"], threshold_rule=record["threshold_rule"],
                      deferred=record["deferred"], degraded=record["degraded"], shadow=record["shadow"],
                      cost=cost, cost_model=self.config.cost_model, llm_only_cost=costs[1], tokens=tokens)
         return Outcome(rid, record["created"], model, text, finish, usage, corea)
 
-    def _count(self, record: dict, costs) -> None:
+    def _count_calls(self, record: dict) -> None:
+        """Model calls and tokens of the calls in `record`, and the SLM's confidence."""
         m = self.metrics
-        m.answered(record["served_model"], record["answered_by"], bool(record["deferred"]))
         for r in [record] + ([record["llm"]] if record["llm"] else []):
             if not r["failed"]:
                 m.model_call(r["model"], r["prompt_tokens"], r["generated_tokens"])
-        if record["model"] == "slm":
+        if record["model"] == "slm" and not record["failed"]:
             confidence = record["confidence"].get(self.config.confidence_source)
             if confidence is not None:
                 m.confidence.observe(confidence)
-        m.costs(*costs)
 
-    async def close(self) -> None:
-        """Waits for the background (shadow) calls, so every request's line is written."""
+    def _count_costs(self, record: dict) -> None:
+        costs = self._costs(record)
+        record["request_cost"], record["llm_only_cost"] = costs
+        self.metrics.costs(*costs)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def begin_drain(self, seconds: float) -> None:
+        """Shutdown began: new requests are refused, and those still running after `seconds`
+        are answered with a 503 (`drain_deadline` resolves)."""
+        self.draining = True
+        expired = self.drain_expired()
+        asyncio.get_running_loop().call_later(max(0.0, seconds), lambda: expired.done() or expired.set_result(None))
+        log.info("draining: requests still running in %.1f s will be answered 503", seconds)
+
+    def drain_expired(self) -> asyncio.Future:
+        """Resolves when the drain time is over (wait on it; never await it from a task that may be
+        cancelled)."""
+        if self._drain_deadline is None:
+            self._drain_deadline = asyncio.get_running_loop().create_future()
+        return self._drain_deadline
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Waits for the background work (shadow calls, log writes), so every request's line is
+        written; after `timeout` seconds the shadow calls still running are cancelled (their
+        lines say so)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
-
+            pending = list(self._background)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, late = await asyncio.wait(pending, timeout=left)
+            if late and deadline is not None and time.monotonic() >= deadline:
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+        for answerer in self.answerers.values():
+            if hasattr(answerer, "close"):
+                answerer.close()
+        self.log.close()

@@ -9,10 +9,15 @@ tau, deferred, answered_by, degraded, audit, shadow, agree, finish_reason, laten
 
 Lines are written whole under a lock, one `write` and an fsync each, so a stopped server leaves
 no half line (a SIGKILL mid-write can; `cascade.records.RecordStore` drops such a line on open).
+The file holds users' questions: it is created readable by its owner only (mode 0600). The
+server writes through `append_async`, on the log's own thread, so a slow disk or a slow LLM
+never waits on the other.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import os
 import threading
@@ -24,18 +29,26 @@ class RequestLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="records")
         self.written = 0
 
     def append(self, record: dict) -> None:
         line = (json.dumps(record, allow_nan=False) + "\n").encode()
         with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 os.write(fd, line)
                 os.fsync(fd)
             finally:
                 os.close(fd)
             self.written += 1
+
+    async def append_async(self, record: dict) -> None:
+        """`append` on the log's own writer thread (in order, never on a shared pool)."""
+        await asyncio.get_running_loop().run_in_executor(self._writer, self.append, record)
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
 
 
 def read_lines(path: str | os.PathLike) -> list[dict]:

@@ -30,7 +30,11 @@ class ServerMetrics:
         self.degraded = Counter("corea_degraded", "Deferred requests answered by the SLM because the LLM "
                                 "failed.", registry=r)
         self.llm_share = Gauge("corea_llm_share", "Share of corea requests the LLM answered.", registry=r)
-        self.tau = Gauge("corea_tau", "The current deferral threshold.", registry=r)
+        self.tau = Gauge("corea_tau", "The current deferral threshold (+Inf: defer everything).", registry=r)
+        self.defer_everything = Gauge("corea_defer_everything", "1 while tau is the defer-everything "
+                                      "state (no tau certified), else 0.", registry=r)
+        self.threshold_refused = Counter("corea_threshold_refused", "threshold.json reloads refused "
+                                         "(the old tau kept; /health names the reason).", registry=r)
         self.confidence = Histogram("corea_confidence", "The SLM's confidence per answered request.",
                                     buckets=CONFIDENCE_BUCKETS, registry=r)
         self.latency = Histogram("corea_request_latency_seconds", "Request latency.", ["model"],
@@ -40,12 +44,18 @@ class ServerMetrics:
         self.tokens = Counter("corea_tokens", "Tokens by model (slm, llm) and kind (prompt, completion).",
                               ["model", "kind"], registry=r)
         self.calls = Counter("corea_model_calls", "Model calls by model (slm, llm).", ["model"], registry=r)
-        self.cost = Counter("corea_cost", "Cost of the corea requests (cascade) and of the same requests "
-                            "all sent to the LLM (llm_only, the LLM's cost estimated from the SLM's token "
-                            "counts where it did not answer).", ["system"], registry=r)
+        self.cost = Counter("corea_cost", "Cost of the corea requests: cascade = every call made for them "
+                            "(SLM, deferred LLM, shadow LLM); llm_only = the same requests sent to the LLM "
+                            "alone (its measured cost where it answered, else estimated from the SLM's "
+                            "token counts). A request the LLM did not serve as planned (degraded, or "
+                            "refused) counts its spend on both sides: no saving.", ["system"], registry=r)
         self.cost_saved = Gauge("corea_cost_saved_fraction", "1 - cascade cost / LLM-only cost.", registry=r)
-        self.shadow = Counter("corea_shadow", "Kept requests also sent to the LLM in the background.",
-                              registry=r)
+        self.shadow = Counter("corea_shadow", "Kept requests also sent to the LLM in the background "
+                              "(their LLM calls, tokens and cost are counted as such).", registry=r)
+        self.engine_failures = Counter("corea_engine_failures", "Engine thread failures (each failed the "
+                                       "requests it held; the engine restarted).", ["engine"], registry=r)
+        self.overloaded = Counter("corea_overloaded", "Requests refused because a model's admission "
+                                  "queue was full.", ["engine"], registry=r)
         self.agree = Counter("corea_agreement", "Audited requests by SLM-LLM agreement.", ["agree"],
                              registry=r)
         self.slots = Gauge("corea_batch_slots", "Decoding slots of each model's engine.", ["engine"],
@@ -90,7 +100,7 @@ class ServerMetrics:
             self.deferred.inc()
 
     def costs(self, cascade: float | None, llm_only: float | None) -> None:
-        if cascade is None or llm_only is None:
+        if cascade is None or llm_only is None or (cascade == 0 and llm_only == 0):
             return
         self.cost.labels("cascade").inc(cascade)
         self.cost.labels("llm_only").inc(llm_only)
@@ -99,6 +109,10 @@ class ServerMetrics:
             self._costs[1] += llm_only
             if self._costs[1] > 0:
                 self.cost_saved.set(1.0 - self._costs[0] / self._costs[1])
+
+    def set_tau(self, tau: float) -> None:
+        self.tau.set(tau)  # +Inf in the text format when deferring everything
+        self.defer_everything.set(float(tau == float("inf")))
 
     def model_call(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
         self.calls.labels(model).inc()

@@ -4,16 +4,20 @@ Requests are validated here (types and ranges); what depends on the server's set
 names, prompt length, the max_tokens limit) is checked by `chat.ChatService`. Every refusal
 leaves as `APIError`, rendered in OpenAI's error schema
 `{"error": {"message", "type", "param", "code"}}` so clients show it as they show OpenAI's.
-Unknown request fields are accepted and ignored, as OpenAI-compatible servers do.
+OpenAI fields this server does not honour are refused with a 400 naming them
+(`UNSUPPORTED`), never silently dropped; fields outside OpenAI's API are ignored, as
+OpenAI-compatible servers do. `parse_body` bounds what a body may hold before pydantic sees it:
+nesting depth, the digits of a number, and text that is not valid Unicode (a lone surrogate).
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SERVED_MODELS = ("corea", "corea-slm", "corea-llm")
 
@@ -34,6 +38,109 @@ class APIError(Exception):
 
 def bad_request(param: str | None, message: str, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
+
+
+def unavailable(message: str, code: str, retry_after: int | None = None) -> APIError:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return APIError(503, message, type="service_unavailable", code=code, headers=headers)
+
+
+def server_error(rid: str | None = None) -> APIError:
+    """An unexpected failure: the details go to the server's log, never to the client."""
+    where = f" (request {rid}; the server's log has the details)" if rid else ""
+    return APIError(500, f"the server failed to answer{where}", type="server_error", code="internal_error")
+
+
+# OpenAI request fields that change the reply and that this server does not honour: each is
+# refused when set to anything but its no-op value (a caller relying on it gets a 400, not
+# plain text it did not ask for).
+UNSUPPORTED = {
+    "tools": "tool calls are not supported (COREA answers with text only)",
+    "tool_choice": "tool calls are not supported",
+    "functions": "function calls are not supported",
+    "function_call": "function calls are not supported",
+    "response_format": "only response_format {\"type\": \"text\"} is supported",
+    "logprobs": "token log-probabilities are not returned",
+    "top_logprobs": "token log-probabilities are not returned",
+    "logit_bias": "logit_bias is not supported",
+    "prediction": "predicted outputs are not supported",
+    "audio": "audio output is not supported",
+    "modalities": "only the text modality is supported",
+    "web_search_options": "web search is not supported",
+}
+
+
+def _is_noop(name: str, value) -> bool:
+    if value is None or value is False or value == [] or value == {}:
+        return True
+    if name == "tool_choice":
+        return value == "none"
+    if name == "response_format":
+        return isinstance(value, dict) and value.get("type") == "text"
+    if name == "modalities":
+        return value == ["text"]
+    return False
+
+
+MAX_DEPTH = 16  # JSON nesting a chat request needs: 4 (messages[i].content[j])
+MAX_NUMBER_DIGITS = 32
+
+
+def _number(text: str):
+    if len(text.lstrip("-").replace(".", "").split("e")[0].split("E")[0]) > MAX_NUMBER_DIGITS:
+        raise bad_request(None, f"the request body holds a number of {len(text)} characters, more than "
+                          f"the {MAX_NUMBER_DIGITS} digits allowed")
+    if not any(c in text for c in ".eE"):
+        return int(text)
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise bad_request(None, f"the request body holds a number out of range: {text}")
+    return value
+
+
+def _refuse_constant(name: str):
+    raise bad_request(None, f"the request body holds {name}, which is not JSON")
+
+
+def _check_tree(value, path: str = "", depth: int = 0) -> None:
+    """Depth and Unicode of a parsed body, naming the field that breaks either."""
+    if depth > MAX_DEPTH:
+        raise bad_request(path or None, f"{path or 'the request body'}: nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad_request(path or None, f"{path or 'the request body'}: not valid Unicode (a lone "
+                              "surrogate such as \\ud800)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_tree(key, path, depth + 1)
+            _check_tree(item, f"{path}.{key}" if path else str(key), depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_tree(item, f"{path}[{i}]", depth + 1)
+
+
+def parse_body(body: bytes) -> "ChatCompletionRequest":
+    """A request body as a ChatCompletionRequest, or APIError 400 naming the first bad field."""
+    try:
+        data = json.loads(body, parse_int=_number, parse_float=_number, parse_constant=_refuse_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise bad_request(None, f"the request body is not valid JSON: {err}") from None
+    except RecursionError:
+        raise bad_request(None, f"the request body is nested deeper than {MAX_DEPTH} levels") from None
+    if not isinstance(data, dict):
+        raise bad_request(None, "the request body must be a JSON object")
+    _check_tree(data)
+    for name, why in UNSUPPORTED.items():
+        if name in data and not _is_noop(name, data[name]):
+            raise bad_request(name, f"{name}: {why}", code="unsupported_parameter")
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        param = param_name(tuple(first["loc"]))
+        raise bad_request(param, f"{param}: {first['msg']}") from None
 
 
 def param_name(loc: tuple) -> str | None:
@@ -102,12 +209,27 @@ class ChatCompletionRequest(BaseModel):
         return "max_completion_tokens" if self.max_completion_tokens else "max_tokens"
 
     def question(self) -> str:
-        """The last user message: the question COREA answers (earlier turns are not sent;
-        the models see COREA's own prompt around it)."""
-        for message in reversed(self.messages):
-            if message.role == "user" and message.text().strip():
-                return message.text()
-        raise bad_request("messages", "messages: expected a user message with text, found none")
+        """The last message, a user's: the question COREA answers (COREA's prompt goes around it)."""
+        last = self.messages[-1]
+        if last.role == "tool":
+            raise bad_request("messages", "messages: a conversation ending in a tool result is not "
+                              "supported (this server makes no tool calls)", code="unsupported_parameter")
+        if last.role != "user" or not last.text().strip():
+            raise bad_request("messages", f"messages: expected the last message to be a user's with text, "
+                              f"found a {last.role} message")
+        return last.text()
+
+    def history(self) -> list[dict]:
+        """The turns before the question, as chat messages ("developer" as "system"); a tool
+        message or an assistant tool call is refused (no tool calls here)."""
+        turns = []
+        for i, message in enumerate(self.messages[:-1]):
+            if message.role == "tool" or getattr(message, "tool_calls", None):
+                raise bad_request(f"messages[{i}]", f"messages[{i}]: tool calls and tool results are not "
+                                  "supported", code="unsupported_parameter")
+            role = "system" if message.role == "developer" else message.role
+            turns.append({"role": role, "content": message.text()})
+        return turns
 
 
 class Usage(BaseModel):

@@ -31,14 +31,35 @@ def _slm_confidence(record: dict, source: str) -> float | None:
     return record["confidence"].get(source) if record.get("model") == "slm" else None
 
 
-def refit(workdir: str | os.PathLike, rule: str, *, confidence_source: str = "verbal",
+def server_source(lines: list[dict]) -> str | None:
+    """The confidence source the server deferred on, as its log lines state it (None: an older
+    log that does not say)."""
+    sources = {line["confidence_source"] for line in lines if line.get("confidence_source")}
+    if len(sources) > 1:
+        raise ValueError(f"confidence_source: the log holds lines deferred on {sorted(sources)}; "
+                         "refit on a log of one server configuration")
+    return next(iter(sources), None)
+
+
+def refit(workdir: str | os.PathLike, rule: str, *, confidence_source: str | None = None,
           target_usage: float = 0.3, epsilon: float = 0.05, delta: float = 0.1, tau: float = 0.5,
           min_items: int = 20) -> dict:
-    """Fits tau from DIR/records.jsonl by `rule`, writes DIR/threshold.json and returns it."""
+    """Fits tau from DIR/records.jsonl by `rule`, writes DIR/threshold.json and returns it.
+
+    confidence_source: the confidence to fit on; None takes the server's (from its log). One
+    other than the server's is refused, naming both: a tau fitted on another scale means nothing.
+    """
     if rule not in RULES:
         raise ValueError(f"rule: expected one of {RULES}, found {rule!r}")
     workdir = Path(workdir)
-    records = [r for r in read_lines(workdir / "records.jsonl") if not r.get("failed")]
+    lines = read_lines(workdir / "records.jsonl")
+    served = server_source(lines)
+    if confidence_source is None:
+        confidence_source = served or "verbal"
+    elif served is not None and confidence_source != served:
+        raise ValueError(f"confidence_source: the server defers on {served!r} (its log says so), not "
+                         f"{confidence_source!r}; refit with --confidence_source={served} or leave it unset")
+    records = [r for r in lines if not r.get("failed")]
     answered = [r for r in records if r.get("model") == "slm" and r.get("served_model") in ("corea", "corea-slm")]
     evidence: dict = {"records": len(records)}
     guarantee = None
@@ -67,13 +88,17 @@ def refit(workdir: str | os.PathLike, rule: str, *, confidence_source: str = "ve
     confidences = [_slm_confidence(r, confidence_source) for r in answered]
     if confidences:
         evidence["llm_share_at_tau"] = float(1 - thresholds.keeps(confidences, fitted).mean())
-    result = dict(tau=fitted, rule=rule, items=len(used), confidence_source=confidence_source,
+    result = dict(tau=thresholds.tau_to_json(fitted), defer_everything=fitted == math.inf, rule=rule,
+                  items=len(used), confidence_source=confidence_source,
                   epsilon=epsilon if rule == "risk" else None, delta=delta if rule == "risk" else None,
                   guarantee=guarantee, evidence=evidence,
                   fitted_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    if fitted == math.inf:
+        result["reason"] = ("no tau is certified on this log: every request goes to the LLM" if rule == "risk"
+                            else "deferring everything is the closest to the target")
     path = workdir / THRESHOLD_FILE
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")  # tau may be Infinity: defer everything
+    tmp.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")  # defer everything: tau null
     os.replace(tmp, path)
     return result
 
@@ -85,7 +110,7 @@ def _enough(used: list, min_items: int, what: str) -> None:
 
 def describe(result: dict) -> str:
     tau = result["tau"]
-    text = f"tau = {tau:.4f}" if math.isfinite(tau) else "tau = inf (defer everything)"
+    text = f"tau = {tau:.4f}" if tau is not None else "tau = none (defer everything)"
     text += f" by the {result['rule']} rule on {result['items']} logged requests"
     if "llm_share_at_tau" in result["evidence"]:
         text += f"; LLM share on the log at this tau: {result['evidence']['llm_share_at_tau']:.1%}"

@@ -2,10 +2,13 @@
 OpenAI's schema). No cascade logic lives here.
 
   POST /v1/chat/completions   non-streaming, or `stream: true` as server-sent events
-  GET  /v1/models             corea, corea-slm, corea-llm
-  GET  /health                200 while every local engine runs, else 503
-  GET  /metrics               Prometheus text (prometheus_client)
+  GET  /v1/models, /v1/models/{id}   corea, corea-slm, corea-llm
+  GET  /health                liveness for anyone (ok / not ok, tau); the details with a key
+  GET  /metrics               Prometheus text (prometheus_client); a key when keys are set
   GET  /                      the dashboard (dashboard.html: plain HTML + JS over /metrics)
+
+Every chat request ends in one response (an answer or an error in OpenAI's schema, a failed
+stream in an error event and [DONE]), one counted status and one line in the server's log.
 """
 
 from __future__ import annotations
@@ -13,47 +16,55 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
 
 from corea_jax.serving import protocol
-from corea_jax.serving.protocol import SERVED_MODELS, APIError, ChatCompletionRequest, bad_request
+from corea_jax.serving.protocol import SERVED_MODELS, APIError, ChatCompletionRequest
 
 router = APIRouter()
 DASHBOARD = Path(__file__).with_name("dashboard.html")
+log = logging.getLogger("corea_jax.serving.requests")
 
 
-def error_response(err: APIError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+def error_response(err: APIError, rid: str | None = None) -> JSONResponse:
+    """The error in OpenAI's schema; `rid` (the X-Request-Id header) finds its log line."""
+    headers = {**err.headers, **({"X-Request-Id": rid} if rid else {})}
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
-def parse_request(body: bytes) -> ChatCompletionRequest:
-    """The request body as a ChatCompletionRequest, or APIError 400 naming the first bad field."""
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise bad_request(None, f"the request body is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise bad_request(None, "the request body must be a JSON object")
-    try:
-        return ChatCompletionRequest.model_validate(data)
-    except ValidationError as err:
-        first = err.errors()[0]
-        param = protocol.param_name(tuple(first["loc"]))
-        raise bad_request(param, f"{param}: {first['msg']}") from None
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, or APIError 413 once it passes `limit` bytes (read no further)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, f"the request body is {declared} bytes, more than the {limit} allowed",
+                       code="request_too_large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise APIError(413, f"the request body is more than the {limit} bytes allowed",
+                           code="request_too_large")
+    return bytes(body)
 
 
 class ClientGone(Exception):
     """The client closed the connection before its answer was ready."""
 
 
-async def _until_disconnect(request: Request, coro):
-    """Runs `coro`; cancels it (freeing its slot) if the client disconnects first."""
+def shutting_down() -> APIError:
+    return protocol.unavailable("the server is shutting down and could not finish this request in "
+                                "its drain time; retry it", "shutting_down", 5)
+
+
+async def _until_done(request: Request, service, coro):
+    """Runs `coro`; cancels it (freeing its slot) if the client disconnects first (ClientGone),
+    or if the server's drain time runs out (APIError 503)."""
     task = asyncio.ensure_future(coro)
 
     async def disconnected():
@@ -61,16 +72,29 @@ async def _until_disconnect(request: Request, coro):
             pass
 
     watcher = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    try:  # the drain future is waited on, never awaited: cancelling us must not cancel it
+        await asyncio.wait({task, watcher, service.drain_expired()}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
     if not task.done():
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        raise ClientGone
+        if not service.drain_expired().done():
+            raise ClientGone
+        raise shutting_down()
     return task.result()
+
+
+def _done(state, model: str, status: int, started: float, rid: str | None, error: str | None = None) -> None:
+    """The request's count and its one line in the server's log."""
+    seconds = time.perf_counter() - started
+    state.metrics.request_done(model, status, seconds)
+    if status >= 500:
+        log.warning("POST /v1/chat/completions %s model=%s status=%d %.3fs: %s", rid, model, status, seconds, error)
+    else:
+        log.info("POST /v1/chat/completions %s model=%s status=%d %.3fs%s", rid, model, status, seconds,
+                 f": {error}" if error else "")
 
 
 def _usage(usage: dict) -> protocol.Usage:
@@ -80,7 +104,7 @@ def _usage(usage: dict) -> protocol.Usage:
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request):
     state = request.app.state.corea
-    started, model = time.perf_counter(), "unknown"
+    started, model, rid = time.perf_counter(), "unknown", protocol.new_id()
     try:
         client = state.keys.client(request.headers.get("authorization"))
         try:
@@ -88,40 +112,46 @@ async def chat_completions(request: Request):
         except APIError:
             state.metrics.rate_limited.inc()
             raise
-        chat = parse_request(await request.body())
+        chat = protocol.parse_body(await read_body(request, state.service.config.limits.max_body_bytes))
         model = chat.model if chat.model in SERVED_MODELS else "unknown"
         if chat.stream:
-            return await _stream(request, state, chat, client, started)
-        outcome = await _until_disconnect(request, state.service.complete(chat, client))
+            return await _stream(request, state, chat, client, started, rid)
+        outcome = await _until_done(request, state.service, state.service.complete(chat, client, rid=rid))
     except APIError as err:
-        state.metrics.request_done(model, err.status, time.perf_counter() - started)
-        return error_response(err)
+        _done(state, model, err.status, started, rid, err.message)
+        return error_response(err, rid)
     except ClientGone:
-        state.metrics.request_done(model, 499, time.perf_counter() - started)
+        _done(state, model, 499, started, rid, "the client disconnected")
         return Response(status_code=499)
-    state.metrics.request_done(model, 200, time.perf_counter() - started)
-    return protocol.ChatCompletion(
+    except Exception as err:  # noqa: BLE001 - one answer in OpenAI's schema, whatever failed
+        log.error("request %s failed", rid, exc_info=err)
+        failure = protocol.server_error(rid)
+        _done(state, model, failure.status, started, rid, f"{type(err).__name__}: {err}")
+        return error_response(failure, rid)
+    _done(state, model, 200, started, rid)
+    return JSONResponse(protocol.ChatCompletion(
         id=outcome.id, created=outcome.created, model=outcome.model,
         choices=[protocol.Choice(message=protocol.ChoiceMessage(content=outcome.text),
                                  finish_reason=outcome.finish_reason)],
-        usage=_usage(outcome.usage), corea=outcome.corea).model_dump()
+        usage=_usage(outcome.usage), corea=outcome.corea).model_dump(), headers={"X-Request-Id": rid})
 
 
 def _sse(payload: protocol.ChatCompletionChunk) -> str:
     return f"data: {payload.model_dump_json()}\n\n"
 
 
-async def _stream(request: Request, state, chat: ChatCompletionRequest, client: str, started: float):
+async def _stream(request: Request, state, chat: ChatCompletionRequest, client: str, started: float, rid: str):
     """Server-sent events: a role chunk, text deltas, a last chunk with finish_reason and the
     `corea` object, a usage chunk when stream_options.include_usage, then [DONE]. Refusals that
-    happen before the first text (validation, a failing LLM) still leave as JSON errors."""
+    happen before the first text (validation, a failing LLM) still leave as JSON errors; a
+    failure after it is an error event, then [DONE]."""
     texts: asyncio.Queue[str] = asyncio.Queue()
-    rid, created = protocol.new_id(), protocol.now()
+    created = protocol.now()
     task = asyncio.ensure_future(state.service.complete(chat, client, on_text=texts.put_nowait, rid=rid))
     first = asyncio.ensure_future(texts.get())
     try:
-        await _until_disconnect(request, asyncio.wait({task, first}, return_when=asyncio.FIRST_COMPLETED))
-    except ClientGone:
+        await _until_done(request, state.service, asyncio.wait({task, first}, return_when=asyncio.FIRST_COMPLETED))
+    except (ClientGone, APIError):
         first.cancel()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -136,14 +166,17 @@ async def _stream(request: Request, state, chat: ChatCompletionRequest, client: 
             protocol.ChunkChoice(delta=delta, finish_reason=finish)], **extra))
 
     async def events():
-        sent, status = "", 200
+        sent, status, error = "", 200, None
         pending = first
         try:
             yield chunk(protocol.Delta(role="assistant", content=""))
             while True:
                 if pending is None:
                     pending = asyncio.ensure_future(texts.get())
-                    await asyncio.wait({task, pending}, return_when=asyncio.FIRST_COMPLETED)
+                    deadline = state.service.drain_expired()
+                    await asyncio.wait({task, pending, deadline}, return_when=asyncio.FIRST_COMPLETED)
+                    if deadline.done() and not task.done():
+                        raise shutting_down()
                 if pending.done():
                     text, pending = pending.result(), None
                     text = text.rstrip("\ufffd")  # a character still being spelled by byte tokens
@@ -153,12 +186,7 @@ async def _stream(request: Request, state, chat: ChatCompletionRequest, client: 
                     continue
                 break
             pending.cancel()
-            try:
-                outcome = task.result()
-            except APIError as err:
-                status = err.status
-                yield f"data: {json.dumps(err.body())}\n\n"
-                return
+            outcome = task.result()
             if outcome.text.startswith(sent) and len(outcome.text) > len(sent):
                 yield chunk(protocol.Delta(content=outcome.text[len(sent):]))
             yield chunk(protocol.Delta(), outcome.finish_reason, corea=outcome.corea)
@@ -166,14 +194,25 @@ async def _stream(request: Request, state, chat: ChatCompletionRequest, client: 
                 yield _sse(protocol.ChatCompletionChunk(id=rid, created=created, model=chat.model,
                                                         choices=[], usage=_usage(outcome.usage)))
             yield "data: [DONE]\n\n"
+        except asyncio.CancelledError:
+            status, error = 499, "the client disconnected mid-stream"
+            raise
+        except Exception as err:  # noqa: BLE001 - the stream ends in an error event and [DONE]
+            failure = err if isinstance(err, APIError) else protocol.server_error(rid)
+            if not isinstance(err, APIError):
+                log.error("request %s failed mid-stream", rid, exc_info=err)
+            status, error = failure.status, failure.message
+            yield f"data: {json.dumps(failure.body())}\n\n"
+            yield "data: [DONE]\n\n"
         finally:
-            if not task.done():  # the client went away mid-stream: free the slot
-                status = 499
+            if not task.done():  # the client went away, or shutdown cut the stream: free the slot
                 task.cancel()
-            state.metrics.request_done(chat.model, status, time.perf_counter() - started)
+                with contextlib.suppress(BaseException):
+                    await task
+            _done(state, chat.model, status, started, rid, error)
 
     return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Request-Id": rid})
 
 
 @router.get("/v1/models")
@@ -183,27 +222,51 @@ async def models(request: Request):
         state.keys.client(request.headers.get("authorization"))
     except APIError as err:
         return error_response(err)
-    created = state.started
-    return protocol.ModelList(data=[protocol.ModelCard(id=name, created=created)
+    return protocol.ModelList(data=[protocol.ModelCard(id=name, created=state.started)
                                     for name in SERVED_MODELS]).model_dump()
+
+
+@router.get("/v1/models/{model_id}")
+async def model(request: Request, model_id: str):
+    state = request.app.state.corea
+    try:
+        state.keys.client(request.headers.get("authorization"))
+        if model_id not in SERVED_MODELS:
+            raise APIError(404, f"model: expected one of {list(SERVED_MODELS)}, found {model_id!r}",
+                           type="not_found_error", param="model", code="model_not_found")
+    except APIError as err:
+        return error_response(err)
+    return protocol.ModelCard(id=model_id, created=state.started).model_dump()
 
 
 @router.get("/health")
 async def health(request: Request):
+    """200 while every model can answer, else 503. Anyone learns ok / not ok, tau and the
+    threshold state; the engines, the fitted threshold and a refused reload need a key (when
+    keys are set)."""
     state = request.app.state.corea
-    engines = {role: bool(a.alive) for role, a in state.service.answerers.items()}
+    service = state.service
+    engines = {role: bool(a.alive) for role, a in service.answerers.items()}
     ok = all(engines.values())
-    body = {"status": "ok" if ok else "degraded", "tau": state.service.tau
-            if state.service.tau != float("inf") else None, "engines": engines,
-            "threshold": state.service.threshold_info}
-    return JSONResponse(body, status_code=200 if ok else 503)
+    tau = service.tau
+    body = {"status": "ok" if ok else "unhealthy", "tau": tau if tau != float("inf") else None,
+            "defer_everything": tau == float("inf"), "draining": service.draining}
+    if state.keys.allows(request.headers.get("authorization")):
+        body.update(engines=engines, threshold=service.threshold_info, threshold_error=service.threshold_error)
+    return JSONResponse(body, status_code=200 if ok and not service.draining else 503)
 
 
 @router.get("/metrics")
 async def metrics(request: Request):
-    return Response(generate_latest(request.app.state.corea.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    state = request.app.state.corea
+    try:
+        state.keys.metrics_client(request.headers.get("authorization"))
+    except APIError as err:
+        return error_response(err)
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/")
 async def dashboard():
+    """The page itself holds no numbers: it reads /metrics with the key its user types in."""
     return HTMLResponse(DASHBOARD.read_text(encoding="utf-8"))
