@@ -138,7 +138,9 @@ def _special_tokens(tokenizer) -> dict[str, int]:
 def _encode_pieces(tokenizer, pieces: list[tuple[str, bool]]) -> list[int]:
     """Special tokens are looked for in the template's pieces only; the text between two of
     them (template text and contents alike) is encoded in one call without special-token
-    parsing, as the tokenizer itself encodes the text between special tokens."""
+    parsing, as the tokenizer itself encodes the text between special tokens. (A special token
+    that absorbs neighbouring whitespace, lstrip/rstrip, is not mimicked; neither shipped model
+    family has one.)"""
     special = _special_tokens(tokenizer)
     # Longest first: at one position the longest special token wins, as in the tokenizer.
     pattern = re.compile("|".join(re.escape(s) for s in sorted(special, key=len, reverse=True)))
