@@ -434,19 +434,23 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def test_dashboard_shows_the_metrics_without_console_errors(server, tmp_path):
+def _dump_dom(url: str, tmp_path):
     browser = _chromium()
     assert browser is not None, "chromium is not installed (.ci/run installs Debian's package)"
+    return subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+         "--virtual-time-budget=5000", "--dump-dom", url],
+        capture_output=True, text=True, timeout=120)
+
+
+def test_dashboard_shows_the_metrics_without_console_errors(server, tmp_path):
     c = client(server.url)
     for q in QUESTIONS[:2]:
         _ask(c, q, max_tokens=4)
     metrics = _get(f"{server.url}/metrics")
-    run = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-         "--virtual-time-budget=5000", "--dump-dom", f"{server.url}/"],
-        capture_output=True, text=True, timeout=120)
+    run = _dump_dom(f"{server.url}/", tmp_path)
     dom = run.stdout
     assert run.returncode == 0, run.stderr[-2000:]
     assert 'data-loaded="true"' in dom, dom[:2000]
@@ -462,6 +466,8 @@ def test_dashboard_shows_the_metrics_without_console_errors(server, tmp_path):
 
     assert shown("llm-share") == pytest.approx(metric(metrics, "corea_llm_share"))
     assert shown("tau") == pytest.approx(metric(metrics, "corea_tau"))
+    assert shown("refused") == sum(metric(metrics, "corea_requests_total", status=s) for s in ("500", "503"))
+    assert shown("degraded") == metric(metrics, "corea_degraded_total")
     assert shown("requests") == metric(metrics, "corea_requests_total", status="200")
     assert shown("p50") == pytest.approx(metric(metrics, "corea_latency_window_seconds", quantile="0.5"))
     assert shown("p99") == pytest.approx(metric(metrics, "corea_latency_window_seconds", quantile="0.99"))
@@ -469,3 +475,13 @@ def test_dashboard_shows_the_metrics_without_console_errors(server, tmp_path):
     assert shown("roi-llm") > 0 and shown("roi-cascade") > 0
     bars = dom.count('data-count="')
     assert bars == 10
+
+
+def test_dashboard_with_keys_set_shows_no_numbers_without_a_key(server, state, tmp_path):
+    from corea_jax.serving.auth import KeyRing
+
+    state.keys = KeyRing(["k-one"])
+    dom = _dump_dom(f"{server.url}/", tmp_path).stdout
+    assert 'data-needs-key="true"' in dom and 'data-loaded="true"' not in dom
+    assert '<form id="key-form">' in dom or '<form id="key-form" hidden="">' not in dom
+    assert 'id="requests" data-value="' not in dom  # not one number reached the page
