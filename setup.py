@@ -41,7 +41,8 @@ setup(
     extras_require={
         # torch is only the reference implementation in tests; pin the CPU wheel
         # (an unpinned torch pulls a multi-GB CUDA build).
+        # langchain-openai: the server's test that LangChain's bind_tools gets a clear 400.
         "dev": ["pytest", "hypothesis", "scikit-learn", "accelerate", "torch==2.13.0",
-                "nbclient", "nbformat", "ipykernel"],
+                "nbclient", "nbformat", "ipykernel", "langchain-openai"],
     },
 )

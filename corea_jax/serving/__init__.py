@@ -5,9 +5,9 @@ Modules, one job each (vLLM's split: wire format, logic, routes):
   chat       the logic, free of HTTP: cascade routing, usage, costs, the request log, shadowing
   answerers  a local model behind the batcher, or the cascade's HTTP backend
   batcher    an async queue feeding the continuous-batching scheduler (shared decode steps)
-  auth       API keys and the per-key rate limit
+  auth       API keys (and metrics keys), the per-key rate limit, the keyless loopback guard
   metrics    Prometheus metrics (GET /metrics, the dashboard)
-  log        DIR/records.jsonl, one fsynced line per request (cascade record schema)
+  log        DIR/records.jsonl (mode 0600), one fsynced line per request (cascade record schema)
   refit      tau re-fitted from the live log (DIR/threshold.json, read again on SIGHUP)
   routes     the HTTP routes;  app  the app factory and `serve` (uvicorn)
 """
