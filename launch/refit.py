@@ -38,8 +38,24 @@ def main(argv):
                              tau=_TAU.value, min_items=_MIN_ITEMS.value)
     print(refit.describe(result))
     if _PID.value:
+        with usage_errors():
+            _check_server(_PID.value)
         os.kill(_PID.value, signal.SIGHUP)
         print(f"sent SIGHUP to {_PID.value}")
+
+
+def _check_server(pid: int) -> None:
+    """Refuses a pid that is not a `launch.serve` process (a stale pid would be killed by SIGHUP)."""
+    cmdline = f"/proc/{pid}/cmdline"
+    if not os.path.exists("/proc/self/cmdline"):
+        return  # no /proc here: trust the caller
+    try:
+        with open(cmdline, "rb") as f:
+            args = f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        raise ValueError(f"pid: no process {pid}; threshold.json is written, restart or signal the server") from None
+    if "launch.serve" not in args:
+        raise ValueError(f"pid: process {pid} is not a launch.serve server ({args[:80]!r}); no signal sent")
 
 
 if __name__ == "__main__":

@@ -9,15 +9,22 @@ Models: corea, corea-slm, corea-llm. Logs every request to DIR/records.jsonl; SI
 DIR/threshold.json (`launch.refit`); SIGTERM drains the requests in flight and exits.
 """
 
-import logging
-import os
+import signal
 
-from absl import app, flags
-from ml_collections import config_flags
+# First, before the imports that take seconds: a SIGHUP while the server starts (what
+# `refit --pid` sends a restarting server) is remembered and applied once it runs.
+_EARLY_SIGHUPS: list = []
+signal.signal(signal.SIGHUP, lambda *_: _EARLY_SIGHUPS.append(True))
 
-from corea_jax.serving import app as serving_app
-from corea_jax.serving.auth import parse_keys
-from launch import quiet_logs, usage_errors
+import logging  # noqa: E402
+import os  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from corea_jax.serving import app as serving_app  # noqa: E402
+from corea_jax.serving.auth import parse_keys  # noqa: E402
+from launch import quiet_logs, usage_errors  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/serve/tiny.py", "Server config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of records.jsonl and threshold.json.", required=True)
@@ -35,7 +42,7 @@ def main(argv):
     with usage_errors():
         serving_app.check_listen(_HOST.value, keys)
         serving_app.serve(_CONFIG.value, _WORKDIR.value, host=_HOST.value, port=_PORT.value, api_keys=keys,
-                          metrics_keys=metrics_keys)
+                          metrics_keys=metrics_keys, early_sighups=_EARLY_SIGHUPS)
 
 
 if __name__ == "__main__":

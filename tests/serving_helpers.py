@@ -84,7 +84,8 @@ def metric(text: str, name: str, **labels) -> float:
 class FakeLLM:
     """An OpenAI-compatible chat endpoint on 127.0.0.1 whose faults a test switches on and off:
     `mode` "ok" answers "\\boxed{5}" (usage counted), "hold" keeps each request until `release`
-    is set (a slow LLM, event-driven), "fail" answers 500. `stop()` closes the port (a killed
+    is set (a slow LLM, event-driven), "fail" answers 500, "bad_usage" answers with token counts
+    no server could mean (-5, 1e308). `stop()` closes the port (a killed
     LLM: connections refused). Counts requests and the most it held at once."""
 
     def __init__(self):
@@ -115,7 +116,7 @@ class FakeLLM:
                     if mode == "hold":
                         outer.release.wait(120)
                     status, payload = (500, b'{"error": {"message": "boom"}}') if mode == "fail" else \
-                        (200, json.dumps(outer.completion(body)).encode())
+                        (200, json.dumps(outer.completion(body, bad_usage=mode == "bad_usage")).encode())
                 finally:
                     with outer.lock:
                         outer.in_flight -= 1
@@ -135,14 +136,15 @@ class FakeLLM:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     @staticmethod
-    def completion(body) -> dict:
+    def completion(body, bad_usage: bool = False) -> dict:
         text = "The answer is \\boxed{5}.\nConfidence: 0.9"
         for stop in body.get("stop") or []:
             text = text.split(stop)[0]
+        usage = {"prompt_tokens": -5, "completion_tokens": 1e308} if bad_usage else \
+            {"prompt_tokens": 30, "completion_tokens": 7, "total_tokens": 37}
         return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                 "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": text}}],
-                "usage": {"prompt_tokens": 30, "completion_tokens": 7, "total_tokens": 37}}
+                             "message": {"role": "assistant", "content": text}}], "usage": usage}
 
     def wait_for(self, count: int, timeout: float = 120) -> None:
         """Until `count` requests have arrived in all."""

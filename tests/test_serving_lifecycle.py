@@ -182,6 +182,8 @@ def test_sighup_during_start_up_is_applied_and_a_bad_threshold_file_stops_the_st
         proc = subprocess.Popen(_serve(tmp_path, f"--port={port}", *SMALL), cwd=REPO, env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
     try:
+        time.sleep(1.0)  # the interpreter is still importing (an attacker's review killed it here)
+        proc.send_signal(signal.SIGHUP)
         _wait_for(lambda: "starting: loading the models" in (tmp_path / "server.log").read_text(), 300, proc)
         (tmp_path / "threshold.json").write_text(json.dumps({"tau": 0.75, "rule": "fixed"}))
         proc.send_signal(signal.SIGHUP)  # what refit --pid does to a server still loading its models
@@ -190,3 +192,19 @@ def test_sighup_during_start_up_is_applied_and_a_bad_threshold_file_stops_the_st
     finally:
         proc.terminate()
         proc.wait(timeout=300)
+
+
+def test_refit_pid_signals_only_a_server(tmp_path):
+    from tests.test_serving_refit import _line, _write
+
+    _write(tmp_path / "records.jsonl", [_line(i, i / 10) for i in range(10)])
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        run = subprocess.run([sys.executable, "-m", "launch.refit", f"--workdir={tmp_path}", "--rule=usage",
+                              "--min_items=5", f"--pid={bystander.pid}"], cwd=REPO, capture_output=True,
+                             text=True, timeout=300)
+        assert run.returncode != 0 and f"pid: process {bystander.pid} is not a launch.serve server" in run.stderr
+        assert bystander.poll() is None  # not killed by a SIGHUP meant for a server
+    finally:
+        bystander.kill()
+        bystander.wait()

@@ -46,6 +46,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.limits.requests_per_minute = 600.0  # per API key; 0 turns the limit off
     config.limits.burst = 64
     config.limits.max_body_bytes = 1_000_000  # a larger request body: 413
+    config.limits.body_timeout_s = 30.0  # a body still arriving after this: 408
+    config.limits.max_messages = 64  # messages in one request (each is templated and tokenized)
+    config.limits.max_connections = 512  # open connections and requests at once (uvicorn: then 503)
     config.limits.max_queued = 64  # per model, beyond its slots (HTTP: max_concurrency); then refused
     config.limits.queue_full_status = 503  # 503 or 429, with Retry-After
     config.limits.max_tokens_policy = "refuse"  # max_tokens above a model's limit: "refuse" (400) or "clamp"

@@ -78,6 +78,8 @@ def _transport_errors() -> tuple[type[Exception], ...]:
 
 
 _TRANSPORT_ERRORS = _transport_errors()
+MAX_RESPONSE_BYTES = 16 * 2**20  # a larger reply is malformed, not text to pass on (16 MiB)
+MAX_USAGE_TOKENS = 10_000_000  # token counts outside [0, this] are malformed
 MAX_RETRY_AFTER_S = 60.0  # a longer Retry-After is capped: the item fails rather than stall the run
 REDACTED = "[redacted]"
 
@@ -193,6 +195,9 @@ class HTTPBackend:
                     body += chunk
                     if time.monotonic() > deadline:
                         raise self._timeout()
+                    if len(body) > MAX_RESPONSE_BYTES:
+                        raise ValueError(f"malformed response from {self.base_url}: more than "
+                                         f"{MAX_RESPONSE_BYTES} bytes")
             except _TRANSPORT_ERRORS as err:  # reset or cut off mid-body: the client does not wrap it
                 raise _Transient(err) from err
         return json.loads(bytes(body))
@@ -253,7 +258,10 @@ class HTTPBackend:
             if content:
                 pieces = [t["token"] for t in content]
                 logprobs = [float(t["logprob"]) for t in content]
-            return str(text), int(usage["prompt_tokens"]), int(usage["completion_tokens"]), pieces, logprobs
+            counts = [usage["prompt_tokens"], usage["completion_tokens"]]
+            if any(isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_USAGE_TOKENS for n in counts):
+                raise ValueError(f"usage: expected token counts in [0, {MAX_USAGE_TOKENS}], found {counts}")
+            return str(text), counts[0], counts[1], pieces, logprobs
         except (AttributeError, IndexError, KeyError, TypeError, ValueError) as err:
             raise ValueError(f"malformed response from {self.base_url}: {err}") from err
 

@@ -73,6 +73,9 @@ def covering_tokens(decode: Callable[[list[int]], str], ids: list[int], chars: i
     return lo
 
 
+FAILING_AFTER = 3  # an HTTP LLM whose last this many calls failed is reported down on /health
+
+
 class Overloaded(Exception):
     """The answerer's admission bound is reached (`capacity` requests in flight)."""
 
@@ -145,8 +148,14 @@ class HTTPAnswerer:
         self.max_new_tokens = backend.max_new_tokens
         self.capacity = backend.max_concurrency + max_queued
         self.in_flight = 0
-        self.alive = True
+        self.failures_in_a_row = 0  # calls that failed since the last one that answered
         self._pool = concurrent.futures.ThreadPoolExecutor(backend.max_concurrency, thread_name_prefix="llm-http")
+
+    @property
+    def alive(self) -> bool:
+        """False once FAILING_AFTER calls in a row failed (the endpoint is down or refusing), until
+        one answers again (the server keeps asking: a deferred request is its probe)."""
+        return self.failures_in_a_row < FAILING_AFTER
 
     def prompt_ids(self, question: str, history=()) -> None:
         return None  # counted by the server
@@ -157,13 +166,13 @@ class HTTPAnswerer:
         del prompt  # the server applies its own template
         if self.in_flight >= self.capacity:
             raise Overloaded("llm", self.capacity)
-        self.in_flight += 1
-        try:
-            reply = await asyncio.get_running_loop().run_in_executor(
-                self._pool, lambda: self.backend.answer_one(_item(question, self.task), max_new_tokens=max_tokens,
-                                                            stop=tuple(stop), history=tuple(history)))
-        finally:
-            self.in_flight -= 1
+        call = asyncio.get_running_loop().run_in_executor(
+            self._pool, lambda: self.backend.answer_one(_item(question, self.task), max_new_tokens=max_tokens,
+                                                        stop=tuple(stop), history=tuple(history)))
+        self.in_flight += 1  # until the call ends, even if its caller gave up waiting
+        call.add_done_callback(lambda _: setattr(self, "in_flight", self.in_flight - 1))
+        reply = await asyncio.shield(call)
+        self.failures_in_a_row = self.failures_in_a_row + 1 if reply.failed else 0
         if reply.failed:
             return reply, "error"
         text, stopped = cut_at_stop(reply.response, stop)  # the upstream stops there too

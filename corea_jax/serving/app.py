@@ -11,6 +11,7 @@ handler is installed first, so a SIGHUP during start-up is remembered, not fatal
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -72,9 +73,11 @@ def validate_config(config) -> None:
     if config.conversation not in CONVERSATION:
         raise ValueError(f"conversation: expected one of {CONVERSATION}, found {config.conversation!r}")
     limits = config.limits
-    for key, low in (("max_body_bytes", 1024), ("max_queued", 0)):
+    for key, low in (("max_body_bytes", 1024), ("max_queued", 0), ("max_messages", 1), ("max_connections", 1)):
         if isinstance(limits[key], bool) or not isinstance(limits[key], int) or limits[key] < low:
             raise ValueError(f"limits.{key}: expected an integer >= {low}, found {limits[key]!r}")
+    if isinstance(limits.body_timeout_s, bool) or not limits.body_timeout_s > 0:
+        raise ValueError(f"limits.body_timeout_s: expected a number > 0 (seconds), found {limits.body_timeout_s!r}")
     if limits.queue_full_status not in (429, 503):
         raise ValueError(f"limits.queue_full_status: expected 429 or 503, found {limits.queue_full_status!r}")
     if limits.max_tokens_policy not in ("refuse", "clamp"):
@@ -101,6 +104,7 @@ def create_app(config, workdir, api_keys=(), *, metrics_keys=(), warmup: bool = 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        service.attach(asyncio.get_running_loop())  # SIGHUP reloads run on this loop from now on
         for answerer in engines:
             answerer.batcher.start()
         if warmup:  # compile before the first request is accepted
@@ -153,6 +157,7 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, app, **config):
         self.service = app.state.corea.service
         config.setdefault("timeout_graceful_shutdown", self.service.config.drain_timeout_s)
+        config.setdefault("limit_concurrency", self.service.config.limits.max_connections)
         super().__init__(uvicorn.Config(app, **config))
 
     async def shutdown(self, sockets=None):
@@ -167,15 +172,17 @@ def check_listen(host: str, api_keys) -> None:
                          "(comma-separated) or listen on 127.0.0.1")
 
 
-def serve(config, workdir, *, host: str = "127.0.0.1", port: int = 8000, api_keys=(), metrics_keys=()) -> None:
-    """Runs the server until SIGTERM / SIGINT (draining in-flight requests); SIGHUP re-reads tau."""
+def serve(config, workdir, *, host: str = "127.0.0.1", port: int = 8000, api_keys=(), metrics_keys=(),
+          early_sighups: list | None = None) -> None:
+    """Runs the server until SIGTERM / SIGINT (draining in-flight requests); SIGHUP re-reads tau.
+    early_sighups: a list the launcher's own first handler appended to (SIGHUPs before this)."""
     check_listen(host, api_keys)
-    pending = []  # a SIGHUP before the service exists (start-up) is applied once it does
+    pending = early_sighups if early_sighups is not None else []  # applied once the service exists
     holder: dict = {}
 
-    def on_sighup(*_):
+    def on_sighup(*_):  # runs between two bytecodes of the main thread: only hand the work on
         if "service" in holder:
-            holder["service"].reload_threshold()
+            holder["service"].request_reload()
         else:
             pending.append(True)
 
@@ -184,6 +191,6 @@ def serve(config, workdir, *, host: str = "127.0.0.1", port: int = 8000, api_key
     app = create_app(config, workdir, api_keys, metrics_keys=metrics_keys)
     holder["service"] = app.state.corea.service
     if pending:
-        holder["service"].reload_threshold()
+        holder["service"].request_reload()
     # Our request log (routes) writes one line per request, with its id: uvicorn's access log is off.
     DrainingServer(app, host=host, port=port, log_level="info", access_log=False).run()

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import math
 import threading
 import time
 
 from corea_jax.serving.protocol import APIError
+
+log = logging.getLogger("corea_jax.serving.requests")
 
 
 def is_loopback(host: str) -> bool:
@@ -105,9 +108,11 @@ class LoopbackGuard:
         if scope["type"] == "http":
             refusal = self.refusal(scope)
             if refusal is not None:
-                metrics = getattr(getattr(scope.get("app"), "state", None), "corea", None)
-                if metrics is not None and scope["path"] == "/v1/chat/completions":
-                    metrics.metrics.request_done("unknown", refusal.status, 0.0)
+                state = getattr(getattr(scope.get("app"), "state", None), "corea", None)
+                if state is not None and scope["path"] == "/v1/chat/completions":
+                    state.metrics.request_done("unknown", refusal.status, 0.0)
+                log.warning("%s %s refused by the loopback guard: status=%d %s", scope["method"], scope["path"],
+                            refusal.status, refusal.message[:200])
                 return await _send_error(send, refusal)
         await self.app(scope, receive, send)
 

@@ -46,12 +46,13 @@ from corea_jax.cascade.thresholds import check_tau, keeps, tau_from_json, tau_to
 from corea_jax.serving.answerers import Overloaded
 from corea_jax.serving.log import RequestLog
 from corea_jax.serving.protocol import (SERVED_MODELS, APIError, ChatCompletionRequest, bad_request,
-                                        new_id, now, unavailable)
+                                        new_id, now, shown, unavailable)
 
 THRESHOLD_FILE = "threshold.json"
 ON_LLM_FAILURE = ("degraded", "error")
 CONVERSATION = ("pass", "refuse")
 RETRY_AFTER_S = 5  # what a 503 / 429 refusal asks the client to wait
+MAX_THRESHOLD_BYTES = 1_000_000
 log = logging.getLogger(__name__)
 
 
@@ -74,10 +75,27 @@ def read_threshold(workdir: Path, confidence_source: str | None = None) -> dict 
     file that is not a JSON object with a valid tau, or that was fitted on another confidence
     source than `confidence_source`."""
     path = Path(workdir) / THRESHOLD_FILE
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return None
+    if not path.is_file():  # a directory, a FIFO (a read would block the server), a dangling link
+        raise ValueError(f"{path}: expected a regular file, found something else")
+    if path.stat().st_size > MAX_THRESHOLD_BYTES:
+        raise ValueError(f"{path}: {path.stat().st_size} bytes, more than a threshold file's "
+                         f"{MAX_THRESHOLD_BYTES}")
+
+    def finite(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"{path}: the number {text} is not finite (defer everything is written "
+                             "\"tau\": null, \"defer_everything\": true)")
+        return value
+
+    def constant(name: str):
+        raise ValueError(f"{path}: {name} is not JSON (defer everything is written \"tau\": null, "
+                         "\"defer_everything\": true)")
+
     try:
-        fitted = json.loads(path.read_text(encoding="utf-8"))
+        fitted = json.loads(path.read_text(encoding="utf-8"), parse_float=finite, parse_constant=constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(fitted, dict) or "tau" not in fitted:
@@ -113,6 +131,8 @@ class ChatService:
         self.draining = False
         self._drain_deadline: asyncio.Future | None = None
         self.threshold_error: str | None = None  # why the last reload was refused
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reload_pending = False
         self.set_tau(check_tau(config.threshold.tau, "threshold.tau"), rule="config")
         fitted = read_threshold(self.workdir, config.confidence_source)  # a bad file stops the start
         if fitted is not None:
@@ -125,6 +145,24 @@ class ChatService:
         self.metrics.set_tau(self.tau)
         log.info("tau = %s (%s)", self.tau if math.isfinite(self.tau) else "defer everything",
                  fitted.get("rule"))
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The event loop SIGHUP reloads run on; a reload asked for before it is applied now."""
+        self._loop = loop
+        if self._reload_pending:
+            loop.call_soon(self._reload_now)
+
+    def request_reload(self) -> None:
+        """Signal-safe: asks for `reload_threshold` on the server's loop (a signal handler must not
+        take the locks the interrupted code may hold)."""
+        self._reload_pending = True
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._reload_now)
+
+    def _reload_now(self) -> None:
+        if self._reload_pending:
+            self._reload_pending = False
+            self.reload_threshold()
 
     def reload_threshold(self) -> float:
         """Loads DIR/threshold.json again (a refit, SIGHUP); a bad file is refused with a log line
@@ -155,7 +193,10 @@ class ChatService:
         limits = self.config.limits
         if request.model not in SERVED_MODELS:
             raise bad_request("model", f"model: expected one of {list(SERVED_MODELS)}, found "
-                              f"{request.model!r}", code="model_not_found")
+                              f"{shown(request.model)}", code="model_not_found")
+        if len(request.messages) > limits.max_messages:
+            raise bad_request("messages", f"messages: expected at most {limits.max_messages} messages, found "
+                              f"{len(request.messages)}", code="context_length_exceeded")
         roles = {"corea": ("slm", "llm"), "corea-slm": ("slm",), "corea-llm": ("llm",)}[request.model]
         self._check_decoding(request, roles)
         budget = request.budget() or limits.default_max_tokens
@@ -274,9 +315,9 @@ class ChatService:
         record = {**head, **line}
         outcome = self._outcome(rid, model, text, finish, record)
         record["latency_s"] = round(time.perf_counter() - started, 4)  # the answer's, not a shadow's
-        self.metrics.answered(model, answered_by, bool(line["deferred"]))
         if shadow:
             state["written"] = True  # the shadow task writes it
+            self.metrics.answered(model, answered_by, bool(line["deferred"]))
             self._count_calls(record)
             self._spawn(self._shadow(item, record, budget, history))
         else:
@@ -318,10 +359,14 @@ class ChatService:
         self._spawn(self.log.append_async(record))
 
     async def _finish(self, record: dict, state: dict) -> None:
-        state["written"] = True
-        self._count_calls(record)
-        self._count_costs(record)
+        """Writes the answered request's line, then counts it (a line that cannot be written
+        leaves the request to `_end_unanswered`)."""
+        self._count_costs(record, publish=False)
         await self.log.append_async(record)
+        state["written"] = True
+        self.metrics.answered(record["served_model"], record["answered_by"], bool(record["deferred"]))
+        self._count_calls(record)
+        self.metrics.costs(record["request_cost"], record["llm_only_cost"])
 
     def _record(self, item: Item, role: str, reply) -> dict:
         record = make_record(item, reply, model=role, split="test", cost=None, cost_model=self.config.cost_model)
@@ -418,10 +463,11 @@ class ChatService:
             if confidence is not None:
                 m.confidence.observe(confidence)
 
-    def _count_costs(self, record: dict) -> None:
+    def _count_costs(self, record: dict, publish: bool = True) -> None:
         costs = self._costs(record)
         record["request_cost"], record["llm_only_cost"] = costs
-        self.metrics.costs(*costs)
+        if publish:
+            self.metrics.costs(*costs)
 
     # ------------------------------------------------------------------ lifecycle
 

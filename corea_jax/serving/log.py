@@ -28,6 +28,10 @@ class RequestLog:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_symlink():
+            raise ValueError(f"{self.path}: a symbolic link; the request log must be a file of its own")
+        if self.path.exists():
+            os.chmod(self.path, 0o600)  # an older file keeps no wider mode than a new one gets
         self._lock = threading.Lock()
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="records")
         self.written = 0
@@ -35,7 +39,7 @@ class RequestLog:
     def append(self, record: dict) -> None:
         line = (json.dumps(record, allow_nan=False) + "\n").encode()
         with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             try:
                 os.write(fd, line)
                 os.fsync(fd)

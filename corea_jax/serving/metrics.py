@@ -8,6 +8,7 @@ saved against sending every request to the LLM.
 from __future__ import annotations
 
 import collections
+import math
 import threading
 
 import numpy as np
@@ -102,6 +103,8 @@ class ServerMetrics:
     def costs(self, cascade: float | None, llm_only: float | None) -> None:
         if cascade is None or llm_only is None or (cascade == 0 and llm_only == 0):
             return
+        if not (math.isfinite(cascade) and math.isfinite(llm_only)) or cascade < 0 or llm_only < 0:
+            return  # never a counter poisoned for the server's lifetime
         self.cost.labels("cascade").inc(cascade)
         self.cost.labels("llm_only").inc(llm_only)
         with self._lock:

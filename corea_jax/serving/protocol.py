@@ -17,7 +17,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
 
 SERVED_MODELS = ("corea", "corea-slm", "corea-llm")
 
@@ -34,6 +34,12 @@ class APIError(Exception):
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param,
                           "code": self.code}}
+
+
+def shown(value, most: int = 80) -> str:
+    """repr(value) cut to `most` characters: what an error message may echo of a client's input."""
+    text = repr(value)
+    return text if len(text) <= most else text[:most] + f"... ({len(text)} characters)"
 
 
 def bad_request(param: str | None, message: str, code: str | None = None) -> APIError:
@@ -67,6 +73,7 @@ UNSUPPORTED = {
     "audio": "audio output is not supported",
     "modalities": "only the text modality is supported",
     "web_search_options": "web search is not supported",
+    "reasoning_effort": "reasoning_effort is not supported (COREA's models are prompted, not reasoning models)",
 }
 
 
@@ -181,17 +188,17 @@ class ChatCompletionRequest(BaseModel):
 
     model: str
     messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1, le=1)
-    stream: bool = False
+    n: StrictInt = Field(default=1, ge=1, le=1)
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = Field(default=None, validate_default=True)  # a list after validation
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    seed: int | None = None
+    seed: StrictInt | None = None
     user: str | None = None
 
     @field_validator("stop")
@@ -211,7 +218,7 @@ class ChatCompletionRequest(BaseModel):
     def question(self) -> str:
         """The last message, a user's: the question COREA answers (COREA's prompt goes around it)."""
         last = self.messages[-1]
-        if last.role == "tool":
+        if last.role == "tool" or getattr(last, "tool_calls", None) or getattr(last, "function_call", None):
             raise bad_request("messages", "messages: a conversation ending in a tool result is not "
                               "supported (this server makes no tool calls)", code="unsupported_parameter")
         if last.role != "user" or not last.text().strip():
@@ -224,7 +231,7 @@ class ChatCompletionRequest(BaseModel):
         message or an assistant tool call is refused (no tool calls here)."""
         turns = []
         for i, message in enumerate(self.messages[:-1]):
-            if message.role == "tool" or getattr(message, "tool_calls", None):
+            if message.role == "tool" or getattr(message, "tool_calls", None) or getattr(message, "function_call", None):
                 raise bad_request(f"messages[{i}]", f"messages[{i}]: tool calls and tool results are not "
                                   "supported", code="unsupported_parameter")
             role = "system" if message.role == "developer" else message.role

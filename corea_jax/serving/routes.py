@@ -22,6 +22,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.requests import ClientDisconnect
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from corea_jax.serving import protocol
@@ -38,19 +39,30 @@ def error_response(err: APIError, rid: str | None = None) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, or APIError 413 once it passes `limit` bytes (read no further)."""
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The request body, or APIError 413 once it passes `limit` bytes (read no further), or 408
+    when it has not all arrived within `timeout_s` (a slow-body client holds no slot for long)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise APIError(413, f"the request body is {declared} bytes, more than the {limit} allowed",
                        code="request_too_large")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise APIError(413, f"the request body is more than the {limit} bytes allowed",
-                           code="request_too_large")
-    return bytes(body)
+
+    async def read() -> bytes:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise APIError(413, f"the request body is more than the {limit} bytes allowed",
+                               code="request_too_large")
+        return bytes(body)
+
+    try:
+        return await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        raise APIError(408, f"the request body did not arrive within {timeout_s:g} s",
+                       code="request_timeout") from None
+    except ClientDisconnect:
+        raise ClientGone from None
 
 
 class ClientGone(Exception):
@@ -112,7 +124,8 @@ async def chat_completions(request: Request):
         except APIError:
             state.metrics.rate_limited.inc()
             raise
-        chat = protocol.parse_body(await read_body(request, state.service.config.limits.max_body_bytes))
+        limits = state.service.config.limits
+        chat = protocol.parse_body(await read_body(request, limits.max_body_bytes, limits.body_timeout_s))
         model = chat.model if chat.model in SERVED_MODELS else "unknown"
         if chat.stream:
             return await _stream(request, state, chat, client, started, rid)
@@ -247,13 +260,19 @@ async def health(request: Request):
     state = request.app.state.corea
     service = state.service
     engines = {role: bool(a.alive) for role, a in service.answerers.items()}
-    ok = all(engines.values())
+    # The LLM down with on_llm_failure="degraded": the server still answers (the SLM's answers,
+    # flagged), so it stays in rotation, saying "degraded"; the SLM down, or the LLM down when
+    # its failures are 503s, takes it out.
+    if engines["slm"] and (engines["llm"] or service.config.on_llm_failure == "degraded"):
+        status = "ok" if engines["llm"] else "degraded"
+    else:
+        status = "unhealthy"
     tau = service.tau
-    body = {"status": "ok" if ok else "unhealthy", "tau": tau if tau != float("inf") else None,
+    body = {"status": status, "tau": tau if tau != float("inf") else None,
             "defer_everything": tau == float("inf"), "draining": service.draining}
     if state.keys.allows(request.headers.get("authorization")):
         body.update(engines=engines, threshold=service.threshold_info, threshold_error=service.threshold_error)
-    return JSONResponse(body, status_code=200 if ok and not service.draining else 503)
+    return JSONResponse(body, status_code=200 if status != "unhealthy" and not service.draining else 503)
 
 
 @router.get("/metrics")
