@@ -1,7 +1,8 @@
 """Test-wide settings. They must run before jax is imported anywhere.
 
 Tests that read fetched real weights carry `@pytest.mark.real_model`, so
-`pytest -m "not real_model"` runs offline with nothing downloaded. `fetch.fetch_model` and
+`pytest -m "not real_model"` runs offline with nothing downloaded; they count as `slow` too, so the
+default fast loop (`pytest -q`, pytest.ini: `-m "not slow"`) downloads nothing. `fetch.fetch_model` and
 `fetch.fetch_gguf` of a registry model fail any test without the marker (module-scoped
 fixtures included: they run inside the first test that asks for them).
 """
@@ -17,6 +18,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 _RUNNING: list = [None]  # the test item whose setup, call or teardown is running
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that reads fetched real weights is slow too (a download on first use, large models)."""
+    for item in items:
+        if item.get_closest_marker("real_model") is not None and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -62,6 +62,7 @@ def _lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+@pytest.mark.slow
 def test_sigkill_midway_then_restart_gives_the_same_report_without_regenerating(
         models, tmp_path, count_generate):
     clean = evaluate.run(_config(models), tmp_path / "clean", progress=False)
@@ -99,6 +100,7 @@ def test_sigkill_midway_then_restart_gives_the_same_report_without_regenerating(
     assert count_generate == []
 
 
+@pytest.mark.slow
 def test_rescore_only_needs_no_model_and_changes_only_what_it_should(models, tmp_path):
     workdir = tmp_path / "run"
     first = evaluate.run(_config(models, one_model_at_a_time=True), workdir, progress=False)
@@ -158,6 +160,7 @@ def test_bad_config_names_the_field(models, tmp_path, field, value, match):
 
 
 @pytest.mark.real_model
+@pytest.mark.slow
 def test_local_backend_on_a_fetched_model_answers_gsm8k():
     import corea_jax
     from corea_jax.cascade import backends, datasets

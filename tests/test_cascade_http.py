@@ -250,6 +250,7 @@ def test_refused_connection_and_unset_key_name_the_field(monkeypatch):
         _backend("http://127.0.0.1:1/v1", api_key_env="COREA_MISSING_KEY")
 
 
+@pytest.mark.slow
 def test_launch_cascade_reports_a_refused_connection_without_a_traceback(tmp_path):
     port = _free_port()
     http = [f"--config.{role}.{key}={value}" for role in ("slm", "llm") for key, value in (

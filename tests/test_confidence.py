@@ -45,6 +45,7 @@ def test_confidence_scores_read_every_source(smol):
 
 
 @pytest.mark.real_model
+@pytest.mark.slow
 def test_followup_turn_on_the_cache_equals_reencoding_the_conversation(smol):
     """Continuing the first turn's KV cache gives the tokens a full re-encode gives."""
     questions = ["What is 12 times 7?", "Tom has 3 apples and buys 5 more. How many now?",
@@ -73,6 +74,7 @@ def test_followup_rejects_bad_settings(smol):
 
 
 @pytest.mark.real_model
+@pytest.mark.slow
 def test_elicit_and_summarize_on_a_real_model(smol):
     records = evaluation.elicit(smol, ["What is 2 + 3?", "What is 10 - 4?"], ["5", "6"],
                                 task="gsm8k", mode="two_turn", max_new_tokens=24,

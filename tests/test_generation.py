@@ -85,6 +85,7 @@ def _transformers_greedy(model_dir, max_new_tokens: int) -> tuple[np.ndarray, ob
 
 @pytest.mark.real_model
 @pytest.mark.parametrize("name", [SMOLLM2, QWEN_CODER])
+@pytest.mark.slow
 def test_greedy_matches_transformers(name, real_greedy):
     model, ours = real_greedy(name)
     hf_tokens, tokenizer = _transformers_greedy(fetch.default_model_dir(name), 64)
@@ -105,6 +106,7 @@ def test_greedy_matches_transformers(name, real_greedy):
 
 
 @pytest.mark.real_model
+@pytest.mark.slow
 def test_stop_string_cuts_text_and_tokens(real_greedy):
     model, full = real_greedy(SMOLLM2)
     row = max(range(len(full)), key=lambda i: len(full[i][0].text))
@@ -164,6 +166,7 @@ def test_n_samples_per_prompt_differ(tiny):
     assert not {tuple(c.token_ids) for c in out[0]} & {tuple(c.token_ids) for c in out[1]}
 
 
+@pytest.mark.slow
 def test_seed_reproduces_and_different_seed_differs(tiny):
     prompts = _prompts([5, 11, 30], tiny.config.vocab_size)
     sampling = corea_jax.SamplingParams(max_new_tokens=12, temperature=1.0, top_p=0.9, n=2,
@@ -181,6 +184,7 @@ def test_seed_reproduces_and_different_seed_differs(tiny):
     corea_jax.SamplingParams(max_new_tokens=10),
     corea_jax.SamplingParams(max_new_tokens=10, temperature=0.8, top_k=50, top_p=0.9, n=2, seed=1),
 ], ids=["greedy", "sampled"])
+@pytest.mark.slow
 def test_results_do_not_depend_on_batch_size(tiny, sampling):
     prompts = _prompts([5, 23, 9, 30], tiny.config.vocab_size, seed=1)
     # One row per batch (no padding beyond the length bucket) against one padded batch.
@@ -199,6 +203,7 @@ def test_results_do_not_depend_on_batch_size(tiny, sampling):
     # chunk and one cache shift.
     ("continuous", 40, 3 * 2 + 2),
 ])
+@pytest.mark.slow
 def test_varied_prompt_lengths_compile_a_handful_of_programs(tiny, schedule, new_tokens, most):
     lengths = np.linspace(3, 60, 20).astype(int).tolist()
     prompts = _prompts(lengths, tiny.config.vocab_size, seed=2)
@@ -221,6 +226,7 @@ def test_varied_prompt_lengths_compile_a_handful_of_programs(tiny, schedule, new
     corea_jax.SamplingParams(max_new_tokens=12, temperature=0.7, n=2, seed=3),
     corea_jax.SamplingParams(max_new_tokens=12, n=2),
 ], ids=["temperature1", "temperature0.7", "greedy"])
+@pytest.mark.slow
 def test_samples_sharing_a_prefill_match_separately_prefilled_rows(tiny, sampling):
     """n samples of a prompt are prefilled once and copied to n rows; they give the tokens and
     log-probs of n separate copies of the prompt (row p * n + s keyed alike), on both schedules."""
@@ -235,6 +241,7 @@ def test_samples_sharing_a_prefill_match_separately_prefilled_rows(tiny, samplin
             np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_continuous_completion_does_not_depend_on_its_batch(tiny):
     """A prompt alone and among others of other lengths, rows ending at EOS at different steps
     (slots refilled mid-run, the cache shifted), gives the same completions; so does the static
@@ -254,6 +261,7 @@ def test_continuous_completion_does_not_depend_on_its_batch(tiny):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_continuous_tail_shrinks_the_batch_and_keeps_every_completion(tiny, monkeypatch):
     """Once no row waits, the slots halve as rows end (8 -> 4 -> 2 -> 1 here); the moved rows
     keep their cache, keys and step counts, so completions match the static schedule."""
@@ -362,6 +370,7 @@ def test_eos_stops_a_row_and_the_budget_gives_length(eos_case):
     corea_jax.SamplingParams(max_new_tokens=13, ignore_eos=True),
     corea_jax.SamplingParams(max_new_tokens=13, ignore_eos=True, temperature=1.0, n=3),
 ], ids=["greedy", "sampled"])
+@pytest.mark.slow
 def test_ignore_eos_generates_exactly_max_new_tokens(eos_case, sampling):
     model, prompts, j, free = eos_case
     out = corea_jax.generate(model, prompts, sampling, progress=False)
@@ -404,6 +413,7 @@ def chat_tiny(tmp_path_factory):
     return model
 
 
+@pytest.mark.slow
 def test_followup_after_a_stop_string_continues_the_cut_answer(chat_tiny):
     """The second turn after a stop string is the model's reply to the answer as returned
     (cut before the stop): the first turn's tokens past the cut are not in the cache."""
@@ -472,6 +482,7 @@ def test_bad_sampling_params_raise_naming_the_field(kwargs, field):
 # ------------------------------------------------------------------------ sharding
 
 
+@pytest.mark.slow
 def test_sharded_params_give_the_single_device_output(tmp_path):
     # Head counts and vocabulary divisible by the 4-way tensor axis.
     save_random_hf_model("qwen2_untied", tmp_path, num_key_value_heads=4, vocab_size=212)
@@ -512,6 +523,7 @@ def test_the_cache_is_created_in_its_shardings(tmp_path):
     assert cache.k.sharding.spec[1:3] == (("data", "fsdp"), "tensor")
 
 
+@pytest.mark.slow
 def test_followup_draws_from_its_own_random_stream(chat_tiny):
     """At temperature > 0 the second turn's draws are not the answer's replayed: at a
     temperature where every token is about equally likely, the same keys would pick the same

@@ -13,6 +13,8 @@ import pytest
 from corea_jax import grading
 from corea_jax.grading import pool, worker
 
+pytestmark = pytest.mark.slow  # servers, subprocesses, notebooks, training runs: `pytest -m slow`
+
 _NEEDS_SYMPY = ("\\boxed{-6+3x+x^3}", "x^3+3x-6")
 
 

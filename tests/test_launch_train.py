@@ -11,6 +11,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from corea_jax.rl import trainer
 from corea_jax.rl.checkpointing import Checkpointer
@@ -18,6 +19,8 @@ from corea_jax.rl.metrics_writer import read_metrics
 from corea_jax.rl.train_state import init_train_state, make_optimizer
 from tests.helpers import REPO
 from tests.test_rl_trainer import tiny_config
+
+pytestmark = pytest.mark.slow  # servers, subprocesses, notebooks, training runs: `pytest -m slow`
 
 TIMING = ("time_", "tokens_per_s", "generation_tokens_per_s", "mfu")
 STEPS, EVERY = 30, 10

@@ -290,6 +290,7 @@ def smollm2_gguf() -> Path:
 
 
 @pytest.mark.real_model
+@pytest.mark.slow
 def test_real_gguf_matches_transformers_gguf_loader(smollm2_gguf):
     import gc
 
@@ -310,6 +311,7 @@ def test_real_gguf_matches_transformers_gguf_loader(smollm2_gguf):
 
 
 @pytest.mark.real_model
+@pytest.mark.slow
 def test_real_gguf_tokenizer_and_config_match_transformers(smollm2_gguf):
     from transformers import AutoConfig, AutoTokenizer
 
@@ -367,6 +369,7 @@ _NO_TORCH = textwrap.dedent("""
 
 
 @pytest.mark.real_model
+@pytest.mark.slow
 def test_core_loads_and_runs_without_torch(smollm2_gguf, tmp_path):
     """An HF dir, a tiny GGUF with a tokenizer and the real SmolLM2 GGUF, torch unimportable."""
     hf_model = save_random_hf_model("qwen2", tmp_path / "hf")

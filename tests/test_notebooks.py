@@ -9,6 +9,8 @@ import pytest
 import nbformat
 from nbclient import NotebookClient
 
+pytestmark = pytest.mark.slow  # servers, subprocesses, notebooks, training runs: `pytest -m slow`
+
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 

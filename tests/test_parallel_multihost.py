@@ -13,6 +13,8 @@ from corea_jax.parallel import multihost
 from tests.helpers import REPO
 from tests.test_parallel_train import run_steps
 
+pytestmark = pytest.mark.slow  # servers, subprocesses, notebooks, training runs: `pytest -m slow`
+
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -41,6 +41,7 @@ def test_indivisible_dimension_names_the_array_and_the_axis():
     assert len(jax.devices()) == 8
 
 
+@pytest.mark.slow
 def test_decoding_layout_follows_the_mesh():
     """Generation uses one parameter set per layer, except where parameters are sharded over
     fsdp: the rollout's sampler copy of a trained policy follows the same rule."""

@@ -62,6 +62,7 @@ def single():
 
 
 @pytest.mark.parametrize("shape", [{"fsdp": 8}, {"data": 2, "fsdp": 2, "tensor": 2}])
+@pytest.mark.slow
 def test_sharded_train_step_equals_single_device(single, shape):
     mesh = make_mesh(shape)
     want_losses, want = single

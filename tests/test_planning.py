@@ -48,6 +48,7 @@ SMALL_RUN = ["--config=configs/paper/qwen25_7b_rlcc.py", "--config.model.name=Qw
              "--config.grpo.micro_batch_size=8"]
 
 
+@pytest.mark.slow
 def test_plan_of_a_small_training_config():
     out = _plan_cli(*SMALL_RUN, "--mesh=data:2,fsdp:2,tensor:2", "--devices=8", "--device_memory_gb=0.5")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -69,6 +70,7 @@ def test_plan_of_a_small_training_config():
     assert update["model_flops"] > 0 and update["temp_bytes"] > 0
 
 
+@pytest.mark.slow
 def test_plan_rejects_a_mesh_that_does_not_match_the_devices_or_the_model():
     out = _plan_cli(*SMALL_RUN, "--mesh=data:2,fsdp:8", "--devices=8")
     assert out.returncode != 0

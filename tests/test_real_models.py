@@ -39,6 +39,7 @@ def real_logits(request):
     return request.param, config, ids, mask, ours, ref
 
 
+@pytest.mark.slow
 def test_logits_match_transformers_fp32(real_logits):
     name, config, ids, mask, ours, ref = real_logits
     assert ours.shape == ref.shape == (2, PROMPT_LENGTH, config.vocab_size)

@@ -14,6 +14,8 @@ import pytest
 from corea_jax.reproduction import base_models, cascade_stages, pipeline
 from tests.helpers import REPO
 
+pytestmark = pytest.mark.slow  # servers, subprocesses, notebooks, training runs: `pytest -m slow`
+
 
 def _config(variant=""):
     spec = importlib.util.spec_from_file_location("reproduce_config", REPO / "configs" / "reproduce.py")

@@ -13,6 +13,8 @@ from corea_jax.reproduction import pipeline
 from corea_jax.reproduction.report import SYSTEMS
 from tests.helpers import REPO
 
+pytestmark = pytest.mark.slow  # servers, subprocesses, notebooks, training runs: `pytest -m slow`
+
 FIELDS = ("pass_at_1", "avg_cost", "llm_usage", "ece", "auroc", "brier", "tau")
 
 

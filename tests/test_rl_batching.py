@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from corea_jax.rl import batching, trainer
 from corea_jax.rl.train_state import optimizer_updates
@@ -31,6 +32,7 @@ def test_fewer_kept_groups_than_minibatches_make_only_non_empty_batches():
     assert none == []
 
 
+@pytest.mark.slow
 def test_a_step_with_one_kept_group_makes_one_adamw_update_per_epoch(tmp_path, monkeypatch):
     """Empty optimizer batches would still call AdamW (momentum replays, weight decay applies,
     the schedule's count advances); only the batch holding the kept group may update."""

@@ -13,6 +13,7 @@ from tests.test_rl_trainer import tiny_config
 
 
 @pytest.mark.parametrize("scan_layers, feature_major", [(True, False), (False, False), (True, True)])
+@pytest.mark.slow
 def test_saved_layout_is_recorded_and_inferred_for_older_checkpoints(tmp_path, scan_layers, feature_major):
     config = tiny_config()
     model = policy.build_model(config)

@@ -75,6 +75,7 @@ def _full_sequence_logprobs(config, params, prompt_tokens, prompt_mask, completi
     return jnp.where(completion_mask, out, 0.0)
 
 
+@pytest.mark.slow
 def test_on_policy_ratio_is_exactly_one(toy):
     config, params = toy
     batch = _first(_one_batch(*_rollout()))
@@ -90,6 +91,7 @@ def test_on_policy_ratio_is_exactly_one(toy):
     np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_sampler_and_trainer_log_probs_agree_at_the_rollout_temperature(toy):
     """Off-policy against the engine's own log-probs at T = 0.7: the importance ratio is 1
     (to 1e-5), because both are under softmax(logits / T)."""
@@ -167,6 +169,7 @@ def test_loss_and_gradient_match_torch_reference(aggregation, beta):
 
 
 @pytest.mark.parametrize("chunk_tokens", [4096, 5])
+@pytest.mark.slow
 def test_loss_gradient_wrt_params_matches_full_forward_reference(toy, monkeypatch, chunk_tokens):
     """Log-probs with one prompt forward per group, and grpo_loss's parameter gradient, equal
     those of the straightforward path: every row's prompt + completion through one forward.
@@ -219,6 +222,7 @@ def _padding_loss_fn(config):
 
 
 @pytest.mark.parametrize("aggregation", grpo.AGGREGATIONS)
+@pytest.mark.slow
 def test_padding_changes_nothing(toy, aggregation):
     config, params = toy
     prompt_tokens, prompt_mask, rows = _rollout(seed=4)
@@ -255,6 +259,7 @@ def test_padding_changes_nothing(toy, aggregation):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_one_micro_batch(toy):
     """Half-group micro-batches (the prompt run per half) sum to the whole-group gradient."""
     config, params = toy

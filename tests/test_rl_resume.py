@@ -19,6 +19,7 @@ def finished_run(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_a_resume_of_a_complete_run_says_it_is_complete_and_where_its_model_is(finished_run, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(finished_run, workdir)

@@ -34,6 +34,7 @@ def toy_run(tmp_path_factory):
     return read_metrics(workdir)
 
 
+@pytest.mark.slow
 def test_toy_rlcc_reward_rises_and_ece_falls(toy_run):
     rows = toy_run
     assert [r["step"] for r in rows] == list(range(1, 301))
@@ -53,6 +54,7 @@ def test_toy_rlcc_reward_rises_and_ece_falls(toy_run):
             assert key in row
 
 
+@pytest.mark.slow
 def test_sft_teaches_the_answer_format(tmp_path):
     config = tiny_config()
     config.mode = "sft"
@@ -64,6 +66,7 @@ def test_sft_teaches_the_answer_format(tmp_path):
     assert rows[0]["truncated_rate"] == 0.0
 
 
+@pytest.mark.slow
 def test_minibatches_epochs_and_kl(tmp_path):
     config = tiny_config()
     config.total_steps = 1
@@ -83,6 +86,7 @@ def test_minibatches_epochs_and_kl(tmp_path):
 
 
 @pytest.mark.real_model  # SmolLM2's tokenizer files
+@pytest.mark.slow
 def test_gsm8k_records_through_a_real_tokenizer(tmp_path):
     """Real data end to end: GSM8K questions under SmolLM2's chat template and tokenizer,
     sampled from a small random Llama, graded as GSM8K, one GRPO update."""
@@ -137,6 +141,7 @@ def test_sft_targets_are_formatted_gold_answers():
         "The final answer is \\boxed{\\frac{1}{2}}.\nConfidence: 0.5"
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_master_weights():
     """dtype=bfloat16 with param_dtype=float32: the sampler's cast copy (one parameter set per
     layer) holds exactly the weights the trainer's graph computes with: back in the stacked
@@ -204,6 +209,7 @@ def _copy_run(source, target):
     return target
 
 
+@pytest.mark.slow
 def test_stacked_layers_and_kernels_out_in_train_as_the_default_layout_does(short_run, tmp_path):
     """model.scan_layers=True (one scan over stacked layers) with [out, in] kernels is the same
     model as the CPU default (layers unrolled, [in, out] kernels for a toy-sized model): the
@@ -224,6 +230,7 @@ def test_stacked_layers_and_kernels_out_in_train_as_the_default_layout_does(shor
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_a_run_resumes_in_another_layout_its_checkpoint_converted(short_run, tmp_path):
     """A checkpoint written in the CPU default layout resumes stacked with [out, in] kernels:
     params and AdamW moments are converted exactly (back in the saved layout they equal the
@@ -269,6 +276,7 @@ def test_a_run_resumes_in_another_layout_its_checkpoint_converted(short_run, tmp
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_a_run_resumes_on_a_mesh_from_a_single_device_checkpoint(short_run, tmp_path):
     """The CPU default's checkpoint (layers unrolled) resumed on an fsdp mesh (stacked):
     converted into the mesh's shardings, and step 2 as the uninterrupted run's."""
@@ -357,6 +365,7 @@ def test_the_checkpointed_rng_key_is_the_one_a_resumed_run_samples_with(short_ru
     assert rows[1]["reward_mean"] != reference[1]["reward_mean"] or rows[1]["loss"] != reference[1]["loss"]
 
 
+@pytest.mark.slow
 def test_logged_learning_rate_follows_the_optimizers_own_count(tmp_path, monkeypatch):
     """Steps whose groups all tie make no update, so they do not advance the schedule."""
     from corea_jax.rl import scoring

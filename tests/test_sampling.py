@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
@@ -83,6 +84,7 @@ def test_greedy_matches_argmax_across_blocks(seed, vocab, levels):
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), vocab=st.sampled_from([3, 128, 129, 1000]),
        filtered=st.booleans(), scale=st.sampled_from([0.01, 1.0, 30.0]))
+@pytest.mark.slow
 def test_categorical_draws_exactly_what_jax_random_categorical_draws(seed, vocab, filtered, scale):
     """The same token as `jax.random.categorical` for every row's key, with filtered (float32
     minimum) entries and peaked or flat distributions: only the argmax is computed otherwise."""

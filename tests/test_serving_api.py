@@ -26,6 +26,8 @@ import pytest
 
 from tests.serving_helpers import InProcessServer, client, free_port, metric, tiny_config
 
+pytestmark = pytest.mark.slow  # servers, subprocesses, notebooks, training runs: `pytest -m slow`
+
 QUESTIONS = [
     "What is 2 + 3?",
     "Janet has 16 eggs and eats 3 for breakfast. How many eggs are left?",

@@ -23,6 +23,8 @@ import pytest
 
 from tests.serving_helpers import FakeLLM, InProcessServer, client, http_llm_config, metric
 
+pytestmark = pytest.mark.slow  # servers, subprocesses, notebooks, training runs: `pytest -m slow`
+
 QUESTIONS = ["What is 2 + 3?", "Janet has 16 eggs and eats 3. How many are left?",
              "A train goes 60 km an hour for 2 hours. How far does it go?", "What is 6 times 7?"]
 LLM_PARAMS = 1_000_000

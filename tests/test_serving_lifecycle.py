@@ -20,6 +20,8 @@ import pytest
 from tests.helpers import REPO
 from tests.serving_helpers import START_TIMEOUT_S, client, free_port, metric
 
+pytestmark = pytest.mark.slow  # servers, subprocesses, notebooks, training runs: `pytest -m slow`
+
 QUESTIONS = ["What is 7 + 5?", "How many legs do 3 cats have?", "What is half of 18?",
              "Sam has 9 apples and gives away 4. How many are left?", "What is 6 times 7?",
              "A box holds 12 eggs. How many eggs are in 3 boxes?"]
