@@ -111,16 +111,6 @@ def test_sighup_loads_a_refitted_tau_and_sigterm_drains_in_flight_requests(tmp_p
     assert sorted(line["request_id"] for line in lines[4:]) == sorted(a.id for a in answers)
 
 
-@pytest.mark.parametrize("name", ["configs.serve.tiny", "configs.serve.qwen_coder_cpu",
-                                  "configs.paper.serve_qwen25_7b_32b"])
-def test_every_serve_config_is_valid(name):
-    import importlib
-
-    from corea_jax.serving.app import validate_config
-
-    validate_config(importlib.import_module(name).get_config())
-
-
 def _http_llm_flags(url: str) -> list[str]:
     return ["--config.llm.backend=http", f"--config.llm.http.base_url={url}", "--config.llm.http.model=fake",
             "--config.llm.http.max_retries=0", "--config.llm.http.logprobs=False",

@@ -4,112 +4,19 @@
 
 Test: the first 200 GSM8K test problems; calibration (thresholds, the probe): the first 32
 GSM8K training problems. Greedy, the one-turn COREA prompt (reasoning, boxed answer,
-`Confidence:` line) for both models; 192 / 256 new tokens (SLM / LLM: the 1.5B model writes longer solutions), batches of 32
-(the engine's fastest CPU batch), the continuous schedule. The completed run (2026-12-02,
-README "The cascade on real models") took 10,017 s of model time on the shared 2-core box;
-records.jsonl makes it resumable, and its committed records
-(benchmarks/results/cascade_qwen_coder_gsm8k/) re-score in seconds. Both models come from `launch.fetch_model`.
+`Confidence:` line) for both models; 192 / 256 new tokens (SLM / LLM: the 1.5B model writes
+longer solutions), batches of 32 (the engine's fastest CPU batch), the continuous schedule.
+records.jsonl makes the run resumable, and its committed records
+(benchmarks/results/cascade_qwen_coder_gsm8k/) re-score in seconds. Both models come from
+`launch.fetch_model`. These are the library's defaults (`corea_jax.cascade.config.defaults`).
 """
 
-import ml_collections
+from corea_jax.cascade.config import LM_HEAD_PARAMS, data_spec, defaults, http_defaults, model_spec
 
-# hidden_size x vocab_size (from each model's config.json) of the models the cascade configs
-# name, for the flops cost's LM head: the records hold each model's non-embedding count only.
-LM_HEAD_PARAMS = {"qwen2.5-coder-0.5b-instruct": 896 * 151_936,
-                  "qwen2.5-coder-1.5b-instruct": 1536 * 151_936,
-                  "smollm2-135m-instruct": 576 * 49_152,
-                  "Qwen/Qwen2.5-7B-Instruct": 3584 * 152_064,
-                  "Qwen/Qwen2.5-32B-Instruct": 5120 * 152_064}
+# The names other config files used before the defaults moved into the library.
+model_config, http_config, data_config = model_spec, http_defaults, data_spec
+__all__ = ["LM_HEAD_PARAMS", "get_config", "model_config", "http_config", "data_config"]
 
 
-def model_config(name: str, prompt: str, probe_hidden: bool = False) -> ml_collections.ConfigDict:
-    spec = ml_collections.ConfigDict()
-    spec.name = name  # a corea_jax.models.fetch registry name, an HF directory or a .gguf file
-    spec.backend = "local"  # "local" (JAX engine) or "http" (OpenAI-compatible server)
-    spec.dtype = "float32"  # XLA on CPU is faster in fp32
-    spec.mesh = ""  # e.g. "tensor:8"; empty: one device
-    spec.mode = "one_turn"  # or "two_turn" (answer, then a confidence-only follow-up)
-    spec.prompt = prompt  # corea_jax.prompts.PROMPTS preset
-    spec.system_prompt = ""  # "" keeps the chat template's default system message
-    spec.worked_example = ml_collections.FieldReference(None, field_type=bool)  # None: the preset's
-    spec.max_new_tokens = 192
-    spec.followup_tokens = 24
-    spec.batch_size = 32
-    spec.schedule = "continuous"  # local backend: "continuous" or "static" (BENCHMARKS.md, GSM8K)
-    spec.temperature = 0.0
-    spec.probe_hidden = probe_hidden  # keep the last hidden state (Cascade-Probe)
-    spec.probe_window = 128  # the probe's forward pass reads the last 128 tokens (0: all; CPU time)
-    spec.non_embedding_params = 0  # 0: counted from the loaded model (set it for an HTTP model)
-    # hidden_size x vocab_size (flops cost); 0: unknown, the head is then not counted (the report
-    # says so). Set it when config.<role>.name changes to a model of another size.
-    spec.lm_head_params = LM_HEAD_PARAMS.get(name, 0)
-    spec.price_per_million = ()  # (USD per 1M input, per 1M output) for cost_model = "price"
-    spec.http = http_config()
-    return spec
-
-
-def http_config() -> ml_collections.ConfigDict:
-    http = ml_collections.ConfigDict()
-    http.base_url = ""  # e.g. http://127.0.0.1:8000/v1
-    http.model = ""  # the served model's name
-    http.api_key_env = ""  # name of the environment variable holding the key ("" = no key)
-    http.max_concurrency = 8
-    http.requests_per_second = 0.0  # 0: no rate limit
-    http.timeout_s = 120.0
-    http.max_retries = 4
-    http.backoff_s = 1.0
-    http.logprobs = True  # ask for token log-probs (AvgProb) when the server offers them
-    return http
-
-
-def data_config(source: str, split: str, limit: int) -> ml_collections.ConfigDict:
-    spec = ml_collections.ConfigDict()
-    spec.source = source  # a corea_jax.cascade.datasets.SOURCES name or a local file
-    spec.split = split
-    spec.limit = limit
-    spec.offset = 0
-    spec.seed = 0
-    spec.data_file = ml_collections.FieldReference(None, field_type=str)
-    spec.question_field = ml_collections.FieldReference(None, field_type=str)
-    spec.answer_field = ml_collections.FieldReference(None, field_type=str)
-    spec.choices_field = ml_collections.FieldReference(None, field_type=str)
-    spec.task = ml_collections.FieldReference(None, field_type=str)
-    return spec
-
-
-def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.slm = model_config("qwen2.5-coder-0.5b-instruct", "corea", probe_hidden=True)
-    # The LLM gets the same COREA prompt: with the plain boxed-answer prompt ("rlvr") and 160
-    # tokens, the 1.5B Coder model answered 11 of 32 calibration problems with a Python program
-    # and ran out of tokens on 30 (pass@1 0.09, below the SLM); with this prompt and 256 tokens
-    # it reached 0.32 on the first 60 test problems (README, "Measuring how an SLM states ...").
-    config.llm = model_config("qwen2.5-coder-1.5b-instruct", "corea")
-    config.llm.max_new_tokens = 256
-    config.data = ml_collections.ConfigDict()
-    config.data.test = data_config("gsm8k", "test", 200)
-    config.data.calibration = data_config("gsm8k", "train", 32)
-    config.llm_on = "all"  # or "deferred": the LLM answers only deferred test items
-    config.chunk_size = 32  # test items per SLM/LLM alternation
-    # Hold one model at a time: with both loaded (12.5 GB) the run was the OOM killer's first
-    # pick on the shared 24 GB box; reloading per chunk costs a load (~1 min), no recompilation.
-    config.one_model_at_a_time = True
-    config.cost_model = "flops"  # "flops", "price" or "time"
-    config.threshold = ml_collections.ConfigDict()
-    config.threshold.rule = "paper"  # COREA's tau: "paper", "fixed", "usage" or "risk"
-    config.threshold.fixed_tau = 0.5
-    config.threshold.target_usage = 0.3  # "usage": the LLM answers this fraction of calibration items
-    # COREA-risk: allowed pass@1 drop below the LLM. With 32 calibration items and delta = 0.1,
-    # even no kept disagreement bounds the drop only by 1 - (delta / 2)^(1/32) = 0.089: epsilon
-    # = 0.05 cannot be certified, 0.1 can.
-    config.threshold.epsilon = 0.1
-    config.threshold.delta = 0.1  # ... with probability >= 1 - delta
-    config.probe_l2 = 1.0  # ridge penalty of the linear probe (standardized features)
-    config.bootstrap = 1000  # paired bootstrap resamples for the 95% intervals
-    config.seed = 0
-    config.rescore_only = False  # True: no model; the report from records.jsonl alone
-    # "slm", "llm" or "slm,llm": regenerate that role's records when its model or settings
-    # changed (fingerprint.json); without it such a rerun is refused, naming the fields.
-    config.overwrite = ""
-    config.report = True  # False: generate records only
-    return config
+def get_config():
+    return defaults()

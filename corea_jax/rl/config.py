@@ -7,13 +7,13 @@ value the trainer cannot use, naming the field and what it expects.
 
 from __future__ import annotations
 
-import difflib
 import json
 
 import ml_collections
 
 from corea_jax import rewards
 from corea_jax.data.records import validate_data_config
+from corea_jax.settings import check_fields, expect, is_int as _is_int
 from corea_jax.rl import grpo
 from corea_jax.rl.train_state import SCHEDULES, schedule_uses_run_length
 
@@ -96,28 +96,11 @@ def defaults() -> ml_collections.ConfigDict:
 
 
 def _check_fields(config, reference, path: str) -> None:
-    for key in config.keys():
-        name = f"{path}.{key}"
-        if key not in reference:
-            close = difflib.get_close_matches(key, list(reference.keys()), n=1)
-            hint = f"; did you mean {path}.{close[0]}?" if close else ""
-            raise ValueError(f"{name}: unknown config field (known fields of {path}: "
-                             f"{sorted(reference.keys())}){hint}")
-        value, ref = config[key], reference[key]
-        if isinstance(ref, ml_collections.ConfigDict):
-            if not isinstance(value, ml_collections.ConfigDict):
-                raise ValueError(f"{name}: expected a group of fields {sorted(ref.keys())}, found {value!r}")
-            if key != "mesh":
-                _check_fields(value, ref, name)
+    check_fields(config, reference, path, free=("mesh",))
 
 
 def _expect(ok: bool, field: str, expected: str, found) -> None:
-    if not ok:
-        raise ValueError(f"config.{field}: expected {expected}, found {found!r}")
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+    expect(ok, f"config.{field}", expected, found)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -33,10 +33,6 @@ from corea_jax.serving.batcher import EngineBatcher, EngineStopped
 _PLACEHOLDER_GOLD = {"gsm8k": "0", "math": "0", "choice": "A"}
 
 
-def _field(spec, name, default=None):
-    return spec[name] if name in spec else default
-
-
 def _item(question: str, task: str) -> Item:
     return Item(id="live", question=question, gold=_PLACEHOLDER_GOLD[task], task=task)
 
@@ -236,13 +232,14 @@ def random_model(spec, tokenizer_dir: Path, seed: int = 0):
 
 def build_answerer(spec, role: str, *, task: str, workdir: Path, metrics=None, seed: int = 0,
                    max_queued: int = 64):
-    """The answerer config.<role> describes: backend "local" (a registry name, a path, or
-    "random" for `random_model`) or "http" (the cascade's HTTPBackend)."""
+    """The answerer config.<role> (a validated `serving.config.model_spec`) describes: backend
+    "local" (a registry name, a path, or "random" for `random_model`) or "http" (the cascade's
+    HTTPBackend)."""
     from corea_jax.cascade import evaluate
 
-    if _field(spec, "backend", "local") == "http":
+    if spec.backend == "http":
         backend = evaluate.make_backend(spec, role, progress=False)
-        if _field(spec, "non_embedding_params"):
+        if spec.non_embedding_params:
             backend.non_embedding_params = int(spec.non_embedding_params)
         return HTTPAnswerer(backend, task, max_queued=max_queued)
     if spec.name == "random":
@@ -253,5 +250,5 @@ def build_answerer(spec, role: str, *, task: str, workdir: Path, metrics=None, s
                             max_new_tokens=spec.max_new_tokens, temperature=spec.temperature, seed=seed,
                             metrics=metrics)
     return LocalAnswerer(model, batcher, prompt=spec.prompt, task=task,
-                         system_prompt=_field(spec, "system_prompt", "") or None,
-                         worked_example=_field(spec, "worked_example", None), max_queued=max_queued)
+                         system_prompt=spec.system_prompt or None, worked_example=spec.worked_example,
+                         max_queued=max_queued)

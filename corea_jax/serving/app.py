@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from corea_jax.serving import config as config_lib
 from corea_jax.serving import routes
 from corea_jax.serving.answerers import LocalAnswerer, build_answerer
 from corea_jax.serving.auth import KeyRing, LoopbackGuard, RateLimiter, is_loopback
@@ -44,44 +45,8 @@ class ServerState:
 
 
 def validate_config(config) -> None:
-    from corea_jax import grading
-    from corea_jax.confidence import SOURCES
-
-    if config.confidence_source not in SOURCES:
-        raise ValueError(f"confidence_source: expected one of {SOURCES}, found {config.confidence_source!r}")
-    if config.task not in grading.TASKS:
-        raise ValueError(f"task: expected one of {grading.TASKS}, found {config.task!r}")
-    from corea_jax.cascade.thresholds import check_tau
-    from corea_jax.serving.chat import CONVERSATION
-
-    check_tau(config.threshold.tau, "threshold.tau")
-    for role in ("slm", "llm"):
-        spec = config[role]
-        if spec.get("backend", "local") == "local":
-            for key in ("slots", "max_prompt_tokens", "max_new_tokens"):
-                if not (isinstance(spec[key], int) and spec[key] >= 1):
-                    raise ValueError(f"{role}.{key}: expected an integer >= 1, found {spec[key]!r}")
-        if config.cost_model == "price" and len(tuple(spec.get("price_per_million", ()))) != 2:
-            raise ValueError(f"{role}.price_per_million: the price cost model needs (USD per 1M input "
-                             f"tokens, USD per 1M output tokens), found {tuple(spec.get('price_per_million', ()))}")
-    if config.slm.get("backend", "local") != "local":
-        raise ValueError("slm.backend: expected 'local' (the SLM's confidence needs the local engine)")
-    if (config.llm.get("backend", "local") == "http" and config.cost_model == "flops"
-            and not config.llm.get("non_embedding_params")):
-        raise ValueError("llm.non_embedding_params: an LLM behind HTTP needs its parameter count for the "
-                         "flops cost model (or set cost_model='price' with llm.price_per_million)")
-    if config.conversation not in CONVERSATION:
-        raise ValueError(f"conversation: expected one of {CONVERSATION}, found {config.conversation!r}")
-    limits = config.limits
-    for key, low in (("max_body_bytes", 1024), ("max_queued", 0), ("max_messages", 1), ("max_connections", 1)):
-        if isinstance(limits[key], bool) or not isinstance(limits[key], int) or limits[key] < low:
-            raise ValueError(f"limits.{key}: expected an integer >= {low}, found {limits[key]!r}")
-    if isinstance(limits.body_timeout_s, bool) or not limits.body_timeout_s > 0:
-        raise ValueError(f"limits.body_timeout_s: expected a number > 0 (seconds), found {limits.body_timeout_s!r}")
-    if limits.queue_full_status not in (429, 503):
-        raise ValueError(f"limits.queue_full_status: expected 429 or 503, found {limits.queue_full_status!r}")
-    if limits.max_tokens_policy not in ("refuse", "clamp"):
-        raise ValueError(f"limits.max_tokens_policy: expected 'refuse' or 'clamp', found {limits.max_tokens_policy!r}")
+    """`serving.config.validate` (the name older callers use)."""
+    config_lib.validate(config)
 
 
 def create_app(config, workdir, api_keys=(), *, metrics_keys=(), warmup: bool = True) -> FastAPI:

@@ -49,8 +49,6 @@ from corea_jax.serving.protocol import (SERVED_MODELS, APIError, ChatCompletionR
                                         new_id, now, shown, unavailable)
 
 THRESHOLD_FILE = "threshold.json"
-ON_LLM_FAILURE = ("degraded", "error")
-CONVERSATION = ("pass", "refuse")
 RETRY_AFTER_S = 5  # what a 503 / 429 refusal asks the client to wait
 MAX_THRESHOLD_BYTES = 1_000_000
 log = logging.getLogger(__name__)
@@ -113,11 +111,9 @@ def read_threshold(workdir: Path, confidence_source: str | None = None) -> dict 
 
 
 class ChatService:
+    """The cascade behind the routes; `config` is a validated server config (`serving.config`)."""
+
     def __init__(self, config, workdir: Path, slm, llm, metrics):
-        if config.on_llm_failure not in ON_LLM_FAILURE:
-            raise ValueError(f"on_llm_failure: expected one of {ON_LLM_FAILURE}, found {config.on_llm_failure!r}")
-        if not 0 <= config.shadow_rate <= 1:
-            raise ValueError(f"shadow_rate: expected a number in [0, 1], found {config.shadow_rate!r}")
         self.config, self.workdir = config, Path(workdir)
         self.answerers = {"slm": slm, "llm": llm}
         self.metrics = metrics
