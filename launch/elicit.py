@@ -12,7 +12,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import corea_jax
-from corea_jax import evaluation
+from corea_jax import elicitation
 from corea_jax.confidence import SOURCES
 from corea_jax.models import fetch
 from launch import quiet_logs
@@ -45,13 +45,13 @@ def main(argv):
     workdir.mkdir(parents=True, exist_ok=True)
     summary = {"model": config.model, "dtype": config.dtype, "data": config.data}
     for mode in config.modes:
-        records = evaluation.elicit(model, rows[config.question_field], rows[config.answer_field],
+        records = elicitation.elicit(model, rows[config.question_field], rows[config.answer_field],
                                     task=config.task, mode=mode, max_new_tokens=config.max_new_tokens,
                                     followup_tokens=config.followup_tokens, batch_size=config.batch_size)
         tmp = workdir / f"{mode}.jsonl.tmp"
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
         tmp.replace(workdir / f"{mode}.jsonl")
-        summary[mode] = evaluation.summarize(records)
+        summary[mode] = elicitation.summarize(records)
     tmp = workdir / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(workdir / "summary.json")

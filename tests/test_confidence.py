@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import corea_jax
-from corea_jax import confidence, evaluation, prompts
+from corea_jax import confidence, elicitation, prompts
 from corea_jax.generation import generate_followup
 from corea_jax.data.toy import ToyTokenizer
 from tests.fetched_models import QWEN_05B, SMOLLM2, fetched_dir
@@ -76,17 +76,17 @@ def test_followup_rejects_bad_settings(smol):
 @pytest.mark.real_model
 @pytest.mark.slow
 def test_elicit_and_summarize_on_a_real_model(smol):
-    records = evaluation.elicit(smol, ["What is 2 + 3?", "What is 10 - 4?"], ["5", "6"],
+    records = elicitation.elicit(smol, ["What is 2 + 3?", "What is 10 - 4?"], ["5", "6"],
                                 task="gsm8k", mode="two_turn", max_new_tokens=24,
                                 followup_tokens=8, progress=False)
     assert len(records) == 2 and all(isinstance(r["correct"], bool) for r in records)
-    summary = evaluation.summarize(records)
+    summary = elicitation.summarize(records)
     assert summary["n"] == 2 and 0 <= summary["accuracy"] <= 1
     assert set(confidence.SOURCES) <= set(summary)
     with pytest.raises(ValueError, match="mode"):
-        evaluation.elicit(smol, ["q"], ["a"], task="gsm8k", mode="three_turn")
+        elicitation.elicit(smol, ["q"], ["a"], task="gsm8k", mode="three_turn")
     with pytest.raises(ValueError, match="golds"):
-        evaluation.elicit(smol, ["q", "r"], ["a"], task="gsm8k", mode="one_turn")
+        elicitation.elicit(smol, ["q", "r"], ["a"], task="gsm8k", mode="one_turn")
 
 
 # ---------------------------------------------------------------------------

@@ -12,17 +12,22 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "corea_jax"
 
 # Each part of corea_jax and the parts it must not import (SHAPE of the guide / STYLE.md layers).
-_ABOVE_MODELS = {"generation", "rl", "cascade", "planning", "evaluation"}
+_TOP = {"serving", "reproduction"}  # layer 4: composing cascade, engine and trainer
+_ABOVE_MODELS = {"generation", "rl", "cascade", "planning", "elicitation"} | _TOP
 FORBIDDEN = {
-    "parallel": {"models", "generation", "rl", "cascade", "planning", "data", "evaluation", "grading",
-                 "prompts", "rewards", "metrics", "confidence"},
+    "settings": {"parallel", "models", "generation", "rl", "cascade", "planning", "data", "elicitation",
+                 "grading", "prompts", "rewards", "calibration", "confidence"} | _TOP,
+    "parallel": {"models", "generation", "rl", "cascade", "planning", "data", "elicitation", "grading",
+                 "prompts", "rewards", "calibration", "confidence"} | _TOP,
     "models": _ABOVE_MODELS | {"data"},
-    "generation": {"rl", "cascade", "planning", "evaluation", "data"},
-    "data": {"generation", "rl", "cascade", "planning", "evaluation"},
+    "generation": {"rl", "cascade", "planning", "elicitation", "data"} | _TOP,
+    "data": {"generation", "rl", "cascade", "planning", "elicitation"} | _TOP,
     **{text: _ABOVE_MODELS | {"models", "parallel"}
-       for text in ("grading", "prompts", "rewards", "metrics", "confidence")},
-    "rl": {"cascade", "planning", "evaluation"},
-    "cascade": {"rl", "planning"},
+       for text in ("grading", "prompts", "rewards", "calibration", "confidence")},
+    "rl": {"cascade", "planning", "elicitation"} | _TOP,
+    "cascade": {"rl", "planning"} | _TOP,
+    "serving": {"reproduction", "planning", "rl"},
+    "reproduction": {"serving"},
 }
 
 

@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from corea_jax import metrics
+from corea_jax import calibration
 from corea_jax.cascade import probe as probe_lib
 from corea_jax.cascade import thresholds
 from corea_jax.cascade.costs import CostModel, format_cost
@@ -194,8 +194,8 @@ def system_metrics(outcome: Outcome, test: Split) -> dict:
         have = ~np.isnan(conf)
         if have.any():
             c, ok = np.clip(conf[have], 0, 1), test.slm_correct[have]
-            entry.update(ece=metrics.ece(c, ok), auroc=_finite(metrics.auroc(c, ok)),
-                         brier=metrics.brier(c, ok))
+            entry.update(ece=calibration.ece(c, ok), auroc=_finite(calibration.auroc(c, ok)),
+                         brier=calibration.brier(c, ok))
     if outcome.tau is not None and math.isinf(outcome.tau):
         entry["tau"] = None  # defer everything: tau = +inf has no JSON number
     return entry
@@ -449,7 +449,7 @@ def write_report(config, workdir: str | os.PathLike, records: Sequence[dict], ca
     verbal = test.confidence["verbal"]
     have = ~np.isnan(verbal)
     if have.any():
-        metrics.reliability_diagram(verbal[have], test.slm_correct[have],
+        calibration.reliability_diagram(verbal[have], test.slm_correct[have],
                                     workdir / "reliability_slm_verbal.png",
                                     title=f"SLM verbal confidence on test ({int(have.sum())} of {test.n} parsed)")
     return report

@@ -30,10 +30,10 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from corea_jax.data import chains, tokenizer_training
-from corea_jax.data.records import Record
+from corea_jax.data.questions import Record
 from corea_jax.parallel.machine import cpu_model
 from corea_jax.reproduction import base_models, cascade_stages
-from corea_jax.reproduction import models as models_lib
+from corea_jax.reproduction import toy_models as models_lib
 from corea_jax.reproduction import report as report_lib
 from corea_jax.reproduction.stages import Stage, plain, read_marker, run_stage
 

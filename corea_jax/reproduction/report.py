@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from corea_jax import metrics
+from corea_jax import calibration
 
 SYSTEMS = ("SFT-SLM", "RLVR-SLM", "RLVR-SLM-AvgProb", "Brier-SLM", "RLCC-SLM", "LLM", "COREA", "COREA-risk")
 COLUMNS = (("pass_at_1", "pass@1", "{:.1%}"), ("avg_cost", "avg cost (FLOPs)", "{:.3g}"),
@@ -95,7 +95,7 @@ def plot_table(systems: dict[str, dict], path: Path, title: str) -> Path:
 
 
 def _reliability_panel(ax, conf: np.ndarray, correct: np.ndarray, title: str, n_bins: int) -> None:
-    bins = metrics.calibration_bins(conf, correct, n_bins)
+    bins = calibration.calibration_bins(conf, correct, n_bins)
     centers = (bins.edges[:-1] + bins.edges[1:]) / 2
     full = bins.count > 0
     width = 1.0 / n_bins
@@ -111,8 +111,8 @@ def _reliability_panel(ax, conf: np.ndarray, correct: np.ndarray, title: str, n_
         ax.annotate(f"n={int(n)}", (x, 0.02 if inside else acc + 0.02), ha="center", va="bottom", fontsize=7,
                     rotation=90, color="white" if inside else "black")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="stated confidence", ylabel="accuracy")
-    ax.set_title(f"{title}\nECE {metrics.ece(conf, correct, n_bins):.3f}, "
-                 f"AUROC {metrics.auroc(conf, correct):.3f}, accuracy {np.mean(correct):.1%}", fontsize=10)
+    ax.set_title(f"{title}\nECE {calibration.ece(conf, correct, n_bins):.3f}, "
+                 f"AUROC {calibration.auroc(conf, correct):.3f}, accuracy {np.mean(correct):.1%}", fontsize=10)
     ax.grid(alpha=0.3, linewidth=0.5)
     ax.legend(loc="upper left", fontsize=8)
 

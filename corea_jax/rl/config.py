@@ -12,7 +12,7 @@ import json
 import ml_collections
 
 from corea_jax import rewards
-from corea_jax.data.records import validate_data_config
+from corea_jax.data.questions import validate_data_config
 from corea_jax.settings import check_fields, expect, is_int as _is_int
 from corea_jax.rl import grpo
 from corea_jax.rl.train_state import SCHEDULES, schedule_uses_run_length

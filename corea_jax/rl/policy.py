@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from corea_jax import prompts
-from corea_jax.data.records import Record
+from corea_jax.data.questions import Record
 from corea_jax.data.toy import ToyTokenizer, num_answers, toy_model_config
 from corea_jax.generation import chat_token_ids
 from corea_jax.models.config import ModelConfig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from corea_jax import metrics as calibration
+from corea_jax import calibration
 from corea_jax import rewards
 
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from corea_jax import rewards
-from corea_jax.data.records import load_records, step_indices
+from corea_jax.data.questions import load_records, step_indices
 from corea_jax.generation import SamplingParams
 from corea_jax.models.model import Model, save_hf
 from corea_jax.rl import batching, flops, grpo, policy, rollout, scoring

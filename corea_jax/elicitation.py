@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from corea_jax import confidence as confidence_lib
-from corea_jax import metrics
+from corea_jax import calibration
 
 
 def elicit(model, questions: Sequence[str], golds: Sequence[str], *, task: str, mode: str,
@@ -59,7 +59,7 @@ def summarize(records: list[dict]) -> dict:
         entry = {"coverage": float(have.mean())}
         if have.any():
             conf, ok = np.clip(values[have], 0, 1), correct[have]
-            entry.update(mean=float(conf.mean()), ece=metrics.ece(conf, ok),
-                         brier=metrics.brier(conf, ok), auroc=metrics.auroc(conf, ok))
+            entry.update(mean=float(conf.mean()), ece=calibration.ece(conf, ok),
+                         brier=calibration.brier(conf, ok), auroc=calibration.auroc(conf, ok))
         out[source] = entry
     return out
