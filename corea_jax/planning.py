@@ -40,7 +40,7 @@ from corea_jax.models.decoder import cache_logical_axes
 from corea_jax.models.model import decoding_feature_major, decoding_scan_layers, param_shapes, param_shardings
 from corea_jax.parallel import sharding as sharding_lib
 from corea_jax.rl import batching, flops
-from corea_jax.rl.config import loss_config
+from corea_jax.rl.config import loss_config, total_updates
 from corea_jax.rl.train_state import init_train_state, make_optimizer, train_state_shardings
 from corea_jax.rl.update import micro_batch_shardings, sharded_update_step
 
@@ -134,8 +134,7 @@ def abstract_micro_batches(config) -> dict:
 
 def abstract_train_state(config, cfg: ModelConfig, mesh):
     """The sharded abstract TrainState of a training config (master weights + AdamW moments)."""
-    g = config.grpo
-    tx = make_optimizer(config.optim, config.total_steps * g.num_minibatches * g.num_epochs)
+    tx = make_optimizer(config.optim, total_updates(config))
     state = jax.eval_shape(lambda p: init_train_state(p, tx), param_shapes(cfg))
     return _abstract(state, train_state_shardings(state, param_shardings(cfg, mesh), mesh))
 

@@ -388,3 +388,29 @@ def test_logged_learning_rate_follows_the_optimizers_own_count(tmp_path, monkeyp
     assert [r["groups_trained"] > 0 for r in rows] == [False, True, False, True]
     # Updates run at optimizer counts 0 (step 2) and 1 (step 4): rates 1e-3 and 7.5e-4.
     np.testing.assert_allclose([r["lr"] for r in rows], [1e-3, 1e-3, 1e-3, 7.5e-4], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_the_trainer_reports_each_step_as_data(tmp_path):
+    """on_step(steps done, that step's metrics): once where the run starts ({}: nothing trained yet,
+    a resumed run at its checkpoint's step), then after every step; the pipeline's progress bar
+    reads this, not the log's text."""
+    config = tiny_config()
+    config.total_steps = 3
+    config.checkpoint.every_steps = 2
+    seen = []
+    trainer.train(config, tmp_path, log=lambda _: None, on_step=lambda step, m: seen.append((step, dict(m))))
+    assert [s for s, _ in seen] == [0, 1, 2, 3] and seen[0][1] == {}
+    assert all({"loss", "reward_mean"} <= set(m) for _, m in seen[1:])
+    config.total_steps = 4  # resume from the last checkpoint (step 3) and train one more
+    seen.clear()
+    trainer.train(config, tmp_path, log=lambda _: None, on_step=lambda step, m: seen.append((step, dict(m))))
+    assert [s for s, _ in seen] == [3, 4]
+
+
+def test_total_updates_is_the_learning_rate_schedules_length():
+    from corea_jax.rl.config import total_updates
+
+    config = tiny_config()
+    config.total_steps, config.grpo.num_minibatches, config.grpo.num_epochs = 7, 2, 3
+    assert total_updates(config) == 42

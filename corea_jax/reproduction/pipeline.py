@@ -64,23 +64,17 @@ def build_tokenizer(config, task_dir: Path, out: Path) -> None:
     tokenizer_training.train_tokenizer(texts, out, vocab_size=config.tokenizer.vocab_size)
 
 
-def _progress_log(total: int, desc: str) -> tuple[Callable[[str], None], tqdm]:
-    """A trainer `log` that advances a tqdm bar on each "step N: ..." line."""
+def _progress(total: int, desc: str) -> tuple[Callable[[int, dict], None], tqdm]:
+    """A trainer `on_step` that moves a tqdm bar to each finished step, its metrics beside it."""
     bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
 
-    def log(message: str) -> None:
-        if message.startswith("step "):
-            step, _, rest = message[5:].partition(":")
-            bar.n = int(step)
-            bar.set_postfix_str(rest.strip()[:60], refresh=False)
-            bar.refresh()
-        elif message.startswith("resumed from step "):
-            bar.n = int(message.split()[3])
-            bar.refresh()
-        else:
-            tqdm.write(message)
+    def on_step(step: int, metrics: dict) -> None:
+        bar.n = step
+        shown = [f"{k}={metrics[k]:.3g}" for k in ("loss", "reward_mean", "accuracy", "ece") if k in metrics]
+        bar.set_postfix_str(", ".join(shown), refresh=False)
+        bar.refresh()
 
-    return log, bar
+    return on_step, bar
 
 
 def train_stage(workdir: Path, name: str, config, overrides: dict, *, model_dir: Path, task_dir: Path,
@@ -98,9 +92,10 @@ def train_stage(workdir: Path, name: str, config, overrides: dict, *, model_dir:
             train_file = out / "train.jsonl"  # in the stage's partial directory: atomic with it
             train_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
         tc = models_lib.trainer_config(config, overrides, model_dir=model_dir, train_file=train_file, seed=seed)
-        step_log, bar = _progress_log(tc.total_steps, name)
-        try:
-            trainer.train(tc, out, log=step_log)
+        on_step, bar = _progress(tc.total_steps, name)
+        try:  # the trainer's own lines (resume, the model written) go above the bar
+            trainer.train(tc, out, log=lambda message: None if message.startswith("step ") else tqdm.write(message),
+                          on_step=on_step)
         finally:
             bar.close()
 

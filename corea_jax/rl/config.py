@@ -193,6 +193,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _expect(_is_int(size) and size >= 1, f"mesh.{axis}", "an integer >= 1", size)
 
 
+def total_updates(config: ml_collections.ConfigDict) -> int:
+    """Optimizer updates in the whole run: total_steps x minibatches x epochs (the learning-rate
+    schedule's length; the trainer and the memory planner both read it here)."""
+    return config.total_steps * config.grpo.num_minibatches * config.grpo.num_epochs
+
+
 def loss_config(config: ml_collections.ConfigDict) -> grpo.LossConfig:
     """The GRPO loss settings of a run config (the trainer's and the memory planner's).
 

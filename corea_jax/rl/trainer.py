@@ -31,7 +31,7 @@ from corea_jax.generation import SamplingParams
 from corea_jax.models.model import Model, save_hf
 from corea_jax.rl import batching, flops, grpo, policy, rollout, scoring
 from corea_jax.rl.checkpointing import Checkpointer, key_data, key_from_data, layout_meta
-from corea_jax.rl.config import loss_config as run_loss_config, resume_differences, validate
+from corea_jax.rl.config import loss_config as run_loss_config, resume_differences, total_updates, validate
 from corea_jax.rl.metrics_writer import MetricsWriter
 from corea_jax.parallel.multihost import global_array, place_tree
 from corea_jax.parallel.sharding import mesh_context
@@ -366,7 +366,8 @@ def restore_checkpoint(checkpointer: Checkpointer, state: TrainState, model_conf
     return convert(restored), meta
 
 
-def train(config, workdir: str | Path, *, log: Callable[[str], None] = logging.info) -> TrainState:
+def train(config, workdir: str | Path, *, log: Callable[[str], None] = logging.info,
+          on_step: Callable[[int, dict], None] | None = None) -> TrainState:
     """Runs (or resumes) a training run in `workdir`; returns the final train state.
 
     Everything that can be checked before compiling is: the config (fields and values),
@@ -390,8 +391,7 @@ def train(config, workdir: str | Path, *, log: Callable[[str], None] = logging.i
     mesh = make_run_mesh(config)
     model = policy.build_model(config, mesh)
     g = config.grpo
-    updates_per_step = g.num_minibatches * g.num_epochs
-    tx = make_optimizer(config.optim, config.total_steps * updates_per_step)
+    tx = make_optimizer(config.optim, total_updates(config))
     # Copy: the update donates the state's buffers, and the reference must outlive them.
     ref_params = jax.tree.map(jnp.copy, model.params) if g.kl_beta and config.mode == "grpo" else None
     state = init_train_state(model.params, tx)
@@ -425,7 +425,9 @@ def train(config, workdir: str | Path, *, log: Callable[[str], None] = logging.i
     ctx = StepContext(base_key=base_key, reward_config=reward_config, ref_params=ref_params,
                       loss_config=loss_config,
                       update=make_update_fn(model.config, loss_config, mesh, state_shardings))
-    schedule = learning_rate_schedule(config.optim, config.total_steps * updates_per_step)
+    schedule = learning_rate_schedule(config.optim, total_updates(config))
+    if on_step is not None:
+        on_step(start, {})  # where the run starts (a resumed run: its checkpoint's step)
     step_fn = grpo_step if config.mode == "grpo" else sft_step
     try:
         for step in range(start, config.total_steps):
@@ -438,6 +440,8 @@ def train(config, workdir: str | Path, *, log: Callable[[str], None] = logging.i
             log(f"step {step + 1}: " + ", ".join(
                 f"{k}={metrics[k]:.4g}" for k in ("loss", "reward_mean", "accuracy", "ece", "time_step")
                 if k in metrics))
+            if on_step is not None:
+                on_step(step + 1, metrics)
             if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == config.total_steps:
                 checkpointer.save(state, {"step": step + 1, "seed": config.seed, "rng_key": key_data(base_key),
                                           **layout_meta(model.config)})
