@@ -8,10 +8,11 @@ imported only by `reliability_diagram`.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import NamedTuple
 
 import numpy as np
+
+from corea_jax.files import save_figure
 
 
 def _validate(conf, correct) -> tuple[np.ndarray, np.ndarray]:
@@ -183,15 +184,4 @@ def reliability_diagram(conf, correct, path: str | os.PathLike, n_bins: int = 10
     bottom.set_xticks(bins.edges if n_bins <= 10 else np.linspace(0, 1, 11))
     bottom.grid(axis="y", alpha=0.3, linewidth=0.5)
 
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".reliability-", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=120)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 is for the temporary, not the result
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    return os.fspath(save_figure(fig, path))

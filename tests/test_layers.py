@@ -15,7 +15,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "corea_jax"
 _TOP = {"serving", "reproduction"}  # layer 4: composing cascade, engine and trainer
 _ABOVE_MODELS = {"generation", "rl", "cascade", "planning", "elicitation"} | _TOP
 FORBIDDEN = {
-    "settings": {"parallel", "models", "generation", "rl", "cascade", "planning", "data", "elicitation",
+    **{base: {"parallel", "models", "generation", "rl", "cascade", "planning", "data", "elicitation", "grading",
+              "prompts", "rewards", "calibration", "confidence", "settings"} | _TOP for base in ("files",)},
+    "settings": {"files", "parallel", "models", "generation", "rl", "cascade", "planning", "data", "elicitation",
                  "grading", "prompts", "rewards", "calibration", "confidence"} | _TOP,
     "parallel": {"models", "generation", "rl", "cascade", "planning", "data", "elicitation", "grading",
                  "prompts", "rewards", "calibration", "confidence"} | _TOP,

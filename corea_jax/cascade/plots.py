@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
-from corea_jax.cascade.report import SOURCES, frontier
-
-
-def _save_figure(fig, path: Path) -> None:
-    tmp = path.with_name("." + path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+from corea_jax.files import save_figure
 
 
 def plot_frontier(plot: dict, path: Path, unit: str) -> None:
     """Accuracy against relative cost for every confidence source's tau sweep, with the random
-    and oracle curves and the SLM / LLM / chosen-tau points."""
+    and oracle curves and the SLM / LLM / chosen-tau points. plot: the report's figure data
+    (`report.compute_report`: test, systems, has_llm, and curves: source -> the sweep's
+    (llm_usage, avg_cost, pass@1) points)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -33,10 +28,7 @@ def plot_frontier(plot: dict, path: Path, unit: str) -> None:
     labels = {"verbal": "verbal confidence", "answer_mean_prob": "answer-token mean prob",
               "answer_min_prob": "answer-token min prob", "probe": "hidden-state probe"}
     if plot["has_llm"]:
-        for source in SOURCES:
-            if np.isnan(test.confidence[source]).all():
-                continue
-            pts = frontier(test, source)
+        for source, pts in plot["curves"].items():
             ax.plot([rel(c) for _, c, _ in pts], [a for _, _, a in pts], "-", color=colors[source],
                     linewidth=1.3, alpha=0.85, label=f"sweep: {labels[source]}")
         slm_acc, llm_acc = test.slm_correct.mean(), test.llm_correct.mean()
@@ -60,4 +52,4 @@ def plot_frontier(plot: dict, path: Path, unit: str) -> None:
     ax.set_title(f"Accuracy-cost frontier (N = {test.n} test items)")
     ax.grid(alpha=0.3, linewidth=0.5)
     ax.legend(fontsize=7.5, loc="lower right", frameon=True)
-    _save_figure(fig, path)
+    save_figure(fig, path)

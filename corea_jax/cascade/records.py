@@ -27,16 +27,14 @@ from typing import Callable, Sequence
 from tqdm.auto import tqdm
 
 from corea_jax.cascade.datasets import Item
+from corea_jax.files import write_atomic
 
 MODELS = ("slm", "llm")
 SPLITS = ("calibration", "test")
 FINGERPRINT = "fingerprint.json"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+_write_atomic = write_atomic
 
 
 class RecordStore:

@@ -34,6 +34,8 @@ from corea_jax import calibration
 from corea_jax.cascade import probe as probe_lib
 from corea_jax.cascade import thresholds
 from corea_jax.cascade.costs import CostModel, format_cost
+from corea_jax.cascade.plots import plot_frontier
+from corea_jax.files import write_atomic
 
 CASCADES = {"COREA": "verbal", "COREA-risk": "verbal", "Cascade-AvgProb": "answer_mean_prob",
             "Cascade-MinProb": "answer_min_prob", "Cascade-Probe": "probe"}
@@ -360,14 +362,13 @@ def compute_report(config, records: Sequence[dict], cost_model: CostModel,
         n_excluded=n_excluded, excluded_items=excluded,
         recorded_model_seconds=float(sum(r["seconds"] for r in records if not r.get("failed"))),
         notes=notes)
-    plot = dict(test=test, systems=systems, has_llm=test.has_llm)
+    curves = {source: frontier(test, source) for source in SOURCES
+              if test.has_llm and not np.isnan(test.confidence[source]).all()}
+    plot = dict(test=test, systems=systems, has_llm=test.has_llm, curves=curves)
     return report, plot
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+_write_atomic = write_atomic
 
 
 def _interval(entry: dict | None, key: str, fmt) -> str:
@@ -442,8 +443,6 @@ def write_report(config, workdir: str | os.PathLike, records: Sequence[dict], ca
     _write_atomic(workdir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
     _write_atomic(workdir / "report.md", render_markdown(
         report, f"Cascade: {config.slm.name} -> {config.llm.name}"))
-    from corea_jax.cascade.plots import plot_frontier  # plots reads this module's frontier()
-
     plot_frontier(plot, workdir / "frontier.png", report["cost_unit"])
     test = plot["test"]
     verbal = test.confidence["verbal"]

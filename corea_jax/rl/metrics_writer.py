@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from corea_jax.files import write_atomic
 
 
 def _plain(value: Any):
@@ -42,9 +43,7 @@ class MetricsWriter:
         if not self.path.exists():
             return
         keep = [row for row in _rows(self.path) if row.get("step", 0) <= resume_step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in keep))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, "".join(json.dumps(row) + "\n" for row in keep))
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}

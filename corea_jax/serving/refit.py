@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 from corea_jax.cascade import thresholds
+from corea_jax.files import write_atomic
 from corea_jax.serving.chat import THRESHOLD_FILE
 from corea_jax.serving.log import read_lines
 
@@ -96,10 +97,7 @@ def refit(workdir: str | os.PathLike, rule: str, *, confidence_source: str | Non
     if fitted == math.inf:
         result["reason"] = ("no tau is certified on this log: every request goes to the LLM" if rule == "risk"
                             else "deferring everything is the closest to the target")
-    path = workdir / THRESHOLD_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")  # defer everything: tau null
-    os.replace(tmp, path)
+    write_atomic(workdir / THRESHOLD_FILE, json.dumps(result, indent=2, allow_nan=False) + "\n")
     return result
 
 
