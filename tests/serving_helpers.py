@@ -85,14 +85,14 @@ class FakeLLM:
     """An OpenAI-compatible chat endpoint on 127.0.0.1 whose faults a test switches on and off:
     `mode` "ok" answers "\\boxed{5}" (usage counted), "hold" keeps each request until `release`
     is set (a slow LLM, event-driven), "fail" answers 500, "bad_usage" answers with token counts
-    no server could mean (-5, 1e308). `stop()` closes the port (a killed
-    LLM: connections refused). Counts requests and the most it held at once."""
+    no server could mean (-5, 1e308). `stop()` closes the port (connections
+    refused); `kill()` also drops the connections of the requests it holds, unanswered. Counts requests and the most it held at once."""
 
     def __init__(self):
         import json
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        self.mode, self.release = "ok", threading.Event()
+        self.mode, self.release, self.dead = "ok", threading.Event(), False
         self.requests, self.in_flight, self.max_in_flight = [], 0, 0
         self.lock = threading.Lock()
         self.arrived = threading.Condition(self.lock)
@@ -115,6 +115,12 @@ class FakeLLM:
                     mode = outer.mode
                     if mode == "hold":
                         outer.release.wait(120)
+                    if outer.dead:  # killed while this request was held: the connection just drops
+                        import socket as socket_lib
+
+                        self.close_connection = True
+                        self.connection.shutdown(socket_lib.SHUT_RDWR)
+                        return
                     status, payload = (500, b'{"error": {"message": "boom"}}') if mode == "fail" else \
                         (200, json.dumps(outer.completion(body, bad_usage=mode == "bad_usage")).encode())
                 finally:
@@ -156,6 +162,11 @@ class FakeLLM:
         self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def kill(self) -> None:
+        """Dies mid-traffic: held requests lose their connections unanswered, the port closes."""
+        self.dead = True
+        self.stop()
 
 
 def http_llm_config(url: str, **overrides):

@@ -477,6 +477,7 @@ def test_dashboard_shows_the_metrics_without_console_errors(server, tmp_path):
     assert shown("tau") == pytest.approx(metric(metrics, "corea_tau"))
     assert shown("refused") == sum(metric(metrics, "corea_requests_total", status=s) for s in ("500", "503"))
     assert shown("degraded") == metric(metrics, "corea_degraded_total")
+    assert shown("threshold-refused") == metric(metrics, "corea_threshold_refused_total")
     assert shown("requests") == metric(metrics, "corea_requests_total", status="200")
     assert shown("p50") == pytest.approx(metric(metrics, "corea_latency_window_seconds", quantile="0.5"))
     assert shown("p99") == pytest.approx(metric(metrics, "corea_latency_window_seconds", quantile="0.99"))

@@ -533,12 +533,13 @@ def test_langchain_bind_tools_gets_a_clear_400(server):
 
 
 def test_32_clients_through_a_slow_failing_and_killed_llm(server, fake, service):
-    """corea and corea-slm traffic from 32 clients while the LLM is healthy, slow (held), failing
-    (500) and finally killed: every request gets one answer or one OpenAI-schema refusal and one
-    log line; corea-slm's p99 latency stays within 2x of the healthy phase's; metrics == log."""
+    """corea and corea-slm traffic from 32 clients while the LLM is healthy, slow (10 s), failing
+    (500), killed mid-traffic (held requests lose their connections) and then refusing
+    connections: every request gets one answer or one OpenAI-schema refusal and one log line;
+    corea-slm's p99 latency stays within 2x of the healthy phase's."""
     service.set_tau(0.5)
     service.answerers["slm"].capacity = 64  # the SLM admits every client; the LLM's queue stays small
-    phases = ["ok", "hold", "fail", "killed"]
+    phases = ["ok", "hold", "fail", "killed", "refused"]
     c = client(server.url, timeout=180)
     lines_before = len(_lines(server))
     requests_before = metric(_metrics(server), "corea_requests_total")
@@ -554,13 +555,15 @@ def test_32_clients_through_a_slow_failing_and_killed_llm(server, fake, service)
             return model, time.perf_counter() - start, err.status_code, err.body
 
     for phase in phases:
-        if phase == "killed":
-            fake.stop()
-        else:
-            fake.mode = phase
+        fake.release.clear()
+        fake.mode = {"killed": "hold", "refused": "ok"}.get(phase, phase)
         release = None
         if phase == "hold":
             release = threading.Timer(10.0, fake.release.set)  # a 10 s LLM
+            release.start()
+        if phase == "killed":  # once 4 calls are held mid-traffic, the LLM dies
+            arrived = len(fake.requests)
+            release = threading.Thread(target=lambda: (fake.wait_for(arrived + 4), fake.kill()))
             release.start()
         with concurrent.futures.ThreadPoolExecutor(32) as pool:
             results = list(pool.map(one, range(32)))
@@ -575,7 +578,7 @@ def test_32_clients_through_a_slow_failing_and_killed_llm(server, fake, service)
         else:
             assert status in (429, 503) and set(body) >= {"message", "type", "code"}, body
     lines = _lines(server)[lines_before:]
-    assert len(lines) == len(outcomes) == 128
-    assert metric(_metrics(server), "corea_requests_total") - requests_before == 128
+    assert len(lines) == len(outcomes) == 32 * len(phases)
+    assert metric(_metrics(server), "corea_requests_total") - requests_before == 32 * len(phases)
     for phase in phases[1:]:  # corea-slm never waits on the LLM (plus 0.25 s for a loaded box)
         assert slm_latency[phase] <= 2 * slm_latency["ok"] + 0.25, slm_latency
