@@ -9,8 +9,8 @@ Public API:
 """
 
 from corea_jax.generation import Completion, SamplingParams, generate
-from corea_jax.models.config import ModelConfig
-from corea_jax.models.model import Model, load_model, logits, save_hf
+from corea_jax.models import ModelConfig
+from corea_jax.models import Model, load_model, logits, save_hf
 
 __all__ = ["Completion", "Model", "ModelConfig", "SamplingParams", "generate", "load_model",
            "logits", "save_hf"]

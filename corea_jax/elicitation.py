@@ -28,8 +28,7 @@ def elicit(model, questions: Sequence[str], golds: Sequence[str], *, task: str, 
     confidence_text (the follow-up reply, two-turn only), correct, format_ok, and a score per
     `confidence.SOURCES` entry (NaN where absent).
     """
-    from corea_jax.cascade.backends import MODES, LocalBackend
-    from corea_jax.cascade.datasets import Item
+    from corea_jax.cascade import MODES, LocalBackend, Item
 
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {MODES}, found {mode!r}")

@@ -34,15 +34,11 @@ import jax
 import numpy as np
 
 from corea_jax.generation import GenerationProgram, SamplingParams
-from corea_jax.models.architectures import ARCHITECTURES, architecture
-from corea_jax.models.config import ModelConfig
-from corea_jax.models.decoder import cache_logical_axes
-from corea_jax.models.model import decoding_feature_major, decoding_scan_layers, param_shapes, param_shardings
+from corea_jax.models import (ARCHITECTURES, architecture, ModelConfig, cache_logical_axes,
+                              decoding_feature_major, decoding_scan_layers, param_shapes, param_shardings)
 from corea_jax.parallel import sharding as sharding_lib
-from corea_jax.rl import batching, flops
-from corea_jax.rl.config import loss_config, total_updates
-from corea_jax.rl.train_state import init_train_state, make_optimizer, train_state_shardings
-from corea_jax.rl.update import micro_batch_shardings, sharded_update_step
+from corea_jax.rl import (batching, flops, loss_config, total_updates, init_train_state, make_optimizer,
+                          train_state_shardings, micro_batch_shardings, sharded_update_step)
 
 GiB = 1024**3
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from corea_jax.parallel.machine import cpu_model
+from corea_jax.parallel import cpu_model
 from corea_jax.reproduction import pipeline
 from launch import quiet_logs, usage_errors
 

@@ -23,7 +23,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from corea_jax.serving import app as serving_app  # noqa: E402
-from corea_jax.serving.auth import parse_keys  # noqa: E402
+from corea_jax.serving import parse_keys  # noqa: E402
 from launch import quiet_logs, usage_errors  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/serve/tiny.py", "Server config.")

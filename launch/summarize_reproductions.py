@@ -10,7 +10,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from corea_jax.reproduction.report import summarize_seeds
+from corea_jax.reproduction import summarize_seeds
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Reproduction workdirs (each with report.json).")
 _LABELS = flags.DEFINE_list("labels", None, "A label per workdir (default: the workdir names).")

@@ -108,6 +108,38 @@ def test_no_module_uses_another_modules_private_names(path):
     assert not bad, "\n".join(bad)
 
 
+def _exports(package: str) -> set[str]:
+    """The names a package's __init__ lists in __all__ (its public face)."""
+    tree = ast.parse((PACKAGE / package / "__init__.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+            return {elt.value for elt in node.value.elts}
+    return set()
+
+
+LAUNCH = sorted((PACKAGE.parent / "launch").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", FILES + LAUNCH, ids=lambda p: str(p.relative_to(PACKAGE.parent)))
+def test_other_packages_are_used_through_their_faces(path):
+    """Across packages, an import names the package (`from corea_jax.cascade import Item`), never
+    one of its submodules, and takes only what the package's __all__ exports."""
+    this = _module_name(path) if path.is_relative_to(PACKAGE) else "launch"
+    own = _part(this) if this != "launch" else "launch"
+    bad = []
+    for line, module, names in _imports(path)[2]:
+        part = _part(module)
+        if part == own or not (PACKAGE / part / "__init__.py").exists():
+            continue  # the same package, or a one-module part (corea_jax/files.py, ...)
+        where = f"{path.relative_to(PACKAGE.parent)}:{line}"
+        if module.count(".") > 1:
+            bad.append(f"{where} imports the submodule {module}: import from corea_jax.{part}")
+        for name in names:
+            if module.count(".") == 1 and name not in _exports(part):
+                bad.append(f"{where} imports {name} from corea_jax.{part}, which does not export it")
+    assert not bad, "\n".join(bad)
+
+
 def test_the_walk_sees_the_package():
     parts = {_part(_module_name(p)) for p in FILES}
     assert {"models", "generation", "rl", "parallel", "planning"} <= parts

@@ -12,5 +12,32 @@ Modules, one job each:
 """
 
 from corea_jax.cascade.thresholds import risk_controlled_threshold
+from corea_jax.cascade.backends import (Answer, LocalBackend, MODES, failed_answer, messages_for,
+                                        non_embedding_params)
+from corea_jax.cascade.costs import CostModel
+from corea_jax.cascade.datasets import Item
+from corea_jax.cascade.records import make_record
+from corea_jax.cascade.thresholds import check_tau, keeps, tau_from_json, tau_to_json
+from corea_jax.cascade import config, evaluate, records, report, thresholds  # modules other packages use
 
-__all__ = ["risk_controlled_threshold"]
+__all__ = [
+    "Answer",
+    "CostModel",
+    "Item",
+    "LocalBackend",
+    "MODES",
+    "check_tau",
+    "config",
+    "evaluate",
+    "failed_answer",
+    "keeps",
+    "make_record",
+    "messages_for",
+    "non_embedding_params",
+    "records",
+    "report",
+    "risk_controlled_threshold",
+    "tau_from_json",
+    "tau_to_json",
+    "thresholds",
+]

@@ -215,7 +215,7 @@ def _chat_ids(tokenizer, messages) -> list[int]:
 @functools.partial(jax.jit, static_argnames=("config",))
 def _final_hidden(config, params, tokens, mask):
     """[B, T] left-padded tokens -> the final normed hidden state of the last token [B, D]."""
-    from corea_jax.models.decoder import Decoder, positions_from_mask
+    from corea_jax.models import Decoder, positions_from_mask
 
     hidden, _ = Decoder(config).apply({"params": params}, tokens, positions_from_mask(mask), mask,
                                       None, head=False)
@@ -230,7 +230,7 @@ def last_hidden_states(model, sequences: Sequence[Sequence[int]], batch_size: in
     """
     import jax.numpy as jnp
 
-    from corea_jax.parallel.sharding import mesh_context
+    from corea_jax.parallel import mesh_context
 
     pad = model.config.pad_token_id or 0
     out: list[np.ndarray] = []

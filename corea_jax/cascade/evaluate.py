@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from corea_jax.cascade import backends as backends_lib
-from corea_jax.cascade import datasets, records as records_lib
+from corea_jax.cascade import backends as backends_lib, datasets, records as records_lib
 from corea_jax.cascade.costs import CostModel
 from corea_jax.parallel import machine
 
@@ -65,7 +64,7 @@ def load_model(spec) -> Any:
         path = name
     mesh = None
     if _field(spec, "mesh"):
-        from corea_jax.parallel.sharding import make_mesh, parse_mesh
+        from corea_jax.parallel import make_mesh, parse_mesh
 
         mesh = make_mesh(parse_mesh(spec.mesh))
     return corea_jax.load_model(path, dtype=_field(spec, "dtype", "float32"), mesh=mesh)

@@ -10,7 +10,7 @@ possible sum, and one `\nConfidence: c` token per confidence bucket (0.0, 0.1, .
 
 from __future__ import annotations
 
-from corea_jax.models.config import ModelConfig
+from corea_jax.models import ModelConfig
 
 PAD, BOS, EOS = 0, 1, 2
 _QUESTION_CHARS = "0123456789+="

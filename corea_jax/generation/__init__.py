@@ -9,3 +9,20 @@ from corea_jax.generation.engine import (Completion, GenerationProgram, SCHEDULE
                                          SamplingScalars,
                                          chat_token_ids, compile_count, eos_token_ids, generate,
                                          generate_followup, generate_tokens)
+from corea_jax.generation.continuous import SlotRow, SlotScheduler
+
+__all__ = [
+    "Completion",
+    "GenerationProgram",
+    "SCHEDULES",
+    "SamplingParams",
+    "SamplingScalars",
+    "SlotRow",
+    "SlotScheduler",
+    "chat_token_ids",
+    "compile_count",
+    "eos_token_ids",
+    "generate",
+    "generate_followup",
+    "generate_tokens",
+]

@@ -20,8 +20,7 @@ from tqdm.auto import tqdm
 from corea_jax.generation import steps
 from corea_jax.generation.params import SamplingParams
 from corea_jax.generation.steps import SamplingScalars, eos_token_ids
-from corea_jax.models.config import ModelConfig
-from corea_jax.models.decoder import KVCache
+from corea_jax.models import ModelConfig, KVCache
 
 
 _DECODE_CHUNK = 16  # decode steps per device call in continuous batching

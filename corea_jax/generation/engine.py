@@ -41,9 +41,8 @@ from corea_jax.generation import continuous, steps
 from corea_jax.generation.params import Completion, SamplingParams
 from corea_jax.generation.static import GenerationProgram
 from corea_jax.generation.steps import SamplingScalars, compile_count, eos_token_ids
-from corea_jax.models.config import ModelConfig
-from corea_jax.models.decoder import KVCache
-from corea_jax.parallel.machine import one_cpu
+from corea_jax.models import ModelConfig, KVCache
+from corea_jax.parallel import one_cpu
 
 __all__ = ["Completion", "GenerationProgram", "SCHEDULES", "SamplingParams", "SamplingScalars",
            "chat_token_ids", "compile_count", "eos_token_ids", "generate", "generate_followup",

@@ -14,9 +14,8 @@ import jax.numpy as jnp
 from corea_jax.generation import steps
 from corea_jax.generation.params import SamplingParams
 from corea_jax.generation.steps import SamplingScalars
-from corea_jax.models.config import ModelConfig
-from corea_jax.models.decoder import KVCache, init_cache, positions_from_mask
-from corea_jax.models.model import cache_shardings, param_shapes, param_shardings
+from corea_jax.models import (ModelConfig, KVCache, init_cache, positions_from_mask, cache_shardings,
+                              param_shapes, param_shardings)
 
 
 @flax.struct.dataclass

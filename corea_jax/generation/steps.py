@@ -13,9 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from corea_jax.generation import sampling as sampling_lib
-from corea_jax.models.config import ModelConfig
-from corea_jax.models.decoder import Decoder, KVCache, init_cache, positions_from_mask
-from corea_jax.models.model import cache_shardings
+from corea_jax.models import ModelConfig, Decoder, KVCache, init_cache, positions_from_mask, cache_shardings
 
 if TYPE_CHECKING:
     from corea_jax.generation.params import SamplingParams
@@ -168,7 +166,7 @@ def eos_token_ids(model) -> list[int]:
 
 def mesh_context(model):
     """Inside: the model's mesh is global and logical axis names map to it by the sharding rules."""
-    from corea_jax.parallel.sharding import mesh_context
+    from corea_jax.parallel import mesh_context
 
     return mesh_context(model.mesh)
 

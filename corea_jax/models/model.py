@@ -138,7 +138,7 @@ def _resolve(path: str | os.PathLike) -> Path:
 def param_shardings(config: ModelConfig, mesh) -> dict:
     """NamedShardings of every parameter on `mesh` by the sharding rules; ValueError naming the
     parameter and the mesh axis when an axis does not divide a dimension."""
-    from corea_jax.parallel.sharding import check_divisible, logical_to_sharding
+    from corea_jax.parallel import check_divisible, logical_to_sharding
 
     axes = param_logical_axes(config)
     check_divisible(axes, param_shapes(config), mesh)
@@ -149,7 +149,7 @@ def cache_shardings(config: ModelConfig, batch: int, length: int, mesh):
     """NamedShardings of a `KVCache` ([L, batch, K, length, Dh] or one [batch, K, length, Dh]
     per layer) on `mesh` by the sharding rules; an axis a mesh axis does not divide (a batch of
     1 on a data:8 mesh) stays replicated."""
-    from corea_jax.parallel.sharding import fitted_shardings
+    from corea_jax.parallel import fitted_shardings
 
     return fitted_shardings(cache_logical_axes(config), jax.eval_shape(lambda: init_cache(config, batch, length)),
                             mesh)

@@ -64,8 +64,7 @@ def cascade_config(config, *, task_dir: Path, slm_dir: Path, llm_dir: Path) -> m
 
 def answer_llm(cascade_cfg, out: Path) -> None:
     """`out/records.jsonl`: the LLM's answers to the calibration and test items."""
-    from corea_jax.cascade import evaluate, records
-    from corea_jax.cascade.costs import CostModel
+    from corea_jax.cascade import evaluate, records, CostModel
 
     calibration, test = evaluate.load_splits(cascade_cfg)
     backend = evaluate.make_backend(cascade_cfg.llm, "llm")

@@ -29,12 +29,9 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from corea_jax.data import chains, tokenizer_training
-from corea_jax.data.questions import Record
-from corea_jax.parallel.machine import cpu_model
-from corea_jax.reproduction import base_models, cascade_stages
-from corea_jax.reproduction import toy_models as models_lib
-from corea_jax.reproduction import report as report_lib
+from corea_jax.data import chains, tokenizer_training, Record
+from corea_jax.parallel import cpu_model
+from corea_jax.reproduction import base_models, cascade_stages, toy_models as models_lib, report as report_lib
 from corea_jax.reproduction.stages import Stage, plain, read_marker, run_stage
 
 
@@ -56,7 +53,7 @@ def read_split(task_dir: Path, split: str) -> list[dict]:
 def build_tokenizer(config, task_dir: Path, out: Path) -> None:
     """Trained on what the models read and write: the chat roles, the questions and the SFT
     targets (worked solution, boxed answer, confidence line)."""
-    from corea_jax.rl.policy import sft_target_text
+    from corea_jax.rl import sft_target_text
 
     rows = read_split(task_dir, "train")
     texts = ["system", "user", "assistant"] + [r["question"] for r in rows]
@@ -93,9 +90,12 @@ def train_stage(workdir: Path, name: str, config, overrides: dict, *, model_dir:
             train_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
         tc = models_lib.trainer_config(config, overrides, model_dir=model_dir, train_file=train_file, seed=seed)
         on_step, bar = _progress(tc.total_steps, name)
-        try:  # the trainer's own lines (resume, the model written) go above the bar
-            trainer.train(tc, out, log=lambda message: None if message.startswith("step ") else tqdm.write(message),
-                          on_step=on_step)
+        def log(message: str) -> None:  # the trainer's other lines (resume, the model) above the bar
+            if not message.startswith("step "):  # each step is on the bar already
+                tqdm.write(message)
+
+        try:
+            trainer.train(tc, out, log=log, on_step=on_step)
         finally:
             bar.close()
 

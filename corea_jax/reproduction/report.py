@@ -234,8 +234,7 @@ def _read_records(path: Path) -> list[dict]:
 
 def _test_split(records: list[dict], cost_model_name: str):
     """The cascade's test Split (per-item correctness, costs, confidences) of one SLM's records."""
-    from corea_jax.cascade import report as cascade_report
-    from corea_jax.cascade.costs import CostModel
+    from corea_jax.cascade import report as cascade_report, CostModel
 
     params = {}
     for r in records:

@@ -8,8 +8,7 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from corea_jax.models.config import ModelConfig
-from corea_jax.models.model import Model, init_params, save_hf
+from corea_jax.models import ModelConfig, Model, init_params, save_hf
 from corea_jax.rl import config as rl_config
 
 

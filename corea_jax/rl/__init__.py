@@ -19,3 +19,36 @@ from corea_jax.rl.logprobs import completion_logprobs
 from corea_jax.rl.train_state import TrainState, init_train_state, make_optimizer
 from corea_jax.rl.trainer import train
 from corea_jax.rl.update import update_step
+from corea_jax.rl.config import loss_config, total_updates
+from corea_jax.rl.policy import sft_target_text
+from corea_jax.rl.train_state import train_state_shardings
+from corea_jax.rl.update import micro_batch_shardings, sharded_update_step
+from corea_jax.rl import batching, config, flops, trainer  # modules other packages use
+
+__all__ = [
+    "LossConfig",
+    "TrainState",
+    "aggregation_weights",
+    "batching",
+    "completion_logprobs",
+    "config",
+    "defaults",
+    "flops",
+    "group_advantages",
+    "grpo_loss",
+    "init_train_state",
+    "loss_config",
+    "make_optimizer",
+    "micro_batch_shardings",
+    "policy_objective",
+    "sft_loss",
+    "sft_target_text",
+    "sharded_update_step",
+    "tied_groups",
+    "total_updates",
+    "train",
+    "train_state_shardings",
+    "trainer",
+    "update_step",
+    "validate",
+]

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from corea_jax.models.config import ModelConfig
+from corea_jax.models import ModelConfig
 from corea_jax.rl.train_state import TrainState
 
 

@@ -12,7 +12,7 @@ import json
 import ml_collections
 
 from corea_jax import rewards
-from corea_jax.data.questions import validate_data_config
+from corea_jax.data import validate_data_config
 from corea_jax.settings import check_fields, expect, is_int as _is_int
 from corea_jax.rl import grpo
 from corea_jax.rl.train_state import SCHEDULES, schedule_uses_run_length
@@ -185,7 +185,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _expect(config.log.peak_flops > 0, "log.peak_flops", "a number > 0 (FLOP/s)", config.log.peak_flops)
 
     mesh = dict(config.mesh)
-    from corea_jax.parallel.sharding import MESH_AXES
+    from corea_jax.parallel import MESH_AXES
 
     unknown = sorted(set(mesh) - set(MESH_AXES))
     _expect(not unknown, "mesh", f"axes from {MESH_AXES}", unknown)

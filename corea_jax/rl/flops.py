@@ -8,7 +8,7 @@ backward pass costs twice the forward.
 
 from __future__ import annotations
 
-from corea_jax.models.config import ModelConfig
+from corea_jax.models import ModelConfig
 
 
 def layer_weights(config: ModelConfig) -> int:

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from corea_jax.models.config import ModelConfig
+from corea_jax.models import ModelConfig
 from corea_jax.rl.logprobs import completion_logprobs
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")

@@ -16,8 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from corea_jax.models.config import ModelConfig
-from corea_jax.models.decoder import Decoder, init_cache, lm_head_weights, positions_from_mask
+from corea_jax.models import ModelConfig, Decoder, init_cache, lm_head_weights, positions_from_mask
 
 
 # Rows x positions whose logits exist at once: the [N, C, V] float32 logits of a long

@@ -14,13 +14,11 @@ import jax
 import numpy as np
 
 from corea_jax import prompts
-from corea_jax.data.questions import Record
-from corea_jax.data.toy import ToyTokenizer, num_answers, toy_model_config
+from corea_jax.data import Record, ToyTokenizer, num_answers, toy_model_config
 from corea_jax.generation import chat_token_ids
-from corea_jax.models.config import ModelConfig
-from corea_jax.models.decoder import relayout
-from corea_jax.models.model import (Model, decoding_feature_major, decoding_scan_layers, init_params, load_model,
-                                    param_shardings, training_layout, training_scan_layers)
+from corea_jax.models import ModelConfig, relayout
+from corea_jax.models import (Model, decoding_feature_major, decoding_scan_layers, init_params, load_model,
+                              param_shardings, training_layout, training_scan_layers)
 
 
 def build_model(config, mesh=None) -> Model:
@@ -41,7 +39,7 @@ def build_model(config, mesh=None) -> Model:
         params = init_params(model_config, jax.random.key(config.seed))
         model_config, params = relayout(model_config, params, *run_layout(config, model_config, mesh))
         if mesh is not None:
-            from corea_jax.parallel.multihost import place_tree
+            from corea_jax.parallel import place_tree
 
             params = place_tree(params, param_shardings(model_config, mesh))
         return Model(model_config, params, tokenizer, mesh)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from corea_jax.models.decoder import relayout
+from corea_jax.models import relayout
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -98,7 +98,7 @@ def train_state_shardings(state: TrainState, param_shardings, mesh) -> TrainStat
     """The state's shardings (a TrainState of NamedShardings): the params by `param_shardings`,
     every params-shaped optimizer slot (AdamW's mu, nu) like its parameter, scalars
     (step, optimizer counts) replicated. `state` may be abstract (jax.eval_shape)."""
-    from corea_jax.parallel.sharding import replicated
+    from corea_jax.parallel import replicated
 
     scalar = replicated(mesh)
     opt_state = optax.tree_map_params(state.tx, lambda _, sharding: sharding, state.opt_state,

@@ -26,15 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from corea_jax import rewards
-from corea_jax.data.questions import load_records, step_indices
+from corea_jax.data import load_records, step_indices
 from corea_jax.generation import SamplingParams
-from corea_jax.models.model import Model, save_hf
+from corea_jax.models import Model, save_hf
 from corea_jax.rl import batching, flops, grpo, policy, rollout, scoring
 from corea_jax.rl.checkpointing import Checkpointer, key_data, key_from_data, layout_meta
 from corea_jax.rl.config import loss_config as run_loss_config, resume_differences, total_updates, validate
 from corea_jax.rl.metrics_writer import MetricsWriter
-from corea_jax.parallel.multihost import global_array, place_tree
-from corea_jax.parallel.sharding import mesh_context
+from corea_jax.parallel import global_array, place_tree, mesh_context
 from corea_jax.rl.train_state import (TrainState, init_train_state, learning_rate_schedule, make_optimizer,
                                      optimizer_updates, relayout_state, train_state_shardings)
 from corea_jax.rl.update import micro_batch_shardings, score_logprobs, sharded_update_step, update_step
@@ -45,7 +44,7 @@ def make_run_mesh(config):
     shape = {axis: int(size) for axis, size in dict(config.mesh).items()}
     if int(np.prod(list(shape.values()) or [1])) == 1:
         return None
-    from corea_jax.parallel.sharding import make_mesh
+    from corea_jax.parallel import make_mesh
 
     return make_mesh(shape, jax.devices()[:int(np.prod(list(shape.values())))])
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from corea_jax.models.config import ModelConfig
+from corea_jax.models import ModelConfig
 from corea_jax.rl import grpo
 from corea_jax.rl.train_state import TrainState
 
@@ -76,7 +76,7 @@ follow the inputs; `sharded_update_step` fixes them explicitly for a mesh.
 
 def micro_batch_shardings(micro_batches, mesh):
     """Every [M, rows, ...] micro-batch array with its row axis over the mesh's batch axes."""
-    from corea_jax.parallel.sharding import batch_sharding
+    from corea_jax.parallel import batch_sharding
 
     return jax.tree.map(lambda x: batch_sharding(x.shape, mesh, batch_dim=1), micro_batches)
 
@@ -90,7 +90,7 @@ def sharded_update_step(state_shardings: TrainState, batch_shardings, mesh, *, m
     buffers are donated) and the metrics come back replicated. Returns the jitted function
     (call it inside `parallel.sharding.mesh_context(mesh)`; `.lower(...)` for AOT plans).
     """
-    from corea_jax.parallel.sharding import replicated
+    from corea_jax.parallel import replicated
 
     step = functools.partial(_update, model_config=model_config, loss_config=loss_config,
                              objective=objective)

@@ -13,5 +13,13 @@ Modules, one job each (vLLM's split: wire format, logic, routes):
 """
 
 from corea_jax.serving.app import create_app, serve
+from corea_jax.serving.auth import parse_keys
+from corea_jax.serving import app, refit  # modules other packages use
 
-__all__ = ["create_app", "serve"]
+__all__ = [
+    "app",
+    "create_app",
+    "parse_keys",
+    "refit",
+    "serve",
+]

@@ -25,8 +25,7 @@ from typing import Callable
 
 from corea_jax import confidence as confidence_lib
 from corea_jax import grading, prompts
-from corea_jax.cascade.backends import Answer, failed_answer, messages_for, non_embedding_params
-from corea_jax.cascade.datasets import Item
+from corea_jax.cascade import Answer, failed_answer, messages_for, non_embedding_params, Item
 from corea_jax.serving.batcher import EngineBatcher, EngineStopped
 
 # A gold the cascade's HTTPBackend can grade against (it always grades); the verdict is dropped.
@@ -197,9 +196,8 @@ def random_model(spec, tokenizer_dir: Path, seed: int = 0):
     import numpy as np
     from transformers import AutoTokenizer
 
-    from corea_jax.data.tokenizer_training import train_tokenizer
-    from corea_jax.models.config import ModelConfig
-    from corea_jax.models.model import Model, param_shapes
+    from corea_jax.data import train_tokenizer
+    from corea_jax.models import ModelConfig, Model, param_shapes
 
     arch = spec.arch
     if (tokenizer_dir / "tokenizer.json").exists():  # trained by an earlier start

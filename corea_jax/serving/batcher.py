@@ -25,8 +25,7 @@ import threading
 import time
 from typing import Callable
 
-from corea_jax.generation import SamplingParams, compile_count
-from corea_jax.generation.continuous import SlotRow, SlotScheduler
+from corea_jax.generation import SamplingParams, compile_count, SlotRow, SlotScheduler
 
 log = logging.getLogger(__name__)
 MAX_RESTARTS = 3  # engine failures tolerated within RESTART_WINDOW_S before it stays down

@@ -38,11 +38,8 @@ from pathlib import Path
 from typing import Callable
 
 from corea_jax import grading
-from corea_jax.cascade.backends import failed_answer
-from corea_jax.cascade.costs import CostModel
-from corea_jax.cascade.datasets import Item
-from corea_jax.cascade.records import make_record
-from corea_jax.cascade.thresholds import check_tau, keeps, tau_from_json, tau_to_json
+from corea_jax.cascade import (failed_answer, CostModel, Item, make_record, check_tau, keeps,
+                               tau_from_json, tau_to_json)
 from corea_jax.serving.answerers import Overloaded
 from corea_jax.serving.log import RequestLog
 from corea_jax.serving.protocol import (SERVED_MODELS, APIError, ChatCompletionRequest, bad_request,

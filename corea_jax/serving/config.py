@@ -62,7 +62,7 @@ def defaults() -> ml_collections.ConfigDict:
 def validate(config) -> None:
     """Raises ValueError naming the first field the server cannot run with (no model is loaded)."""
     from corea_jax import grading
-    from corea_jax.cascade.thresholds import check_tau
+    from corea_jax.cascade import check_tau
     from corea_jax.confidence import SOURCES
 
     check_fields(config, defaults(), "config", free=("arch",))
