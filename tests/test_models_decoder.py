@@ -217,3 +217,17 @@ def test_training_layout_unrolls_layers_only_on_one_cpu():
     assert training_layout(cfg, None) == (False, False)
     assert training_layout(wide, None) == (False, True)
     assert training_layout(wide, make_mesh({"data": len(jax.devices())})) == (True, False)
+
+
+def test_one_builder_makes_every_small_decoder():
+    """models.small_decoder: head_dim from the width, q/k/v biases by family, tied embeddings
+    unless told otherwise (the toy policy, the reproduction's decoders, the server's test models)."""
+    from corea_jax.models import small_decoder
+
+    arch = dict(hidden_size=64, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2,
+                max_position_embeddings=128)
+    qwen = small_decoder(arch, vocab_size=320, eos_token_ids=(3,), pad_token_id=0)
+    llama = small_decoder({**arch, "model_type": "llama"}, vocab_size=320, eos_token_ids=(3,), pad_token_id=0,
+                          tie_word_embeddings=False)
+    assert qwen.model_type == "qwen2" and qwen.qkv_bias and qwen.head_dim == 16 and qwen.tie_word_embeddings
+    assert llama.model_type == "llama" and not llama.qkv_bias and not llama.tie_word_embeddings

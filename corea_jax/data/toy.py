@@ -10,7 +10,7 @@ possible sum, and one `\nConfidence: c` token per confidence bucket (0.0, 0.1, .
 
 from __future__ import annotations
 
-from corea_jax.models import ModelConfig
+from corea_jax.models import ModelConfig, small_decoder
 
 PAD, BOS, EOS = 0, 1, 2
 _QUESTION_CHARS = "0123456789+="
@@ -62,10 +62,7 @@ def num_answers(max_operand: int, addend: int = -1) -> int:
 def toy_model_config(tokenizer: ToyTokenizer, hidden_size: int = 64, num_layers: int = 2,
                      num_heads: int = 4, max_length: int = 32) -> ModelConfig:
     """A tiny random-init decoder over the toy vocabulary (rounded up to a multiple of 8)."""
-    return ModelConfig(
-        model_type="qwen2", vocab_size=-(-len(tokenizer) // 8) * 8, hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size, num_layers=num_layers, num_heads=num_heads,
-        num_kv_heads=max(1, num_heads // 2), head_dim=hidden_size // num_heads,
-        max_position_embeddings=max_length,
-        qkv_bias=True, tie_word_embeddings=False, bos_token_id=BOS, eos_token_ids=(EOS,),
-        pad_token_id=PAD)
+    arch = dict(hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_layers=num_layers,
+                num_heads=num_heads, num_kv_heads=max(1, num_heads // 2), max_position_embeddings=max_length)
+    return small_decoder(arch, vocab_size=-(-len(tokenizer) // 8) * 8, eos_token_ids=(EOS,), pad_token_id=PAD,
+                         tie_word_embeddings=False, bos_token_id=BOS)

@@ -1,7 +1,7 @@
 """Models: config, the linen decoder, checkpoint import (HF safetensors, GGUF) and export."""
 
 from corea_jax.models.checkpoint import CheckpointError
-from corea_jax.models.config import ConfigError, ModelConfig
+from corea_jax.models.config import ConfigError, ModelConfig, for_tokenizer, small_decoder
 from corea_jax.models.decoder import Decoder, KVCache, init_cache, relayout
 from corea_jax.models.model import (Model, forward, init_params, load_model, logits,
                                     param_logical_axes, save_hf)
@@ -12,6 +12,8 @@ from corea_jax.models.model import (cache_shardings, decoding_feature_major, dec
 from corea_jax.models import fetch  # modules other packages use
 
 __all__ = [
+    "for_tokenizer",
+    "small_decoder",
     "ARCHITECTURES",
     "CheckpointError",
     "ConfigError",

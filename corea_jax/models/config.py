@@ -230,6 +230,29 @@ class ModelConfig:
         return hf
 
 
+def small_decoder(arch, *, vocab_size: int, eos_token_ids, pad_token_id: int, **fields) -> ModelConfig:
+    """A small Qwen2- or Llama-family decoder from `arch` (model_type, hidden_size,
+    intermediate_size, num_layers, num_heads, num_kv_heads, max_position_embeddings: a dict or
+    ConfigDict; model_type defaults to "qwen2"): head_dim = hidden_size / num_heads, q/k/v biases
+    as the family has them, embeddings tied unless `fields` say otherwise. The one builder behind
+    the toy policy, the reproduction's decoders and the server's random test models."""
+    get = (lambda k, d=None: arch[k] if k in arch else d)
+    model_type = get("model_type", "qwen2")
+    fields.setdefault("tie_word_embeddings", True)
+    return ModelConfig(
+        model_type=model_type, vocab_size=int(vocab_size), hidden_size=get("hidden_size"),
+        intermediate_size=get("intermediate_size"), num_layers=get("num_layers"), num_heads=get("num_heads"),
+        num_kv_heads=get("num_kv_heads"), head_dim=get("hidden_size") // get("num_heads"),
+        max_position_embeddings=get("max_position_embeddings"), qkv_bias=model_type == "qwen2",
+        eos_token_ids=tuple(int(e) for e in eos_token_ids), pad_token_id=int(pad_token_id), **fields)
+
+
+def for_tokenizer(arch, tokenizer, **fields) -> ModelConfig:
+    """`small_decoder` over an HF tokenizer's vocabulary, its eos ending an assistant turn."""
+    return small_decoder(arch, vocab_size=len(tokenizer), eos_token_ids=(tokenizer.eos_token_id,),
+                         pad_token_id=tokenizer.pad_token_id, **fields)
+
+
 def _rope_from_hf(hf: dict[str, Any]) -> RopeScaling:
     """RoPE settings from `rope_parameters` (transformers 5) or `rope_theta` + `rope_scaling` (4.x)."""
     params = dict(hf.get("rope_scaling") or {})

@@ -8,20 +8,14 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from corea_jax.models import ModelConfig, Model, init_params, save_hf
+from corea_jax.models import Model, ModelConfig, for_tokenizer, init_params, save_hf
 from corea_jax.rl import config as rl_config
 
 
 def model_config(arch, tokenizer) -> ModelConfig:
     """A decoder of family `arch.model_type` ("qwen2" or "llama") with `arch`'s sizes and the
     tokenizer's vocabulary and special tokens (eos ends an assistant turn)."""
-    return ModelConfig(
-        model_type=arch.model_type, vocab_size=len(tokenizer), hidden_size=arch.hidden_size,
-        intermediate_size=arch.intermediate_size, num_layers=arch.num_layers, num_heads=arch.num_heads,
-        num_kv_heads=arch.num_kv_heads, head_dim=arch.hidden_size // arch.num_heads,
-        max_position_embeddings=arch.max_position_embeddings, qkv_bias=arch.model_type == "qwen2",
-        tie_word_embeddings=True, eos_token_ids=(int(tokenizer.eos_token_id),),
-        pad_token_id=int(tokenizer.pad_token_id))
+    return for_tokenizer(arch, tokenizer)
 
 
 def init_model_dir(arch, tokenizer_dir: Path, out_dir: Path, seed: int) -> ModelConfig:

@@ -197,7 +197,7 @@ def random_model(spec, tokenizer_dir: Path, seed: int = 0):
     from transformers import AutoTokenizer
 
     from corea_jax.data import train_tokenizer
-    from corea_jax.models import ModelConfig, Model, param_shapes
+    from corea_jax.models import Model, for_tokenizer, param_shapes
 
     arch = spec.arch
     if (tokenizer_dir / "tokenizer.json").exists():  # trained by an earlier start
@@ -206,13 +206,7 @@ def random_model(spec, tokenizer_dir: Path, seed: int = 0):
         texts = [prompts.instruction(cfg) for cfg in prompts.PROMPTS.values()]
         texts += ["What is 12 + 30? The answer is \\boxed{42}.\nConfidence: 0.8"] * 4
         tokenizer = train_tokenizer(texts, tokenizer_dir, vocab_size=arch.vocab_size)
-    config = ModelConfig(
-        model_type="qwen2", vocab_size=len(tokenizer), hidden_size=arch.hidden_size,
-        intermediate_size=arch.intermediate_size, num_layers=arch.num_layers, num_heads=arch.num_heads,
-        num_kv_heads=arch.num_kv_heads, head_dim=arch.hidden_size // arch.num_heads,
-        max_position_embeddings=arch.max_position_embeddings, qkv_bias=True, tie_word_embeddings=True,
-        eos_token_ids=(int(tokenizer.eos_token_id),), pad_token_id=int(tokenizer.pad_token_id),
-        scan_layers=False)  # the decoding layout
+    config = for_tokenizer(arch, tokenizer, scan_layers=False)  # qwen2; the decoding layout
     # Drawn on the host: no init program to compile. Norm scales 1, biases 0, weights normal.
     rng = np.random.default_rng(seed)
 
