@@ -91,7 +91,12 @@ def get_config(variant: str = ""):
     c.rl_runs = dict(rlvr="rlvr", rlcc="rlcc_l1", brier="rlcc_brier")
 
     # The cascade on the test split (thresholds and probe on the calibration split).
-    c.cascade = dict(cost_model="flops", risk_epsilon=0.05, risk_delta=0.1, batch_size=256, bootstrap=1000)
+    # samples: the protocol of the report and its claims. k > 0: each SLM answers every
+    # calibration and test question k times at the RL runs' rollout temperature, and pass@1,
+    # confidence and the cascade are scored on those samples (as RL papers report pass@1;
+    # RLCC calibrates its confidence to those rollouts); greedy numbers alongside. 0: greedy.
+    c.cascade = dict(cost_model="flops", risk_epsilon=0.05, risk_delta=0.1, batch_size=256, bootstrap=1000,
+                     samples=4)
     if variant == "quick":
         c.task.update(dict(train=4000, calibration=64, test=96, max_ops=3, max_digits=1, digit_shares=None,
                            random_names=False, heldout_share=0.0, max_prompt_tokens=32, max_new_tokens=48))
@@ -108,5 +113,6 @@ def get_config(variant: str = ""):
         # setting) RLCC and Brier lost every parseable answer in eight steps (2026-12-06)
         c.rl.optim.learning_rate = 1e-3
         c.cascade.bootstrap = 100
+        c.cascade.samples = 2
         c.from_scratch = True  # no shipped models at test size
     return c

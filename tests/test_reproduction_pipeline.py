@@ -64,6 +64,25 @@ def test_report_has_every_system_and_file(quick_run):
     assert (workdir / "llm_sft" / "hf" / "tokenizer.json").exists()
 
 
+def test_the_sampled_protocol_scores_every_sample_and_keeps_greedy_alongside(quick_run):
+    workdir, report, _ = quick_run
+    samples = _quick_config().cascade.samples
+    assert report["protocol"].startswith(f"sampled: each SLM answers every question {samples} times")
+    assert report["n_test_items"] == samples * report["n_test"]
+    for run in ("sft", "rlvr", "rlcc", "brier"):
+        cascade = json.loads((workdir / f"sampled_{run}" / "report.json").read_text())
+        assert cascade["n_test"] == samples * 96 and cascade["n_calibration"] == samples * 64
+    # the LLM's greedy answer stands for each sample: its pass@1 is the greedy one
+    greedy = report["greedy"]
+    assert greedy["systems"]["LLM"]["pass_at_1"] == report["systems"]["LLM"]["pass_at_1"]
+    assert [row["claim"] for row in greedy["claims"]] == [row["claim"] for row in report["claims"]]
+    assert list(greedy["systems"]) == list(SYSTEMS)
+    text = (workdir / "report.md").read_text()
+    assert "## Greedy decoding, alongside" in text and "Protocol of every number below" in text
+    for row in report["claims"]:  # a claim holds where its margin clears its bound
+        assert row["margin"] is None or abs(row["margin"]) < 1e-12 or (row["margin"] > 0) == row["holds"], row
+
+
 def test_rlcc_lowers_the_overconfident_sft_models_ece(quick_run):
     s = quick_run[1]["systems"]
     assert s["SFT-SLM"]["ece"] > 0.15

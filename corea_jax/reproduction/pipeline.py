@@ -169,7 +169,9 @@ def evaluate_models(config, workdir: Path, stages: dict[str, Stage], *,
                     log: Callable[[str], None] = print) -> dict[str, Stage]:
     """Stages llm_answers and cascade_<run> for every SLM (SFT and the RL runs)."""
     task_dir, llm_dir = stages["task"].path, stages["llm_sft"].path / "hf"
-    cascade_inputs = {"task": stages["task"].key, "cascade": plain(config.cascade), "seed": config.seed,
+    # cascade.samples is the sampled stages' input only (the greedy ones keep their keys)
+    cascade_fields = {k: v for k, v in plain(config.cascade).items() if k != "samples"}
+    cascade_inputs = {"task": stages["task"].key, "cascade": cascade_fields, "seed": config.seed,
                       "prompt": config.task.prompt, "max_new_tokens": config.task.max_new_tokens}
     slms = {"sft": stages["slm_sft"], **{run: stages[f"slm_{run}"] for run in config.rl_runs}}
     out: dict[str, Stage] = {}
@@ -187,25 +189,60 @@ def evaluate_models(config, workdir: Path, stages: dict[str, Stage], *,
             workdir, f"cascade_{run}", dict(cascade_inputs, slm=slm.key, llm=out["llm_answers"].key),
             lambda d, slm=slm: cascade_stages.run_cascade(
                 cfg(slm.path / "hf"), out["llm_answers"].path / cascade_stages.RECORDS, d), log=log)
+    samples = config.cascade.get("samples", 0)
+    if samples:
+        temperature = config.rl.rollout.temperature  # the RL runs' (RLCC calibrates its rollouts)
+        for run, slm in slms.items():
+            def build(d: Path, slm=slm) -> None:
+                sizes = cascade_stages.sampled_splits(task_dir, samples, d)
+                cascade_stages.run_sampled_cascade(
+                    cascade_stages.cascade_config(config, task_dir=d, slm_dir=slm.path / "hf", llm_dir=llm_dir),
+                    out["llm_answers"].path / cascade_stages.RECORDS, sizes, samples=samples,
+                    temperature=temperature, seed=config.seed, out=d)
+
+            out[f"sampled_{run}"] = run_stage(
+                workdir, f"sampled_{run}", dict(cascade_inputs, slm=slm.key, llm=out["llm_answers"].key,
+                                                samples=samples, temperature=temperature), build, log=log)
     return out
 
 
 def write_report(config, workdir: Path, stages: dict[str, Stage]) -> dict:
     """report.json / report.md / PNGs in the workdir, from the stages' outputs."""
     runs = ["sft", *config.rl_runs]
-    cascades = {run: json.loads((stages[f"cascade_{run}"].path / "report.json").read_text()) for run in runs}
     runtime = sum(stage.seconds for stage in stages.values())
     curves = {label: report_lib.read_metrics(stages[f"slm_{run}"].path / "metrics.jsonl")
               for run, label in (("rlvr", "RLVR"), ("rlcc", "RLCC-L1"), ("brier", "RLCC-Brier"))
               if run in config.rl_runs}
-    groups = {f"test/{i}": f"{row['digits']}-digit" for i, row in enumerate(read_split(stages["task"].path, "test"))}
+    task_dir = stages["task"].path
+    test = [f"{row['digits']}-digit" for row in read_split(task_dir, "test")]
+    questions = {split: len(read_split(task_dir, split)) for split in chains.SPLITS if split != "train"}
     base = ("base models trained here" if config.from_scratch
             else "shipped base models (corea_jax/reproduction/base_models)")
     provenance = f"seed {config.seed}, base seed {config.base_seed}, {base}; CPU: {cpu_model()}"
-    return report_lib.write_all(workdir, cascades, curves,
-                                {run: stages[f"cascade_{run}"].path / cascade_stages.RECORDS for run in runs},
-                                runtime_s=runtime, stage_seconds={n: s.seconds for n, s in stages.items()},
-                                groups=groups, provenance=provenance)
+
+    def protocol_inputs(prefix: str, samples: int) -> dict:
+        return {"cascades": {run: json.loads((stages[f"{prefix}_{run}"].path / "report.json").read_text())
+                             for run in runs},
+                "records": {run: stages[f"{prefix}_{run}"].path / cascade_stages.RECORDS for run in runs},
+                "groups": {f"test/{j * len(test) + i}": group for j in range(samples)
+                           for i, group in enumerate(test)}}
+
+    greedy = protocol_inputs("cascade", 1)
+    samples = config.cascade.get("samples", 0)
+    common = dict(runtime_s=runtime, stage_seconds={n: s.seconds for n, s in stages.items()},
+                  provenance=provenance, questions=questions)
+    if not samples:
+        return report_lib.write_all(workdir, greedy["cascades"], curves, greedy["records"],
+                                    groups=greedy["groups"], **common)
+    sampled = protocol_inputs("sampled", samples)
+    temperature = config.rl.rollout.temperature
+    protocol = (f"sampled: each SLM answers every question {samples} times at temperature {temperature:g} "
+                f"(the RL runs' rollout temperature); pass@1 is the mean accuracy over those samples, and "
+                f"confidence (ECE, AUROC, Brier), thresholds and the cascade are scored on the same samples; "
+                f"the LLM answers greedily")
+    return report_lib.write_all(workdir, sampled["cascades"], curves, sampled["records"], groups=sampled["groups"],
+                                protocol=protocol, protocol_short=f"{samples} samples at T = {temperature:g}",
+                                greedy=greedy, **common)
 
 
 def export_base_models(config, workdir: str | Path, dest: Path = base_models.SHIPPED, cpu: str = "") -> dict:

@@ -244,11 +244,12 @@ def _test_split(records: list[dict], cost_model_name: str):
 
 
 def claims(systems: dict[str, dict]) -> list[dict]:
-    """COREA's claims on this run, each {claim, value, target, holds}: an overconfident SFT
+    """COREA's claims on this run, each {claim, value, target, margin, holds}: an overconfident SFT
     SLM; RLCC calibrating it (ECE halved, below RLVR's) with confidences that rank right above
     wrong (AUROC); RL raising pass@1; the cascade at the paper's tau within 2 points of the
     LLM at <= 80% of its cost; an LLM clearly stronger than the SFT SLM. A claim whose numbers
-    are missing (a system without a stated confidence) has value null and does not hold."""
+    are missing (a system without a stated confidence) has value null and does not hold; its
+    margin (how far the value clears its bound; negative where it fails) is null too."""
     def get(name, key):
         return systems.get(name, {}).get(key)
 
@@ -257,27 +258,30 @@ def claims(systems: dict[str, dict]) -> list[dict]:
         return None if a is None or b is None else (a / b if ratio else a - b)
 
     sft_ece, rlvr_ece, sft_acc = get("SFT-SLM", "ece"), get("RLVR-SLM", "ece"), get("SFT-SLM", "pass_at_1")
-    fmt = lambda v: "?" if v is None else f"{v:.3f}"  # noqa: E731
+    half = None if sft_ece is None else sft_ece / 2
+    # (claim, value, relation, bound): the claim holds where `value relation bound`
     rows = [
-        ("SFT-SLM ECE > 0.15 (overconfident)", sft_ece, "> 0.15", lambda v: v > 0.15),
-        ("RLCC-SLM ECE <= half of SFT-SLM's", get("RLCC-SLM", "ece"), f"<= {fmt(sft_ece and sft_ece / 2)}",
-         lambda v: sft_ece is not None and v <= sft_ece / 2),
-        ("RLCC-SLM ECE < RLVR-SLM's", get("RLCC-SLM", "ece"), f"< {fmt(rlvr_ece)}",
-         lambda v: rlvr_ece is not None and v < rlvr_ece),
-        ("RLCC-SLM AUROC >= 0.75", get("RLCC-SLM", "auroc"), ">= 0.75", lambda v: v >= 0.75),
-        ("RLVR-SLM pass@1 > SFT-SLM's", get("RLVR-SLM", "pass_at_1"), f"> {fmt(sft_acc)}",
-         lambda v: sft_acc is not None and v > sft_acc),
-        ("RLCC-SLM pass@1 > SFT-SLM's", get("RLCC-SLM", "pass_at_1"), f"> {fmt(sft_acc)}",
-         lambda v: sft_acc is not None and v > sft_acc),
-        ("COREA pass@1 within 2 points of the LLM's", rel("COREA", "pass_at_1", ("LLM", "pass_at_1")),
-         ">= -0.020", lambda v: v >= -0.02 - 1e-12),
-        ("COREA cost <= 80% of the LLM's", rel("COREA", "avg_cost", ("LLM", "avg_cost"), ratio=True), "<= 0.800",
-         lambda v: v <= 0.8),
-        ("LLM pass@1 >= SFT-SLM's + 15 points", rel("LLM", "pass_at_1", ("SFT-SLM", "pass_at_1")), ">= 0.150",
-         lambda v: v >= 0.15 - 1e-12),
+        ("SFT-SLM ECE > 0.15 (overconfident)", sft_ece, ">", 0.15),
+        ("RLCC-SLM ECE <= half of SFT-SLM's", get("RLCC-SLM", "ece"), "<=", half),
+        ("RLCC-SLM ECE < RLVR-SLM's", get("RLCC-SLM", "ece"), "<", rlvr_ece),
+        ("RLCC-SLM AUROC >= 0.75", get("RLCC-SLM", "auroc"), ">=", 0.75),
+        ("RLVR-SLM pass@1 > SFT-SLM's", get("RLVR-SLM", "pass_at_1"), ">", sft_acc),
+        ("RLCC-SLM pass@1 > SFT-SLM's", get("RLCC-SLM", "pass_at_1"), ">", sft_acc),
+        ("COREA pass@1 within 2 points of the LLM's", rel("COREA", "pass_at_1", ("LLM", "pass_at_1")), ">=", -0.02),
+        ("COREA cost <= 80% of the LLM's", rel("COREA", "avg_cost", ("LLM", "avg_cost"), ratio=True), "<=", 0.8),
+        ("LLM pass@1 >= SFT-SLM's + 15 points", rel("LLM", "pass_at_1", ("SFT-SLM", "pass_at_1")), ">=", 0.15),
     ]
-    return [{"claim": claim, "value": None if value is None else float(value), "target": target,
-             "holds": value is not None and bool(check(value))} for claim, value, target, check in rows]
+    out = []
+    for claim, value, relation, bound in rows:
+        # margin: how far the value lies on the holding side of its bound (negative: fails by
+        # that much); a non-strict bound holds at margin 0 up to float rounding
+        margin = None if value is None or bound is None else (
+            float(value) - bound if relation.startswith(">") else bound - float(value))
+        holds = margin is not None and (margin > 0 if len(relation) == 1 else margin >= -1e-12)
+        target = f"{relation} {'?' if bound is None else format(bound, '.3f')}"
+        out.append({"claim": claim, "value": None if value is None else float(value), "target": target,
+                    "margin": margin, "holds": holds})
+    return out
 
 
 def _claims_markdown(rows: list[dict]) -> list[str]:
@@ -358,9 +362,10 @@ def render_markdown(report: dict, cascades: dict[str, dict]) -> str:
     llm, corea = s["LLM"], s["COREA"]
     lines = [
         "# COREA reproduced on a toy: chain arithmetic, from-scratch Qwen2-family models", "",
-        f"{report['n_test']} test items, {report['n_calibration']} calibration items (thresholds); "
+        f"{report['n_test']} test questions, {report['n_calibration']} calibration questions (thresholds); "
         f"cost model `{report['cost_model']}` ({report.get('cost_definition') or 'see corea_jax/cascade/costs.py'}); "
         f"{report['runtime_s']:.0f} s of stage time from an empty workdir; {report['provenance']}.", "",
+        f"Protocol of every number below unless a section says otherwise: {report['protocol']}.", "",
         markdown_table(s), "",
         f"COREA (RLCC-SLM -> LLM at tau = {_cell(corea['tau'], '{:.2f}')}, the LLM's calibration pass@1): "
         f"pass@1 {corea['pass_at_1']:.1%} vs the LLM's {llm['pass_at_1']:.1%} "
@@ -374,8 +379,14 @@ def render_markdown(report: dict, cascades: dict[str, dict]) -> str:
         "Per-SLM cascade reports (intervals, parse rates, every baseline): `cascade_<run>/report.md`.", ""]
     lines += ["## COREA's claims on this run", "", *_claims_markdown(report["claims"]), ""]
     if report.get("by_difficulty"):
-        lines += ["## By difficulty (test pass@1 and mean stated confidence, greedy)", "",
+        lines += [f"## By difficulty (test pass@1 and mean stated confidence, {report['protocol_short']})", "",
                   *_difficulty_markdown(report["by_difficulty"]), ""]
+    if report.get("greedy"):
+        g = report["greedy"]
+        lines += ["## Greedy decoding, alongside (temperature 0: one answer per question)", "",
+                  markdown_table(g["systems"]), "", *_claims_markdown(g["claims"]), ""]
+        if g.get("by_difficulty"):
+            lines += [*_difficulty_markdown(g["by_difficulty"]), ""]
     lines += [
         "![table](table.png)", "", "![reliability](reliability.png)", "",
         "![learning curves](learning_curves.png)", "", "![frontier](frontier.png)", "",
@@ -386,19 +397,33 @@ def render_markdown(report: dict, cascades: dict[str, dict]) -> str:
 
 def write_all(workdir: Path, cascades: dict[str, dict], curves: dict[str, list[dict]],
               records: dict[str, Path], *, runtime_s: float, stage_seconds: dict[str, float],
-              groups: dict[str, str] | None = None, provenance: str = "") -> dict:
+              groups: dict[str, str] | None = None, provenance: str = "",
+              protocol: str = "greedy decoding, one answer per question", protocol_short: str = "greedy",
+              questions: dict[str, int] | None = None, greedy: dict | None = None) -> dict:
     """report.json, report.md, table.png, reliability.png, learning_curves.png, frontier.png.
     `groups` ({test item id: difficulty}) adds the by-difficulty table; `provenance` says
-    where the models came from and on which machine (report.md's first line)."""
+    where the models came from and on which machine (report.md's first line); `protocol`
+    how the SLMs answered (every number and claim of the report uses it). `greedy`
+    ({"cascades", "records", "groups"} of greedy cascades) adds a greedy section alongside
+    a sampled protocol; `questions` ({split: questions}) counts questions where items are samples."""
     first = cascades["rlcc"]
-    report = {"systems": compose_systems(cascades), "n_test": first["n_test"],
-              "n_calibration": first["n_calibration"], "cost_model": first["cost_model"],
+    report = {"protocol": protocol, "protocol_short": protocol_short,
+              "systems": compose_systems(cascades),
+              "n_test": (questions or {}).get("test", first["n_test"]), "n_test_items": first["n_test"],
+              "n_calibration": (questions or {}).get("calibration", first["n_calibration"]),
+              "cost_model": first["cost_model"],
               "cost_definition": first.get("cost_definition"),
               "runtime_s": runtime_s, "stage_seconds": stage_seconds, "provenance": provenance,
               "claims": None,
               "by_difficulty": by_difficulty({run: _read_records(path) for run, path in records.items()},
                                              groups) if groups else {}}
     report["claims"] = claims(report["systems"])
+    if greedy:
+        systems = compose_systems(greedy["cascades"])
+        report["greedy"] = {"systems": systems, "claims": claims(systems),
+                            "by_difficulty": by_difficulty({run: _read_records(path) for run, path
+                                                            in greedy["records"].items()}, greedy["groups"])
+                            if greedy.get("groups") else {}}
     tmp = workdir / "report.json.tmp"
     tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     os.replace(tmp, workdir / "report.json")
