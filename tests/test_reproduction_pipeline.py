@@ -117,3 +117,14 @@ def test_summary_over_runs_names_the_cpu_and_every_claim(quick_run):
     assert text.startswith(f"Mean [min, max] over 2 runs (seed0, seed1). CPU: {cpu_model()}.")
     for row in claims(report["systems"]):
         assert f"| {row['claim']} |" in text
+    assert "| claim | min margin | run | holds in |" in text
+    gain = 100 * (report["systems"]["RLCC-SLM"]["pass_at_1"] - report["systems"]["SFT-SLM"]["pass_at_1"])
+    assert f"| RLCC-SLM | {gain:+.2f} | [{gain:+.2f}, {gain:+.2f}] | {gain:+.2f} |" in text  # two equal runs
+
+
+def test_claim_margins_figure(quick_run, tmp_path):
+    from corea_jax.reproduction.report import plot_claim_margins
+
+    _, report, _ = quick_run
+    path = plot_claim_margins({"seed0": report, "seed1": report}, tmp_path / "margins.png")
+    assert path.stat().st_size > 1000
