@@ -89,8 +89,6 @@ def get_config(variant: str = ""):
                 grpo=dict(micro_batch_size=128, advantage="mean"),
                 optim=dict(learning_rate=1e-4, warmup_steps=5, schedule="constant"))
     c.rl_runs = dict(rlvr="rlvr", rlcc="rlcc_l1", brier="rlcc_brier")
-    # The RL prompts' mix of operand lengths within the train split (None: the split's 60/40).
-    c.rl_digit_shares = None
 
     # The cascade on the test split (thresholds and probe on the calibration split).
     # samples: the protocol of the report and its claims. k > 0: each SLM answers every

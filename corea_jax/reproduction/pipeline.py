@@ -161,8 +161,7 @@ def train_models(config, workdir: Path, *, log: Callable[[str], None] = print) -
         overrides["reward"] = dict(overrides.get("reward", {}), preset=preset)
         stages[f"slm_{run}"] = train_stage(
             workdir, f"slm_{run}", config, overrides, model_dir=sft.path / "hf", task_dir=task_dir,
-            inputs={"sft": sft.key, "task": stages["task"].key, "seed": config.seed}, seed=config.seed, log=log,
-            digit_shares=config.get("rl_digit_shares"), shares_field="config.rl_digit_shares")
+            inputs={"sft": sft.key, "task": stages["task"].key, "seed": config.seed}, seed=config.seed, log=log)
     return stages
 
 
