@@ -80,7 +80,9 @@ def get_config(variant: str = ""):
     # 16 prompts a step: at 8 prompts and 5e-4 (or 1e-3) every run lost accuracy. Learning
     # rate 1e-4: at 3e-4 (and 2e-4) for 150 steps every run lost accuracy on this task; RLCC's
     # confidence follows the operand length after about 100 steps (README, tuning log).
-    c.rl = dict(mode="grpo", total_steps=250, model=dict(scan_layers=False),
+    # 400 steps: at 250 the RL-vs-SFT margin was 0.6-1.6 points (seeds 0-3); the extra steps
+    # also start to raise the two-digit class (greedy 5.6% -> 6-8.5%; docs/reproduce/TUNING.md).
+    c.rl = dict(mode="grpo", total_steps=400, model=dict(scan_layers=False),
                 rollout=dict(prompts_per_step=16, group_size=8, batch_size=128, temperature=1.0),
                 # advantage "mean" (r - group mean, Dr. GRPO): dividing by the group's std
                 # magnifies the calibration term in groups whose correctness ties (all right:
