@@ -118,6 +118,7 @@ def test_summary_over_runs_names_the_cpu_and_every_claim(quick_run):
     for row in claims(report["systems"]):
         assert f"| {row['claim']} |" in text
     assert "| claim | min margin | run | holds in |" in text
+    assert f"Protocol: {report['protocol']}." in text
     gain = 100 * (report["systems"]["RLCC-SLM"]["pass_at_1"] - report["systems"]["SFT-SLM"]["pass_at_1"])
     assert f"| RLCC-SLM | {gain:+.2f} | [{gain:+.2f}, {gain:+.2f}] | {gain:+.2f} |" in text  # two equal runs
 

@@ -306,7 +306,9 @@ def summarize_seeds(reports: dict[str, dict]) -> str:
     cpus = sorted({r["provenance"].split("CPU: ", 1)[1] for r in reports.values()
                    if "CPU: " in r.get("provenance", "")})
     where = f" CPU: {'; '.join(cpus)}." if cpus else ""
+    protocols = sorted({r.get("protocol", "greedy decoding, one answer per question") for r in reports.values()})
     lines = [f"Mean [min, max] over {len(labels)} runs ({', '.join(labels)}).{where}", "",
+             f"Protocol: {' / '.join(protocols)}.", "",
              "| system | pass@1 | cost / LLM | ECE | AUROC |", "|---|---|---|---|---|"]
     for name in systems:
         rows = [r["systems"][name] for r in reports.values()]
