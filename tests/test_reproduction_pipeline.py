@@ -108,6 +108,16 @@ def test_launch_reproduce_names_a_bad_task_field_without_a_traceback(tmp_path):
     assert not (tmp_path / "task").exists()
 
 
+def test_launch_reproduce_refuses_negative_samples_without_a_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.reproduce", f"--workdir={tmp_path}", "--config.cascade.samples=-1"],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode != 0
+    assert "cascade.samples: expected an integer >= 0 (0: greedy only), found -1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "task").exists()
+
+
 def test_summary_over_runs_names_the_cpu_and_every_claim(quick_run):
     from corea_jax.parallel.machine import cpu_model
     from corea_jax.reproduction.report import claims, summarize_seeds

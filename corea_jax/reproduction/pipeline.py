@@ -14,8 +14,11 @@ Stages, each a directory of the workdir (corea_jax.reproduction.stages caches th
   slm_rlvr, slm_rlcc, slm_brier   GRPO from the SFT SLM with the rlvr / rlcc_l1 /
                        rlcc_brier rewards, the same steps and seed
   llm_answers the LLM answers the calibration and test splits (cascade records)
-  cascade_sft, cascade_rlvr, cascade_rlcc, cascade_brier   each SLM answers both splits and
-                       the cascade package scores it against the LLM's records
+  cascade_sft, cascade_rlvr, cascade_rlcc, cascade_brier   each SLM answers both splits
+                       greedily and the cascade package scores it against the LLM's records
+  sampled_sft, sampled_rlvr, sampled_rlcc, sampled_brier   the same with config.cascade.samples
+                       answers per question at the RL temperature (absent with samples = 0);
+                       the report and its claims use them, the greedy numbers alongside
   report      report.md, report.json and the PNGs, in the workdir itself (not cached: a
               pure function of the stages, written in a second)
 """
@@ -167,7 +170,8 @@ def train_models(config, workdir: Path, *, log: Callable[[str], None] = print) -
 
 def evaluate_models(config, workdir: Path, stages: dict[str, Stage], *,
                     log: Callable[[str], None] = print) -> dict[str, Stage]:
-    """Stages llm_answers and cascade_<run> for every SLM (SFT and the RL runs)."""
+    """Stages llm_answers, cascade_<run> and (config.cascade.samples > 0) sampled_<run> for
+    every SLM (SFT and the RL runs)."""
     task_dir, llm_dir = stages["task"].path, stages["llm_sft"].path / "hf"
     # cascade.samples is the sampled stages' input only (the greedy ones keep their keys)
     cascade_fields = {k: v for k, v in plain(config.cascade).items() if k != "samples"}
@@ -260,6 +264,9 @@ def export_base_models(config, workdir: str | Path, dest: Path = base_models.SHI
 
 def run(config, workdir: str | Path, *, log: Callable[[str], None] = print) -> dict:
     """The whole job; returns report.json's dict. Reruns skip every stage whose inputs held."""
+    samples = config.cascade.get("samples", 0)
+    if not isinstance(samples, int) or samples < 0:  # refused before any stage runs
+        raise ValueError(f"cascade.samples: expected an integer >= 0 (0: greedy only), found {samples!r}")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
