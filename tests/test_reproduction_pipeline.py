@@ -57,7 +57,9 @@ def test_report_has_every_system_and_file(quick_run):
     # by operand length (the quick task is one-digit only): every SLM run and the LLM
     table = on_disk["by_difficulty"]
     assert list(table) == ["SFT-SLM", "RLVR-SLM", "Brier-SLM", "RLCC-SLM", "LLM"]
-    assert table["LLM"]["1-digit"]["n"] == 96 and table["LLM"]["1-digit"]["confidence_mean"] is None
+    # n counts the samples scored (the LLM's greedy answer stands for each of a question's samples)
+    assert table["LLM"]["1-digit"]["n"] == on_disk["n_test_items"]
+    assert table["LLM"]["1-digit"]["confidence_mean"] is None
     assert abs(table["RLCC-SLM"]["1-digit"]["pass_at_1"] - s["RLCC-SLM"]["pass_at_1"]) < 1e-9
     assert "base models trained here" in on_disk["provenance"] and "CPU: " in on_disk["provenance"]
     assert "## By difficulty" in (workdir / "report.md").read_text()
