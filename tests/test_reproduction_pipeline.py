@@ -59,11 +59,32 @@ def test_report_has_every_system_and_file(quick_run):
     # by operand length (the quick task is one-digit only): every SLM run and the LLM
     table = on_disk["by_difficulty"]
     assert list(table) == ["SFT-SLM", "RLVR-SLM", "Brier-SLM", "RLCC-SLM", "LLM"]
-    assert table["LLM"]["1-digit"]["n"] == 96 and table["LLM"]["1-digit"]["confidence_mean"] is None
+    # n counts the samples scored (the LLM's greedy answer stands for each of a question's samples)
+    assert table["LLM"]["1-digit"]["n"] == on_disk["n_test_items"]
+    assert table["LLM"]["1-digit"]["confidence_mean"] is None
     assert abs(table["RLCC-SLM"]["1-digit"]["pass_at_1"] - s["RLCC-SLM"]["pass_at_1"]) < 1e-9
     assert "base models trained here" in on_disk["provenance"] and "CPU: " in on_disk["provenance"]
     assert "## By difficulty" in (workdir / "report.md").read_text()
     assert (workdir / "llm_sft" / "hf" / "tokenizer.json").exists()
+
+
+def test_the_sampled_protocol_scores_every_sample_and_keeps_greedy_alongside(quick_run):
+    workdir, report, _ = quick_run
+    samples = _quick_config().cascade.samples
+    assert report["protocol"].startswith(f"sampled: each SLM answers every question {samples} times")
+    assert report["n_test_items"] == samples * report["n_test"]
+    for run in ("sft", "rlvr", "rlcc", "brier"):
+        cascade = json.loads((workdir / f"sampled_{run}" / "report.json").read_text())
+        assert cascade["n_test"] == samples * 96 and cascade["n_calibration"] == samples * 64
+    # the LLM's greedy answer stands for each sample: its pass@1 is the greedy one
+    greedy = report["greedy"]
+    assert greedy["systems"]["LLM"]["pass_at_1"] == report["systems"]["LLM"]["pass_at_1"]
+    assert [row["claim"] for row in greedy["claims"]] == [row["claim"] for row in report["claims"]]
+    assert list(greedy["systems"]) == list(SYSTEMS)
+    text = (workdir / "report.md").read_text()
+    assert "## Greedy decoding, alongside" in text and "Protocol of every number below" in text
+    for row in report["claims"]:  # a claim holds where its margin clears its bound
+        assert row["margin"] is None or abs(row["margin"]) < 1e-12 or (row["margin"] > 0) == row["holds"], row
 
 
 def test_rlcc_lowers_the_overconfident_sft_models_ece(quick_run):
@@ -91,6 +112,16 @@ def test_launch_reproduce_names_a_bad_task_field_without_a_traceback(tmp_path):
     assert not (tmp_path / "task").exists()
 
 
+def test_launch_reproduce_refuses_negative_samples_without_a_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.reproduce", f"--workdir={tmp_path}", "--config.cascade.samples=-1"],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode != 0
+    assert "cascade.samples: expected an integer >= 0 (0: greedy only), found -1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "task").exists()
+
+
 def test_summary_over_runs_names_the_cpu_and_every_claim(quick_run):
     from corea_jax.parallel.machine import cpu_model
     from corea_jax.reproduction.report import claims, summarize_seeds
@@ -100,3 +131,15 @@ def test_summary_over_runs_names_the_cpu_and_every_claim(quick_run):
     assert text.startswith(f"Mean [min, max] over 2 runs (seed0, seed1). CPU: {cpu_model()}.")
     for row in claims(report["systems"]):
         assert f"| {row['claim']} |" in text
+    assert "| claim | min margin | run | holds in |" in text
+    assert f"Protocol: {report['protocol']}." in text
+    gain = 100 * (report["systems"]["RLCC-SLM"]["pass_at_1"] - report["systems"]["SFT-SLM"]["pass_at_1"])
+    assert f"| RLCC-SLM | {gain:+.2f} | [{gain:+.2f}, {gain:+.2f}] | {gain:+.2f} |" in text  # two equal runs
+
+
+def test_claim_margins_figure(quick_run, tmp_path):
+    from corea_jax.reproduction.report import plot_claim_margins
+
+    _, report, _ = quick_run
+    path = plot_claim_margins({"seed0": report, "seed1": report}, tmp_path / "margins.png")
+    assert path.stat().st_size > 1000

@@ -12,8 +12,6 @@ from corea_jax.models.model import (cache_shardings, decoding_feature_major, dec
 from corea_jax.models import fetch  # modules other packages use
 
 __all__ = [
-    "for_tokenizer",
-    "small_decoder",
     "ARCHITECTURES",
     "CheckpointError",
     "ConfigError",
@@ -27,6 +25,7 @@ __all__ = [
     "decoding_feature_major",
     "decoding_scan_layers",
     "fetch",
+    "for_tokenizer",
     "forward",
     "init_cache",
     "init_params",
@@ -39,6 +38,7 @@ __all__ = [
     "positions_from_mask",
     "relayout",
     "save_hf",
+    "small_decoder",
     "training_layout",
     "training_scan_layers",
 ]

@@ -14,8 +14,11 @@ Stages, each a directory of the workdir (corea_jax.reproduction.stages caches th
   slm_rlvr, slm_rlcc, slm_brier   GRPO from the SFT SLM with the rlvr / rlcc_l1 /
                        rlcc_brier rewards, the same steps and seed
   llm_answers the LLM answers the calibration and test splits (cascade records)
-  cascade_sft, cascade_rlvr, cascade_rlcc, cascade_brier   each SLM answers both splits and
-                       the cascade package scores it against the LLM's records
+  cascade_sft, cascade_rlvr, cascade_rlcc, cascade_brier   each SLM answers both splits
+                       greedily and the cascade package scores it against the LLM's records
+  sampled_sft, sampled_rlvr, sampled_rlcc, sampled_brier   the same with config.cascade.samples
+                       answers per question at the RL temperature (absent with samples = 0);
+                       the report and its claims use them, the greedy numbers alongside
   report      report.md, report.json and the PNGs, in the workdir itself (not cached: a
               pure function of the stages, written in a second)
 """
@@ -162,9 +165,12 @@ def train_models(config, workdir: Path, *, log: Callable[[str], None] = print) -
 
 def evaluate_models(config, workdir: Path, stages: dict[str, Stage], *,
                     log: Callable[[str], None] = print) -> dict[str, Stage]:
-    """Stages llm_answers and cascade_<run> for every SLM (SFT and the RL runs)."""
+    """Stages llm_answers, cascade_<run> and (config.cascade.samples > 0) sampled_<run> for
+    every SLM (SFT and the RL runs)."""
     task_dir, llm_dir = stages["task"].path, stages["llm_sft"].path / "hf"
-    cascade_inputs = {"task": stages["task"].key, "cascade": plain(config.cascade), "seed": config.seed,
+    # cascade.samples is the sampled stages' input only (the greedy ones keep their keys)
+    cascade_fields = {k: v for k, v in plain(config.cascade).items() if k != "samples"}
+    cascade_inputs = {"task": stages["task"].key, "cascade": cascade_fields, "seed": config.seed,
                       "prompt": config.task.prompt, "max_new_tokens": config.task.max_new_tokens}
     slms = {"sft": stages["slm_sft"], **{run: stages[f"slm_{run}"] for run in config.rl_runs}}
     out: dict[str, Stage] = {}
@@ -182,25 +188,60 @@ def evaluate_models(config, workdir: Path, stages: dict[str, Stage], *,
             workdir, f"cascade_{run}", dict(cascade_inputs, slm=slm.key, llm=out["llm_answers"].key),
             lambda d, slm=slm: cascade_stages.run_cascade(
                 cfg(slm.path / "hf"), out["llm_answers"].path / cascade_stages.RECORDS, d), log=log)
+    samples = config.cascade.get("samples", 0)
+    if samples:
+        temperature = config.rl.rollout.temperature  # the RL runs' (RLCC calibrates its rollouts)
+        for run, slm in slms.items():
+            def build(d: Path, slm=slm) -> None:
+                sizes = cascade_stages.sampled_splits(task_dir, samples, d)
+                cascade_stages.run_sampled_cascade(
+                    cascade_stages.cascade_config(config, task_dir=d, slm_dir=slm.path / "hf", llm_dir=llm_dir),
+                    out["llm_answers"].path / cascade_stages.RECORDS, sizes, samples=samples,
+                    temperature=temperature, seed=config.seed, out=d)
+
+            out[f"sampled_{run}"] = run_stage(
+                workdir, f"sampled_{run}", dict(cascade_inputs, slm=slm.key, llm=out["llm_answers"].key,
+                                                samples=samples, temperature=temperature), build, log=log)
     return out
 
 
 def write_report(config, workdir: Path, stages: dict[str, Stage]) -> dict:
     """report.json / report.md / PNGs in the workdir, from the stages' outputs."""
     runs = ["sft", *config.rl_runs]
-    cascades = {run: json.loads((stages[f"cascade_{run}"].path / "report.json").read_text()) for run in runs}
     runtime = sum(stage.seconds for stage in stages.values())
     curves = {label: report_lib.read_metrics(stages[f"slm_{run}"].path / "metrics.jsonl")
               for run, label in (("rlvr", "RLVR"), ("rlcc", "RLCC-L1"), ("brier", "RLCC-Brier"))
               if run in config.rl_runs}
-    groups = {f"test/{i}": f"{row['digits']}-digit" for i, row in enumerate(read_split(stages["task"].path, "test"))}
+    task_dir = stages["task"].path
+    test = [f"{row['digits']}-digit" for row in read_split(task_dir, "test")]
+    questions = {split: len(read_split(task_dir, split)) for split in chains.SPLITS if split != "train"}
     base = ("base models trained here" if config.from_scratch
             else "shipped base models (corea_jax/reproduction/base_models)")
     provenance = f"seed {config.seed}, base seed {config.base_seed}, {base}; CPU: {cpu_model()}"
-    return report_lib.write_all(workdir, cascades, curves,
-                                {run: stages[f"cascade_{run}"].path / cascade_stages.RECORDS for run in runs},
-                                runtime_s=runtime, stage_seconds={n: s.seconds for n, s in stages.items()},
-                                groups=groups, provenance=provenance)
+
+    def protocol_inputs(prefix: str, samples: int) -> dict:
+        return {"cascades": {run: json.loads((stages[f"{prefix}_{run}"].path / "report.json").read_text())
+                             for run in runs},
+                "records": {run: stages[f"{prefix}_{run}"].path / cascade_stages.RECORDS for run in runs},
+                "groups": {f"test/{j * len(test) + i}": group for j in range(samples)
+                           for i, group in enumerate(test)}}
+
+    greedy = protocol_inputs("cascade", 1)
+    samples = config.cascade.get("samples", 0)
+    common = dict(runtime_s=runtime, stage_seconds={n: s.seconds for n, s in stages.items()},
+                  provenance=provenance, questions=questions)
+    if not samples:
+        return report_lib.write_all(workdir, greedy["cascades"], curves, greedy["records"],
+                                    groups=greedy["groups"], **common)
+    sampled = protocol_inputs("sampled", samples)
+    temperature = config.rl.rollout.temperature
+    protocol = (f"sampled: each SLM answers every question {samples} times at temperature {temperature:g} "
+                f"(the RL runs' rollout temperature); pass@1 is the mean accuracy over those samples, and "
+                f"confidence (ECE, AUROC, Brier), thresholds and the cascade are scored on the same samples; "
+                f"the LLM answers greedily")
+    return report_lib.write_all(workdir, sampled["cascades"], curves, sampled["records"], groups=sampled["groups"],
+                                protocol=protocol, protocol_short=f"{samples} samples at T = {temperature:g}",
+                                greedy=greedy, **common)
 
 
 def export_base_models(config, workdir: str | Path, dest: Path = base_models.SHIPPED, cpu: str = "") -> dict:
@@ -218,6 +259,9 @@ def export_base_models(config, workdir: str | Path, dest: Path = base_models.SHI
 
 def run(config, workdir: str | Path, *, log: Callable[[str], None] = print) -> dict:
     """The whole job; returns report.json's dict. Reruns skip every stage whose inputs held."""
+    samples = config.cascade.get("samples", 0)
+    if not isinstance(samples, int) or samples < 0:  # refused before any stage runs
+        raise ValueError(f"cascade.samples: expected an integer >= 0 (0: greedy only), found {samples!r}")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

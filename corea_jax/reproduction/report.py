@@ -243,11 +243,12 @@ def _test_split(records: list[dict], cost_model_name: str):
 
 
 def claims(systems: dict[str, dict]) -> list[dict]:
-    """COREA's claims on this run, each {claim, value, target, holds}: an overconfident SFT
+    """COREA's claims on this run, each {claim, value, target, margin, holds}: an overconfident SFT
     SLM; RLCC calibrating it (ECE halved, below RLVR's) with confidences that rank right above
     wrong (AUROC); RL raising pass@1; the cascade at the paper's tau within 2 points of the
     LLM at <= 80% of its cost; an LLM clearly stronger than the SFT SLM. A claim whose numbers
-    are missing (a system without a stated confidence) has value null and does not hold."""
+    are missing (a system without a stated confidence) has value null and does not hold; its
+    margin (how far the value clears its bound; negative where it fails) is null too."""
     def get(name, key):
         return systems.get(name, {}).get(key)
 
@@ -256,27 +257,30 @@ def claims(systems: dict[str, dict]) -> list[dict]:
         return None if a is None or b is None else (a / b if ratio else a - b)
 
     sft_ece, rlvr_ece, sft_acc = get("SFT-SLM", "ece"), get("RLVR-SLM", "ece"), get("SFT-SLM", "pass_at_1")
-    fmt = lambda v: "?" if v is None else f"{v:.3f}"  # noqa: E731
+    half = None if sft_ece is None else sft_ece / 2
+    # (claim, value, relation, bound): the claim holds where `value relation bound`
     rows = [
-        ("SFT-SLM ECE > 0.15 (overconfident)", sft_ece, "> 0.15", lambda v: v > 0.15),
-        ("RLCC-SLM ECE <= half of SFT-SLM's", get("RLCC-SLM", "ece"), f"<= {fmt(sft_ece and sft_ece / 2)}",
-         lambda v: sft_ece is not None and v <= sft_ece / 2),
-        ("RLCC-SLM ECE < RLVR-SLM's", get("RLCC-SLM", "ece"), f"< {fmt(rlvr_ece)}",
-         lambda v: rlvr_ece is not None and v < rlvr_ece),
-        ("RLCC-SLM AUROC >= 0.75", get("RLCC-SLM", "auroc"), ">= 0.75", lambda v: v >= 0.75),
-        ("RLVR-SLM pass@1 > SFT-SLM's", get("RLVR-SLM", "pass_at_1"), f"> {fmt(sft_acc)}",
-         lambda v: sft_acc is not None and v > sft_acc),
-        ("RLCC-SLM pass@1 > SFT-SLM's", get("RLCC-SLM", "pass_at_1"), f"> {fmt(sft_acc)}",
-         lambda v: sft_acc is not None and v > sft_acc),
-        ("COREA pass@1 within 2 points of the LLM's", rel("COREA", "pass_at_1", ("LLM", "pass_at_1")),
-         ">= -0.020", lambda v: v >= -0.02 - 1e-12),
-        ("COREA cost <= 80% of the LLM's", rel("COREA", "avg_cost", ("LLM", "avg_cost"), ratio=True), "<= 0.800",
-         lambda v: v <= 0.8),
-        ("LLM pass@1 >= SFT-SLM's + 15 points", rel("LLM", "pass_at_1", ("SFT-SLM", "pass_at_1")), ">= 0.150",
-         lambda v: v >= 0.15 - 1e-12),
+        ("SFT-SLM ECE > 0.15 (overconfident)", sft_ece, ">", 0.15),
+        ("RLCC-SLM ECE <= half of SFT-SLM's", get("RLCC-SLM", "ece"), "<=", half),
+        ("RLCC-SLM ECE < RLVR-SLM's", get("RLCC-SLM", "ece"), "<", rlvr_ece),
+        ("RLCC-SLM AUROC >= 0.75", get("RLCC-SLM", "auroc"), ">=", 0.75),
+        ("RLVR-SLM pass@1 > SFT-SLM's", get("RLVR-SLM", "pass_at_1"), ">", sft_acc),
+        ("RLCC-SLM pass@1 > SFT-SLM's", get("RLCC-SLM", "pass_at_1"), ">", sft_acc),
+        ("COREA pass@1 within 2 points of the LLM's", rel("COREA", "pass_at_1", ("LLM", "pass_at_1")), ">=", -0.02),
+        ("COREA cost <= 80% of the LLM's", rel("COREA", "avg_cost", ("LLM", "avg_cost"), ratio=True), "<=", 0.8),
+        ("LLM pass@1 >= SFT-SLM's + 15 points", rel("LLM", "pass_at_1", ("SFT-SLM", "pass_at_1")), ">=", 0.15),
     ]
-    return [{"claim": claim, "value": None if value is None else float(value), "target": target,
-             "holds": value is not None and bool(check(value))} for claim, value, target, check in rows]
+    out = []
+    for claim, value, relation, bound in rows:
+        # margin: how far the value lies on the holding side of its bound (negative: fails by
+        # that much); a non-strict bound holds at margin 0 up to float rounding
+        margin = None if value is None or bound is None else (
+            float(value) - bound if relation.startswith(">") else bound - float(value))
+        holds = margin is not None and (margin > 0 if len(relation) == 1 else margin >= -1e-12)
+        target = f"{relation} {'?' if bound is None else format(bound, '.3f')}"
+        out.append({"claim": claim, "value": None if value is None else float(value), "target": target,
+                    "margin": margin, "holds": holds})
+    return out
 
 
 def _claims_markdown(rows: list[dict]) -> list[str]:
@@ -301,7 +305,9 @@ def summarize_seeds(reports: dict[str, dict]) -> str:
     cpus = sorted({r["provenance"].split("CPU: ", 1)[1] for r in reports.values()
                    if "CPU: " in r.get("provenance", "")})
     where = f" CPU: {'; '.join(cpus)}." if cpus else ""
+    protocols = sorted({r.get("protocol", "greedy decoding, one answer per question") for r in reports.values()})
     lines = [f"Mean [min, max] over {len(labels)} runs ({', '.join(labels)}).{where}", "",
+             f"Protocol: {' / '.join(protocols)}.", "",
              "| system | pass@1 | cost / LLM | ECE | AUROC |", "|---|---|---|---|---|"]
     for name in systems:
         rows = [r["systems"][name] for r in reports.values()]
@@ -314,7 +320,64 @@ def summarize_seeds(reports: dict[str, dict]) -> str:
     for i, row in enumerate(per_run[0]):
         cells = [f"{'yes' if run[i]['holds'] else '**no**'} ({_cell(run[i]['value'], '{:.3f}')})" for run in per_run]
         lines.append(f"| {row['claim']} | " + " | ".join(cells) + " |")
+    lines += ["", "Each claim's margin (how far its value clears its bound; negative: fails), its minimum "
+              "over the runs and where:", "", "| claim | min margin | run | holds in |", "|---|---|---|---|"]
+    for i, row in enumerate(per_run[0]):
+        margins = [run[i]["margin"] for run in per_run]
+        known = [(m, label) for m, label in zip(margins, labels) if m is not None]
+        low = min(known) if known else (None, "-")
+        held = sum(run[i]["holds"] for run in per_run)
+        lines.append(f"| {row['claim']} | {_cell(low[0], '{:+.3f}')} | {low[1]} | {held} of {len(per_run)} |")
+    lines += ["", "RL's pass@1 gain over the SFT SLM (points): mean over the runs with its 95% interval "
+              "(Student t), and the smallest:", "", "| run | mean gain | 95% interval | min |", "|---|---|---|---|"]
+    for name in ("RLVR-SLM", "RLCC-SLM", "Brier-SLM"):
+        gains = [100 * (r["systems"][name]["pass_at_1"] - r["systems"]["SFT-SLM"]["pass_at_1"])
+                 for r in reports.values() if name in r["systems"]]
+        if gains:
+            low, high = mean_interval(gains)
+            lines.append(f"| {name} | {np.mean(gains):+.2f} | [{low:+.2f}, {high:+.2f}] | {min(gains):+.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """The Student-t interval of the mean of `values` (NaNs for fewer than two)."""
+    from scipy import stats
+
+    values = np.asarray(values, float)
+    if values.size < 2:
+        return float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + level / 2, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size)
+    return float(values.mean() - half), float(values.mean() + half)
+
+
+def plot_claim_margins(reports: dict[str, dict], path: Path) -> Path:
+    """One panel per claim: its margin in each run ({label: report.json}), bars above zero
+    where it holds, below where it fails (pass@1 margins in points)."""
+    labels = list(reports)
+    per_run = [claims(r["systems"]) for r in reports.values()]
+    n = len(per_run[0])
+    cols = 3
+    fig = _figure(5.0 * cols, 3.0 * ((n + cols - 1) // cols))
+    axes = np.atleast_1d(fig.subplots((n + cols - 1) // cols, cols)).ravel()
+    for i, ax in enumerate(axes):
+        if i >= n:
+            ax.axis("off")
+            continue
+        claim = per_run[0][i]["claim"]
+        points = "pass@1" in claim
+        margins = np.array([np.nan if run[i]["margin"] is None else run[i]["margin"] for run in per_run])
+        margins = 100 * margins if points else margins
+        colors = ["#6acc64" if run[i]["holds"] else "#d65f5f" for run in per_run]
+        ax.bar(np.arange(len(labels)), np.nan_to_num(margins), color=colors, edgecolor="black", linewidth=0.5)
+        ax.axhline(0, color="black", linewidth=0.8)
+        if claim.startswith(("RLVR-SLM pass@1", "RLCC-SLM pass@1")):
+            ax.axhline(2, color="gray", linestyle="--", linewidth=1, label="2 points")
+            ax.legend(fontsize=7, loc="upper right")
+        ax.set_xticks(np.arange(len(labels)), labels, rotation=45, fontsize=7)
+        ax.set_title(claim, fontsize=9)
+        ax.set_ylabel("margin (points)" if points else "margin")
+        ax.grid(axis="y", alpha=0.3, linewidth=0.5)
+    return _save(fig, path)
 
 
 RUN_LABELS = {"sft": "SFT-SLM", "rlvr": "RLVR-SLM", "brier": "Brier-SLM", "rlcc": "RLCC-SLM"}
@@ -357,9 +420,10 @@ def render_markdown(report: dict, cascades: dict[str, dict]) -> str:
     llm, corea = s["LLM"], s["COREA"]
     lines = [
         "# COREA reproduced on a toy: chain arithmetic, from-scratch Qwen2-family models", "",
-        f"{report['n_test']} test items, {report['n_calibration']} calibration items (thresholds); "
+        f"{report['n_test']} test questions, {report['n_calibration']} calibration questions (thresholds); "
         f"cost model `{report['cost_model']}` ({report.get('cost_definition') or 'see corea_jax/cascade/costs.py'}); "
         f"{report['runtime_s']:.0f} s of stage time from an empty workdir; {report['provenance']}.", "",
+        f"Protocol of every number below unless a section says otherwise: {report['protocol']}.", "",
         markdown_table(s), "",
         f"COREA (RLCC-SLM -> LLM at tau = {_cell(corea['tau'], '{:.2f}')}, the LLM's calibration pass@1): "
         f"pass@1 {corea['pass_at_1']:.1%} vs the LLM's {llm['pass_at_1']:.1%} "
@@ -373,8 +437,14 @@ def render_markdown(report: dict, cascades: dict[str, dict]) -> str:
         "Per-SLM cascade reports (intervals, parse rates, every baseline): `cascade_<run>/report.md`.", ""]
     lines += ["## COREA's claims on this run", "", *_claims_markdown(report["claims"]), ""]
     if report.get("by_difficulty"):
-        lines += ["## By difficulty (test pass@1 and mean stated confidence, greedy)", "",
+        lines += [f"## By difficulty (test pass@1 and mean stated confidence, {report['protocol_short']})", "",
                   *_difficulty_markdown(report["by_difficulty"]), ""]
+    if report.get("greedy"):
+        g = report["greedy"]
+        lines += ["## Greedy decoding, alongside (temperature 0: one answer per question)", "",
+                  markdown_table(g["systems"]), "", *_claims_markdown(g["claims"]), ""]
+        if g.get("by_difficulty"):
+            lines += [*_difficulty_markdown(g["by_difficulty"]), ""]
     lines += [
         "![table](table.png)", "", "![reliability](reliability.png)", "",
         "![learning curves](learning_curves.png)", "", "![frontier](frontier.png)", "",
@@ -385,19 +455,33 @@ def render_markdown(report: dict, cascades: dict[str, dict]) -> str:
 
 def write_all(workdir: Path, cascades: dict[str, dict], curves: dict[str, list[dict]],
               records: dict[str, Path], *, runtime_s: float, stage_seconds: dict[str, float],
-              groups: dict[str, str] | None = None, provenance: str = "") -> dict:
+              groups: dict[str, str] | None = None, provenance: str = "",
+              protocol: str = "greedy decoding, one answer per question", protocol_short: str = "greedy",
+              questions: dict[str, int] | None = None, greedy: dict | None = None) -> dict:
     """report.json, report.md, table.png, reliability.png, learning_curves.png, frontier.png.
     `groups` ({test item id: difficulty}) adds the by-difficulty table; `provenance` says
-    where the models came from and on which machine (report.md's first line)."""
+    where the models came from and on which machine (report.md's first line); `protocol`
+    how the SLMs answered (every number and claim of the report uses it). `greedy`
+    ({"cascades", "records", "groups"} of greedy cascades) adds a greedy section alongside
+    a sampled protocol; `questions` ({split: questions}) counts questions where items are samples."""
     first = cascades["rlcc"]
-    report = {"systems": compose_systems(cascades), "n_test": first["n_test"],
-              "n_calibration": first["n_calibration"], "cost_model": first["cost_model"],
+    report = {"protocol": protocol, "protocol_short": protocol_short,
+              "systems": compose_systems(cascades),
+              "n_test": (questions or {}).get("test", first["n_test"]), "n_test_items": first["n_test"],
+              "n_calibration": (questions or {}).get("calibration", first["n_calibration"]),
+              "cost_model": first["cost_model"],
               "cost_definition": first.get("cost_definition"),
               "runtime_s": runtime_s, "stage_seconds": stage_seconds, "provenance": provenance,
               "claims": None,
               "by_difficulty": by_difficulty({run: _read_records(path) for run, path in records.items()},
                                              groups) if groups else {}}
     report["claims"] = claims(report["systems"])
+    if greedy:
+        systems = compose_systems(greedy["cascades"])
+        report["greedy"] = {"systems": systems, "claims": claims(systems),
+                            "by_difficulty": by_difficulty({run: _read_records(path) for run, path
+                                                            in greedy["records"].items()}, greedy["groups"])
+                            if greedy.get("groups") else {}}
     tmp = workdir / "report.json.tmp"
     tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     os.replace(tmp, workdir / "report.json")
