@@ -80,8 +80,10 @@ def _ask(c, question, model="corea", **kwargs):
 
 
 def _lines(server) -> list[dict]:
-    path = server.service.log.path
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    """The log's complete lines (read while the server may be appending one)."""
+    from corea_jax.serving.log import read_lines
+
+    return read_lines(server.service.log.path)
 
 
 def _line(server, rid: str) -> dict:
