@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
-from corea_jax.reproduction.stages import plain
+from corea_jax.reproduction.stages import plain, replace_directory
 
 SHIPPED = Path(__file__).parent / "base_models"
 MANIFEST = "manifest.json"
@@ -118,9 +117,5 @@ def export(config, model_dirs: dict[str, Path], test_correct: dict[str, str], ta
                 "sft_seconds": stage_seconds,
                 "cpu": cpu, "files": _file_hashes(tmp)}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    old = dest.with_name(dest.name + ".old")
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_directory(tmp, dest, dest.with_name(dest.name + ".old"))
     return manifest

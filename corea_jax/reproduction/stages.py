@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from corea_jax.files import write_atomic
+
 MARKER = "stage.json"
 
 
@@ -54,6 +56,16 @@ def read_marker(path: Path) -> dict | None:
         return None
 
 
+def replace_directory(new: Path, dest: Path, old: Path) -> None:
+    """Puts directory `new` in place of `dest` by renames (the previous `dest` parked at `old`,
+    then deleted), so a reader finds the whole old or the whole new directory."""
+    if dest.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+    os.replace(new, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def run_stage(workdir: Path, name: str, inputs: dict, build: Callable[[Path], None], *,
               log: Callable[[str], None] = print) -> Stage:
     """Builds stage `name` into `workdir/name` with `build(directory)` unless it is there with
@@ -77,14 +89,7 @@ def run_stage(workdir: Path, name: str, inputs: dict, build: Callable[[Path], No
     build(partial)
     seconds = time.perf_counter() - t0
     marker = {"key": key, "finished": True, "seconds": seconds, "inputs": inputs}
-    tmp = partial / (MARKER + ".tmp")
-    tmp.write_text(json.dumps(marker, indent=2, default=str) + "\n")
-    os.replace(tmp, partial / MARKER)
-    old = workdir / f".{name}.old"
-    if out.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(partial, out)
-    shutil.rmtree(old, ignore_errors=True)
+    write_atomic(partial / MARKER, json.dumps(marker, indent=2, default=str) + "\n")
+    replace_directory(partial, out, workdir / f".{name}.old")
     log(f"[{name}] done in {seconds:.1f} s")
     return Stage(name, out, key, built=True, seconds=seconds)
