@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from corea_jax.reproduction import pipeline
-from corea_jax.reproduction.report import SYSTEMS
+from corea_jax.reproduction.tables import SYSTEMS
 from tests.helpers import REPO
 
 pytestmark = pytest.mark.slow  # servers, subprocesses, notebooks, training runs: `pytest -m slow`
@@ -124,7 +124,8 @@ def test_launch_reproduce_refuses_negative_samples_without_a_traceback(tmp_path)
 
 def test_summary_over_runs_names_the_cpu_and_every_claim(quick_run):
     from corea_jax.parallel.machine import cpu_model
-    from corea_jax.reproduction.report import claims, summarize_seeds
+    from corea_jax.reproduction.report import claims
+    from corea_jax.reproduction.summary import summarize_seeds
 
     _, report, _ = quick_run
     text = summarize_seeds({"seed0": report, "seed1": report})
@@ -138,7 +139,7 @@ def test_summary_over_runs_names_the_cpu_and_every_claim(quick_run):
 
 
 def test_claim_margins_figure(quick_run, tmp_path):
-    from corea_jax.reproduction.report import plot_claim_margins
+    from corea_jax.reproduction.summary import plot_claim_margins
 
     _, report, _ = quick_run
     path = plot_claim_margins({"seed0": report, "seed1": report}, tmp_path / "margins.png")

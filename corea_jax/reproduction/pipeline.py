@@ -209,7 +209,7 @@ def write_report(config, workdir: Path, stages: dict[str, Stage]) -> dict:
     """report.json / report.md / PNGs in the workdir, from the stages' outputs."""
     runs = ["sft", *config.rl_runs]
     runtime = sum(stage.seconds for stage in stages.values())
-    curves = {label: report_lib.read_metrics(stages[f"slm_{run}"].path / "metrics.jsonl")
+    curves = {label: report_lib.read_jsonl(stages[f"slm_{run}"].path / "metrics.jsonl")
               for run, label in (("rlvr", "RLVR"), ("rlcc", "RLCC-L1"), ("brier", "RLCC-Brier"))
               if run in config.rl_runs}
     task_dir = stages["task"].path
