@@ -18,12 +18,10 @@ import ml_collections
 
 # Uninformative SFT confidences: drawn per target independently of the question, so the SFT
 # model's stated confidence says nothing about the question. The SLM's are 1.0 70% of the
-# time (greedy decoding picks the first token "1" over "0", so it says 1.0 on every question:
-# overconfident; at 55% the small model's estimate of that split was noisy and greedy said
-# 0.3-1.0 by question, and at three times any other value "0" won the first token);
-# every value keeps some probability, so RL can move the stated confidence. The LLM's
-# confidence is never read (the cascade defers on the SLM's); its targets keep the earlier
-# mostly-0.9 draws.
+# time, enough that greedy decoding picks the first token "1" over "0" on every question
+# (overconfident; smaller shares: docs/reproduce/TUNING.md); every value keeps some
+# probability, so RL can move the stated confidence. The LLM's confidence is never read (the
+# cascade defers on the SLM's), so its draws were never tuned.
 SLM_SFT_CONFIDENCES = (1.0,) * 23 + (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)
 LLM_SFT_CONFIDENCES = (0.9, 0.9, 1.0, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)
 
@@ -45,8 +43,8 @@ def get_config(variant: str = ""):
     # One- and two-digit operands (60% / 40%), 1-2 operations: the operand length, visible in
     # the question, splits the items into ones the SLM gets right and ones only the LLM does.
     # 40% of the question space is reserved for the held-out splits (one-digit chains number
-    # about 1,300: train would otherwise hold nearly all). Variable names a, b, c in order
-    # (random names: the 64x2 SLM never learned to copy them, 2026-12-06, docs/reproduce/TUNING.md).
+    # about 1,300: train would otherwise hold nearly all). Variable names a, b, c in order: the
+    # 64x2 SLM never learned to copy random ones (docs/reproduce/TUNING.md).
     c.task = dict(train=20000, calibration=300, test=500, max_ops=2, max_digits=2, digit_shares=(0.6, 0.4),
                   random_names=False, heldout_share=0.4, prompt="question", max_prompt_tokens=40,
                   max_new_tokens=72)
@@ -65,29 +63,21 @@ def get_config(variant: str = ""):
     # Each model's own mix of operand lengths within the train split (None: the split's mix,
     # chains.subset_by_digits): the SLM sees mostly one-digit chains, as a small model's
     # training covers less, so its capacity goes to the easy class it must get right. 0.7 / 0.3
-    # leaves RL a little to gain there (98% one-digit); at 0.8 / 0.2 the SFT SLM is already
-    # at 100% and RLCC, giving up two-digit questions, ends below it; at 0.8 / 0.2 with 1200
-    # steps (96%) RLCC's stated confidence on one-digit questions stays 0.8, below tau
-    # (docs/reproduce/TUNING.md).
+    # leaves RL a little to gain on that class (other mixes: docs/reproduce/TUNING.md).
     c.slm_sft_digit_shares = (0.7, 0.3)
     c.llm_sft_digit_shares = None
-    # The LLM learns two-digit sums only with more steps at a lower rate (1200 steps: 10-25%;
-    # 2400 at 1e-3: 75%; README, tuning log).
+    # The LLM learns two-digit sums only with many steps at a lower rate (docs/reproduce/TUNING.md).
     c.llm_sft_steps, c.llm_sft_learning_rate, c.llm_sft_confidences = 4000, 1e-3, LLM_SFT_CONFIDENCES
     c.llm_sft_batch = 16
 
     # Trainer fields of the three RL runs (same steps and seed); each adds its reward preset.
-    # 16 prompts a step: at 8 prompts and 5e-4 (or 1e-3) every run lost accuracy. Learning
-    # rate 1e-4: at 3e-4 (and 2e-4) for 150 steps every run lost accuracy on this task; RLCC's
-    # confidence follows the operand length after about 100 steps (README, tuning log).
-    # 400 steps: at 250 the RL-vs-SFT margin was 0.6-1.6 points (seeds 0-3); the extra steps
-    # also start to raise the two-digit class (greedy 5.6% -> 6-8.5%; docs/reproduce/TUNING.md).
+    # 16 prompts a step and lr 1e-4: fewer prompts or a higher rate lost accuracy; 400 steps:
+    # fewer left RL's pass@1 gain over SFT under 2 points (docs/reproduce/TUNING.md).
     c.rl = dict(mode="grpo", total_steps=400, model=dict(scan_layers=False),
                 rollout=dict(prompts_per_step=16, group_size=8, batch_size=128, temperature=1.0),
                 # advantage "mean" (r - group mean, Dr. GRPO): dividing by the group's std
                 # magnifies the calibration term in groups whose correctness ties (all right:
-                # most of them here), and over longer runs pushed every stated confidence to
-                # 0.9-1.0; with "mean" RLCC-L1 reaches ECE 0.002 (README, tuning log).
+                # most of them here) and pushes every stated confidence up (docs/reproduce/TUNING.md).
                 grpo=dict(micro_batch_size=128, advantage="mean"),
                 optim=dict(learning_rate=1e-4, warmup_steps=5, schedule="constant"))
     c.rl_runs = dict(rlvr="rlvr", rlcc="rlcc_l1", brier="rlcc_brier")
@@ -97,7 +87,7 @@ def get_config(variant: str = ""):
     # calibration and test question k times at the RL runs' rollout temperature, and pass@1,
     # confidence and the cascade are scored on those samples (as RL papers report pass@1;
     # RLCC calibrates its confidence to those rollouts); greedy numbers alongside. 0: greedy.
-    # 8 samples: 4,000 test answers per SLM, about 16 s each on a 2-core CPU.
+    # 8 samples: steadier margins than greedy at a small cost (docs/reproduce/TUNING.md).
     c.cascade = dict(cost_model="flops", risk_epsilon=0.05, risk_delta=0.1, batch_size=256, bootstrap=1000,
                      samples=8)
     if variant == "quick":
@@ -112,8 +102,8 @@ def get_config(variant: str = ""):
         c.slm_sft_confidences = LLM_SFT_CONFIDENCES
         c.slm_sft_digit_shares = None
         c.rl.total_steps = 8
-        # lr 1e-3, advantage r - mean: at 2e-3 with std-normalised advantages (the earlier
-        # setting) RLCC and Brier lost every parseable answer in eight steps (2026-12-06)
+        # lr 1e-3: eight steps move the confidence without losing the parseable answers
+        # (docs/reproduce/TUNING.md)
         c.rl.optim.learning_rate = 1e-3
         c.cascade.bootstrap = 100
         c.cascade.samples = 2
