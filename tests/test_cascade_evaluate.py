@@ -11,7 +11,7 @@ import pytest
 
 from configs.cascade import tiny
 from corea_jax import generation
-from corea_jax.cascade import evaluate
+from corea_jax.cascade import config as cascade_config, evaluate
 from tests.cascade_helpers import SHARED_DATA, save_tiny_chat_model
 from tests.helpers import REPO
 
@@ -182,7 +182,7 @@ def test_shipped_cpu_configs_validate_and_load_their_splits(name, monkeypatch):
 
     monkeypatch.setenv("COREA_SHARED_DATA", str(SHARED_DATA))
     config = importlib.import_module(f"configs.cascade.{name}").get_config()
-    evaluate.validate_config(config)
+    cascade_config.validate(config)
     calibration, test = evaluate.load_splits(config)
     assert len(test) == config.data.test.limit and len(calibration) == config.data.calibration.limit
     assert {item.task for item in test + calibration} == {"gsm8k"}

@@ -124,10 +124,10 @@ def test_fixed_paper_usage_and_sweep():
 def test_validate_names_the_field():
     import ml_collections
 
-    cfg = ml_collections.ConfigDict(dict(rule="paper", fixed_tau=0.5, target_usage=0.3,
+    cfg = ml_collections.ConfigDict(dict(rule="paper", tau=0.5, target_usage=0.3,
                                          epsilon=0.05, delta=0.1))
     thresholds.validate(cfg)
-    for field, value in (("rule", "median"), ("fixed_tau", 2.0), ("epsilon", 0.0), ("delta", 1.0)):
+    for field, value in (("rule", "median"), ("tau", 2.0), ("epsilon", 0.0), ("delta", 1.0)):
         bad = ml_collections.ConfigDict(cfg.to_dict())
         bad[field] = value
         with pytest.raises(ValueError, match=f"threshold.{field}"):

@@ -69,7 +69,7 @@ def test_launch_reproduce_refuses_a_changed_recipe_without_a_traceback(tmp_path)
 def test_the_shipped_models_answer_as_the_manifest_says(role, tmp_path):
     """Greedy answers to the first 100 test questions: per item, the correctness the manifest
     recorded (a few may flip where float rounding differs between CPUs)."""
-    from corea_jax.cascade import evaluate, records
+    from corea_jax.cascade import evaluate, loading, records
 
     config = _config()
     manifest = base_models.load_manifest()
@@ -78,7 +78,7 @@ def test_the_shipped_models_answer_as_the_manifest_says(role, tmp_path):
                                         llm_dir=base_models.SHIPPED / "llm")
     cfg.data.test.limit = 100
     _, test = evaluate.load_splits(cfg)
-    backend = evaluate.make_backend(cfg[role], role, progress=False)
+    backend = loading.make_backend(cfg[role], role, progress=False)
     store = records.RecordStore(tmp_path / "records.jsonl")
     records.collect(backend, test, store, model=role, split="test", cost_fn=lambda r: 1.0, cost_model="tokens")
     got = {r["id"]: r["correct"] for r in store.records(model=role, split="test")}

@@ -10,13 +10,13 @@ a result (40 items give wide intervals; the models are untrained for calibration
 LLM gets 2 of the 40 test problems right). `configs/cascade/qwen_coder_gsm8k_cpu.py` is the larger run (hours).
 """
 
-from configs.cascade import qwen_coder_gsm8k_cpu
+from corea_jax.cascade import config as cascade_config
 
 
 def get_config():
-    config = qwen_coder_gsm8k_cpu.get_config()
-    config.slm = qwen_coder_gsm8k_cpu.model_config("smollm2-135m-instruct", "corea", probe_hidden=True)
-    config.llm = qwen_coder_gsm8k_cpu.model_config("qwen2.5-coder-0.5b-instruct", "corea")
+    config = cascade_config.defaults()
+    config.slm = cascade_config.model_spec("smollm2-135m-instruct", "corea", probe_hidden=True)
+    config.llm = cascade_config.model_spec("qwen2.5-coder-0.5b-instruct", "corea")
     config.llm.system_prompt = ("You are a helpful assistant. Solve math problems in words and "
                                 "arithmetic, without writing code.")
     for spec in (config.slm, config.llm):

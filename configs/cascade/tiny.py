@@ -8,11 +8,11 @@ ones with `tests.cascade_helpers.save_tiny_chat_model`). 4 GSM8K test and 2 trai
 4 new tokens, batches of 2: the records grow a pair of lines at a time.
 """
 
-from configs.cascade import qwen_coder_gsm8k_cpu
+from corea_jax.cascade import config as cascade_config
 
 
 def get_config():
-    config = qwen_coder_gsm8k_cpu.get_config()
+    config = cascade_config.defaults()
     for role in ("slm", "llm"):
         config[role].name = f"tiny-{role}-dir"  # set on the command line
         config[role].lm_head_params = 0  # not the Qwen head: unknown for a tiny model

@@ -17,14 +17,14 @@ Test: MATH500; calibration (thresholds, probe): 500 problems of the paper's Deep
 split (`datasets.deepmath_split`, seed 0; a hub is needed). Greedy, the paper's lengths.
 """
 
-from configs.cascade import qwen_coder_gsm8k_cpu as base
+from corea_jax.cascade import config as cascade_config
 
 
 def get_config():
-    config = base.get_config()
-    config.slm = base.model_config("Qwen/Qwen2.5-7B-Instruct", "corea", probe_hidden=True)
+    config = cascade_config.defaults()
+    config.slm = cascade_config.model_spec("Qwen/Qwen2.5-7B-Instruct", "corea", probe_hidden=True)
     config.slm.mesh = "data:2,tensor:4"
-    config.llm = base.model_config("Qwen/Qwen2.5-32B-Instruct", "rlvr")
+    config.llm = cascade_config.model_spec("Qwen/Qwen2.5-32B-Instruct", "rlvr")
     config.llm.mesh = "tensor:8"
     for spec in (config.slm, config.llm):
         spec.dtype = "bfloat16"
@@ -33,8 +33,8 @@ def get_config():
         spec.probe_window = 0
         spec.worked_example = False
     config.llm.probe_hidden = False
-    config.data.test = base.data_config("math500", "test", 0)
-    config.data.calibration = base.data_config("deepmath", "train", 500)
+    config.data.test = cascade_config.data_spec("math500", "test", 0)
+    config.data.calibration = cascade_config.data_spec("deepmath", "train", 500)
     config.chunk_size = 128
     config.threshold.epsilon = 0.05
     config.threshold.delta = 0.1

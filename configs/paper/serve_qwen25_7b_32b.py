@@ -16,7 +16,7 @@ in the paper) until `launch.refit` fits one from the live log; a tenth of the ke
 shadowed by the LLM for the risk-controlled refit.
 """
 
-from configs.cascade import qwen_coder_gsm8k_cpu as cascade
+from corea_jax.cascade import config as cascade_config
 from configs.serve import qwen_coder_cpu as base
 
 
@@ -30,7 +30,7 @@ def get_config():
     for spec in (config.slm, config.llm):
         spec.dtype = "bfloat16"
         spec.worked_example = False
-        spec.http = cascade.http_config()
+        spec.http = cascade_config.http_defaults()
     config.task = "math"
     config.threshold.tau = 0.8
     config.limits.default_max_tokens = 4096

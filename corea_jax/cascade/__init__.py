@@ -8,6 +8,8 @@ Modules, one job each:
   thresholds  fixed, paper, target-usage, sweep and risk-controlled taus
   probe       the linear-probe confidence on the SLM's last hidden state
   report      systems, metrics, intervals, report.json / report.md / PNGs from records alone
+  config      the job's settings: defaults(), model_spec / data_spec, resolve, validate
+  loading     a model entry's model, backend and cost model (the cascade job and the server)
   evaluate    run(config, workdir): the whole job behind `launch.cascade`
 """
 
@@ -18,7 +20,7 @@ from corea_jax.cascade.costs import CostModel
 from corea_jax.cascade.datasets import Item
 from corea_jax.cascade.records import make_record
 from corea_jax.cascade.thresholds import check_tau, keeps, tau_from_json, tau_to_json
-from corea_jax.cascade import config, evaluate, records, report, thresholds  # modules other packages use
+from corea_jax.cascade import config, evaluate, loading, records, report, thresholds  # modules other packages use
 
 __all__ = [
     "Answer",
@@ -31,6 +33,7 @@ __all__ = [
     "evaluate",
     "failed_answer",
     "keeps",
+    "loading",
     "make_record",
     "messages_for",
     "non_embedding_params",

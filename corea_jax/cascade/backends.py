@@ -144,7 +144,7 @@ class LocalBackend:
                  schedule: str = "static", progress: bool = False):
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, found {mode!r}")
-        # `generate` checks the name; `evaluate.validate_config` checks it before any load.
+        # `generate` checks the name; `cascade.config.validate` checks it before any load.
         self.schedule = schedule  # one-turn answers; the two-turn follow-up runs static
         prompts.get_prompt_config(prompt)
         if model.tokenizer is None:

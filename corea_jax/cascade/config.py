@@ -1,12 +1,20 @@
 """The cascade job's settings: every field with its default (`defaults()`), and the model, endpoint
 and data entries experiment files build from (`model_spec`, `http_defaults`, `data_spec`).
 Experiment files under configs/cascade/ (and the server's, configs/serve/) start from these and
-change only what they are about; `evaluate.validate_config` checks a config before any model runs.
+change only what they are about. `resolve(config)` completes a config with the defaults (a
+model entry's from its name) and `validate(config)` refuses an unknown field or a bad value
+naming it, before any model runs; every consumer then reads fields directly.
 """
 
 from __future__ import annotations
 
 import ml_collections
+
+from corea_jax.cascade.costs import COST_MODELS
+from corea_jax.settings import check_choice, check_fields, check_int
+
+LLM_ON = ("all", "deferred")
+BACKENDS = ("local", "http")
 
 # hidden_size x vocab_size (from each model's config.json) of the models the cascade configs
 # name, for the flops cost's LM head: the records hold each model's non-embedding count only.
@@ -72,6 +80,7 @@ def data_spec(source: str, split: str, limit: int) -> ml_collections.ConfigDict:
     spec.answer_field = ml_collections.FieldReference(None, field_type=str)
     spec.choices_field = ml_collections.FieldReference(None, field_type=str)
     spec.task = ml_collections.FieldReference(None, field_type=str)
+    spec.name = ml_collections.FieldReference(None, field_type=str)  # the data set's name in the report
     return spec
 
 
@@ -97,7 +106,8 @@ def defaults() -> ml_collections.ConfigDict:
     config.cost_model = "flops"  # "flops", "price" or "time"
     config.threshold = ml_collections.ConfigDict()
     config.threshold.rule = "paper"  # COREA's tau: "paper", "fixed", "usage" or "risk"
-    config.threshold.fixed_tau = 0.5
+    config.threshold.tau = 0.5  # the "fixed" rule's tau (the server's threshold.tau, same meaning)
+    config.threshold.fixed_tau = config.threshold.get_ref("tau")  # its earlier name, kept working
     config.threshold.target_usage = 0.3  # "usage": the LLM answers this fraction of calibration items
     # COREA-risk: allowed pass@1 drop below the LLM. With 32 calibration items and delta = 0.1,
     # even no kept disagreement bounds the drop only by 1 - (delta / 2)^(1/32) = 0.089: epsilon
@@ -113,3 +123,60 @@ def defaults() -> ml_collections.ConfigDict:
     config.overwrite = ""
     config.report = True  # False: generate records only
     return config
+
+
+def _overlay(base: ml_collections.ConfigDict, config) -> None:
+    """Writes `config`'s fields over `base`, groups field by field."""
+    for key in config.keys():
+        value = config[key]
+        if isinstance(value, ml_collections.ConfigDict) and isinstance(base.get(key), ml_collections.ConfigDict):
+            _overlay(base[key], value)
+        else:
+            base[key] = value
+
+
+def resolve(config) -> ml_collections.ConfigDict:
+    """The cascade config `config` describes with every field present: unknown fields refused
+    (naming the closest known one), missing ones taken from `defaults()` (a model's LM head
+    from its name); `threshold.fixed_tau`, the earlier name, sets `threshold.tau`."""
+    check_fields(config, defaults(), "config")
+    out = defaults()
+    for role in ("slm", "llm"):
+        if role in config and "name" in config[role]:
+            out[role].lm_head_params = LM_HEAD_PARAMS.get(config[role].name, 0)
+    _overlay(out, config)
+    return out
+
+
+def validate(config) -> None:
+    """Raises ValueError naming the first field the cascade job cannot run with (no model loads)."""
+    from corea_jax import prompts
+    from corea_jax.cascade import backends, http, records, thresholds
+    from corea_jax.generation import SCHEDULES
+
+    check_fields(config, defaults(), "config")
+    check_choice(config.llm_on, "llm_on", LLM_ON)
+    check_int(config.chunk_size, "chunk_size", 1)
+    check_choice(config.cost_model, "cost_model", COST_MODELS)
+    for role in records.MODELS:  # everything a backend checks, before any model runs
+        spec = config[role]
+        for key, allowed in (("backend", BACKENDS), ("mode", backends.MODES), ("schedule", SCHEDULES),
+                             ("prompt", tuple(prompts.PROMPTS))):
+            check_choice(spec[key], f"{role}.{key}", allowed)
+        for key, low in (("max_new_tokens", 1), ("followup_tokens", 1), ("batch_size", 1), ("probe_window", 0)):
+            check_int(spec[key], f"{role}.{key}", low)
+        if spec.backend == "http":
+            http.check_settings(f"{role}.http", **http.settings_from_config(spec.http))
+    thresholds.validate(config.threshold)
+    overwrite_roles(config)
+
+
+def overwrite_roles(config) -> tuple[str, ...]:
+    """The roles config.overwrite names ("" none, "slm", "llm", "slm,llm")."""
+    from corea_jax.cascade import records
+
+    value = config.overwrite or ""
+    roles = tuple(r.strip() for r in str(value).split(",") if r.strip())
+    if any(r not in records.MODELS for r in roles):
+        raise ValueError(f"overwrite: expected '', 'slm', 'llm' or 'slm,llm', found {value!r}")
+    return roles

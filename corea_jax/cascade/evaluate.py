@@ -16,24 +16,14 @@ regenerated.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import os
 import time
 from pathlib import Path
-from typing import Any
 
-from corea_jax.cascade import backends as backends_lib, datasets, records as records_lib
-from corea_jax.cascade.costs import CostModel
+from corea_jax.cascade import config as cascade_config, datasets, records as records_lib
+from corea_jax.cascade.loading import LazyBackend, cost_model_from_config
 from corea_jax.parallel import machine
-
-LLM_ON = ("all", "deferred")
-BACKENDS = ("local", "http")
-
-
-def _field(config, name, default=None):
-    return config[name] if name in config else default
-
 
 def load_splits(config) -> tuple[list[datasets.Item], list[datasets.Item]]:
     """(calibration items, test items) from config.data.calibration / config.data.test."""
@@ -41,87 +31,12 @@ def load_splits(config) -> tuple[list[datasets.Item], list[datasets.Item]]:
     for name in ("calibration", "test"):
         spec = config.data[name]
         splits.append(datasets.load_items(
-            spec.source, split=_field(spec, "split", "test"), limit=_field(spec, "limit", 0),
-            offset=_field(spec, "offset", 0), seed=_field(spec, "seed", 0),
-            question_field=_field(spec, "question_field"), answer_field=_field(spec, "answer_field"),
-            choices_field=_field(spec, "choices_field"), task=_field(spec, "task"),
-            name=_field(spec, "name"), data_file=_field(spec, "data_file")))
+            spec.source, split=spec.split, limit=spec.limit, offset=spec.offset, seed=spec.seed,
+            question_field=spec.question_field, answer_field=spec.answer_field,
+            choices_field=spec.choices_field, task=spec.task, name=spec.name, data_file=spec.data_file))
     calibration, test = splits
     datasets.check_disjoint(calibration, test)
     return calibration, test
-
-
-def load_model(spec) -> Any:
-    """A `corea_jax.Model` from spec.name: a `models.fetch` registry name (fetched on first use)
-    or a path (an HF directory, e.g. one exported by `launch.train`, or a .gguf file)."""
-    import corea_jax
-    from corea_jax.models import fetch
-
-    name = spec.name
-    if name in fetch.REGISTRY:
-        path = fetch.fetch_model(name, fetch.default_model_dir(name))
-    else:
-        path = name
-    mesh = None
-    if _field(spec, "mesh"):
-        from corea_jax.parallel import make_mesh, parse_mesh
-
-        mesh = make_mesh(parse_mesh(spec.mesh))
-    return corea_jax.load_model(path, dtype=_field(spec, "dtype", "float32"), mesh=mesh)
-
-
-def make_backend(spec, role: str, progress: bool = True):
-    """The backend config.<role> names: "local" (the JAX engine) or "http" (OpenAI-compatible)."""
-    kind = _field(spec, "backend", "local")
-    common = dict(name=f"{role}:{spec.name}", mode=_field(spec, "mode", "one_turn"),
-                  prompt=_field(spec, "prompt", "corea"),
-                  max_new_tokens=_field(spec, "max_new_tokens", 256),
-                  followup_tokens=_field(spec, "followup_tokens", 24),
-                  batch_size=_field(spec, "batch_size", 32),
-                  temperature=_field(spec, "temperature", 0.0),
-                  system_prompt=_field(spec, "system_prompt", "") or None,
-                  worked_example=_field(spec, "worked_example", None))
-    if kind == "local":
-        return backends_lib.LocalBackend(load_model(spec), **common,
-                                         probe_hidden=bool(_field(spec, "probe_hidden", False)),
-                                         probe_window=int(_field(spec, "probe_window", 0)),
-                                         schedule=_field(spec, "schedule", "static"),
-                                         progress=progress)
-    if kind == "http":
-        from corea_jax.cascade.http import HTTPBackend
-
-        return HTTPBackend.from_config(spec.http, field=f"{role}.http", **common)
-    raise ValueError(f"{role}.backend: expected one of {BACKENDS}, found {kind!r}")
-
-
-class _LazyBackend:
-    """Builds (loads) the backend on first use: a resumed run that has every record of a model
-    never loads it."""
-
-    def __init__(self, spec, role: str, progress: bool):
-        self.spec, self.role, self.progress, self._backend = spec, role, progress, None
-
-    def get(self):
-        if self._backend is None:
-            self._backend = make_backend(self.spec, self.role, self.progress)
-        return self._backend
-
-    def release(self) -> None:
-        """Drops the model (its memory returns once nothing else holds it)."""
-        if self._backend is not None:
-            self._backend = None
-            gc.collect()
-
-
-def cost_model_from_config(config, slm_params: int | None = None, llm_params: int | None = None) -> CostModel:
-    """The CostModel config.cost_model names, with parameter counts and prices per model."""
-    params, prices = {}, {}
-    for role, counted in (("slm", slm_params), ("llm", llm_params)):
-        spec = config[role]
-        params[role] = _field(spec, "non_embedding_params") or counted
-        price = _field(spec, "price_per_million")
-        prices[role] = tuple(price) if price else None
-    return CostModel(config.cost_model, params=params, prices=prices)
 
 
 def _params_from_records(store: records_lib.RecordStore) -> dict[str, int | None]:
@@ -171,10 +86,8 @@ def weights_digest(name: str) -> str | None:
 
 # The fields of config.<role> that change its answers; batch_size, schedule and mesh do not (the
 # same tokens, up to float reduction order), nor do a server's concurrency and retry settings.
-_ANSWER_FIELDS = (("backend", "local"), ("dtype", "float32"), ("mode", "one_turn"), ("prompt", "corea"),
-                  ("system_prompt", ""), ("worked_example", None), ("max_new_tokens", 256),
-                  ("followup_tokens", 24), ("temperature", 0.0), ("probe_hidden", False),
-                  ("probe_window", 0))
+_ANSWER_FIELDS = ("backend", "dtype", "mode", "prompt", "system_prompt", "worked_example", "max_new_tokens",
+                  "followup_tokens", "temperature", "probe_hidden", "probe_window")
 _DATA_FIELDS = ("source", "split", "seed", "data_file", "question_field", "answer_field",
                 "choices_field", "task", "name")  # not limit / offset: item ids name the item
 
@@ -185,54 +98,22 @@ def fingerprint(config, role: str) -> dict:
     and the data sets the item ids point into."""
     spec = config[role]
     out = {f"{role}.name": spec.name}
-    out.update({f"{role}.{key}": _field(spec, key, default) for key, default in _ANSWER_FIELDS})
+    out.update({f"{role}.{key}": spec[key] for key in _ANSWER_FIELDS})
     if out[f"{role}.backend"] == "http":
         out.update({f"{role}.http.{key}": spec.http[key] for key in ("base_url", "model", "logprobs")})
     else:
         out[f"{role}.dtype"] = machine.resolve_dtype(out[f"{role}.dtype"])  # "auto" as resolved here
         out[f"{role}.weights"] = weights_digest(spec.name)
     for split in ("calibration", "test"):
-        out.update({f"data.{split}.{key}": _field(config.data[split], key) for key in _DATA_FIELDS})
+        out.update({f"data.{split}.{key}": config.data[split][key] for key in _DATA_FIELDS})
     return out
-
-
-def overwrite_roles(config) -> tuple[str, ...]:
-    """The roles config.overwrite names ("" none, "slm", "llm", "slm,llm")."""
-    value = _field(config, "overwrite", "") or ""
-    roles = tuple(r.strip() for r in str(value).split(",") if r.strip())
-    if any(r not in records_lib.MODELS for r in roles):
-        raise ValueError(f"overwrite: expected '', 'slm', 'llm' or 'slm,llm', found {value!r}")
-    return roles
-
-
-def validate_config(config) -> None:
-    if config.llm_on not in LLM_ON:
-        raise ValueError(f"llm_on: expected one of {LLM_ON}, found {config.llm_on!r}")
-    if config.chunk_size < 1:
-        raise ValueError(f"chunk_size: expected an integer >= 1, found {config.chunk_size}")
-    from corea_jax import prompts
-    from corea_jax.cascade import http, thresholds
-    from corea_jax.generation import SCHEDULES
-
-    for role in records_lib.MODELS:  # everything a backend checks, before any model runs
-        spec = config[role]
-        for key, default, allowed in (("backend", "local", BACKENDS), ("mode", "one_turn", backends_lib.MODES),
-                                      ("schedule", "static", SCHEDULES),
-                                      ("prompt", "corea", tuple(prompts.PROMPTS))):
-            value = _field(spec, key, default)
-            if value not in allowed:
-                raise ValueError(f"{role}.{key}: expected one of {allowed}, found {value!r}")
-        if _field(spec, "backend", "local") == "http":
-            http.check_settings(f"{role}.http", **http.settings_from_config(spec.http))
-    thresholds.validate(config.threshold)
-    overwrite_roles(config)
 
 
 def generate_records(config, workdir: Path, store: records_lib.RecordStore, calibration, test,
                      progress: bool = True) -> None:
     """Answers every item the records lack (see the module docstring for the order)."""
-    lazy = {role: _LazyBackend(config[role], role, progress) for role in records_lib.MODELS}
-    one_at_a_time = bool(_field(config, "one_model_at_a_time", False))
+    lazy = {role: LazyBackend(config[role], role, progress) for role in records_lib.MODELS}
+    one_at_a_time = bool(config.one_model_at_a_time)
 
     def collect(role, items, split):
         if all(store.done(item.id, role) for item in items):
@@ -268,7 +149,8 @@ def generate_records(config, workdir: Path, store: records_lib.RecordStore, cali
 
 def run(config, workdir: str | os.PathLike, progress: bool = True) -> dict:
     """The whole cascade job; returns report.json's content. See the module docstring."""
-    validate_config(config)
+    config = cascade_config.resolve(config)
+    cascade_config.validate(config)
     start = time.perf_counter()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -277,10 +159,10 @@ def run(config, workdir: str | os.PathLike, progress: bool = True) -> dict:
     if not config.rescore_only:
         current = {role: fingerprint(config, role) for role in records_lib.MODELS}
         records_lib.reconcile_fingerprints(workdir / records_lib.FINGERPRINT, current, store,
-                                           overwrite_roles(config))
+                                           cascade_config.overwrite_roles(config))
         generate_records(config, workdir, store, calibration, test, progress)
     generation_s = time.perf_counter() - start
-    if not _field(config, "report", True):
+    if not config.report:
         return {}
     from corea_jax.cascade import report
 

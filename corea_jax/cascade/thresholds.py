@@ -51,7 +51,7 @@ def _check_unit(name: str, value: float, *, open_interval: bool = False) -> floa
 
 
 def fixed_threshold(tau: float) -> float:
-    return _check_unit("tau", tau)
+    return check_tau(tau, "tau")
 
 
 def check_tau(value, field: str = "tau") -> float:
@@ -190,10 +190,10 @@ def risk_controlled_threshold(confidence: Sequence[float | None], slm_correct: S
 
 
 def validate(config) -> None:
-    """Checks a `threshold` ConfigDict (rule, fixed_tau, target_usage, epsilon, delta)."""
+    """Checks a `threshold` ConfigDict (rule, tau, target_usage, epsilon, delta)."""
     if config.rule not in RULES:
         raise ValueError(f"threshold.rule: expected one of {RULES}, found {config.rule!r}")
-    _check_unit("threshold.fixed_tau", config.fixed_tau)
+    check_tau(config.tau, "threshold.tau")
     _check_unit("threshold.target_usage", config.target_usage)
     _check_unit("threshold.epsilon", config.epsilon, open_interval=True)
     _check_unit("threshold.delta", config.delta, open_interval=True)
@@ -201,12 +201,12 @@ def validate(config) -> None:
 
 def choose_threshold(config, confidence, slm_correct, llm_correct, rule: str | None = None) -> float:
     """tau by `rule` (default `config.rule`) on the calibration split; `config` holds the
-    rules' parameters (fixed_tau, target_usage, epsilon, delta)."""
+    rules' parameters (tau, target_usage, epsilon, delta)."""
     rule = rule or config.rule
     if rule not in RULES:
         raise ValueError(f"threshold.rule: expected one of {RULES}, found {rule!r}")
     if rule == "fixed":
-        return fixed_threshold(config.fixed_tau)
+        return fixed_threshold(config.tau)
     if rule == "paper":
         return paper_threshold(llm_correct)
     if rule == "usage":

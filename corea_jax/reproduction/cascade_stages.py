@@ -20,58 +20,56 @@ from pathlib import Path
 
 import ml_collections
 
+from corea_jax import cascade
+
 RECORDS = "records.jsonl"
 
 
 def _model_spec(name: Path, c) -> ml_collections.ConfigDict:
-    """A cascade model entry (configs/cascade/*: slm / llm) for a local HF directory; its LM
-    head (hidden x vocab, counted by the FLOPs cost) from the directory's config.json."""
+    """The cascade's model entry for a local HF directory: greedy, one turn, the static schedule,
+    the whole prompt read by no probe; its LM head (hidden x vocab, counted by the FLOPs cost)
+    from the directory's config.json."""
     hf = json.loads((Path(name) / "config.json").read_text()) if (Path(name) / "config.json").exists() else {}
-    head = int(hf["hidden_size"]) * int(hf["vocab_size"]) if "hidden_size" in hf and "vocab_size" in hf else None
-    return ml_collections.ConfigDict(dict(lm_head_params=head,
-        name=str(name), backend="local", dtype="float32", mesh="", mode="one_turn", prompt=c.prompt,
-        system_prompt="", max_new_tokens=c.max_new_tokens, followup_tokens=24, batch_size=c.batch_size,
-        temperature=0.0, probe_hidden=False, probe_window=0, non_embedding_params=0, price_per_million=()))
+    spec = cascade.config.model_spec(str(name), c.prompt)
+    spec.update(dict(max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, schedule="static", probe_window=0,
+                     lm_head_params=int(hf["hidden_size"]) * int(hf["vocab_size"])
+                     if "hidden_size" in hf and "vocab_size" in hf else 0))
+    return spec
 
 
 def _data_spec(path: Path, split: str) -> ml_collections.ConfigDict:
-    spec = ml_collections.ConfigDict(dict(source=str(path), split=split, limit=0, offset=0, seed=0,
-                                          question_field="question", answer_field="answer", task="gsm8k"))
-    for field in ("data_file", "choices_field", "name"):  # ids: "<split>/<index>"
-        spec[field] = ml_collections.FieldReference(None, field_type=str)
+    spec = cascade.config.data_spec(str(path), split, 0)  # ids: "<split>/<index>"
+    spec.update(dict(question_field="question", answer_field="answer", task="gsm8k"))
     return spec
 
 
 def cascade_config(config, *, task_dir: Path, slm_dir: Path, llm_dir: Path) -> ml_collections.ConfigDict:
     """The `corea_jax.cascade.evaluate.run` config of one SLM against the LLM on the task's
-    calibration and test files (greedy, one turn, the task's prompt, FLOPs cost)."""
+    calibration and test files (greedy, one turn, the task's prompt, FLOPs cost): the cascade's
+    defaults with what this run is about."""
     c = config.cascade
-    out = ml_collections.ConfigDict()
+    out = cascade.config.defaults()
     gen = ml_collections.ConfigDict(dict(prompt=config.task.prompt, max_new_tokens=config.task.max_new_tokens,
                                          batch_size=c.batch_size))
     out.slm, out.llm = _model_spec(slm_dir, gen), _model_spec(llm_dir, gen)
-    out.data = ml_collections.ConfigDict()
     out.data.calibration = _data_spec(task_dir / "calibration.jsonl", "calibration")
     out.data.test = _data_spec(task_dir / "test.jsonl", "test")
-    out.llm_on = "all"
     out.chunk_size = 100000  # one pass per model: nothing here is worth interleaving
+    out.one_model_at_a_time = False  # small models: keep both
     out.cost_model = c.cost_model
-    out.threshold = ml_collections.ConfigDict(dict(rule="paper", fixed_tau=0.5, target_usage=0.3,
-                                                   epsilon=c.risk_epsilon, delta=c.risk_delta))
+    out.threshold.update(dict(rule="paper", epsilon=c.risk_epsilon, delta=c.risk_delta))
     out.probe_l2 = 1.0
     out.bootstrap = c.bootstrap
     out.seed = config.seed
-    out.rescore_only = False
-    out.report = True
     return out
 
 
 def answer_llm(cascade_cfg, out: Path) -> None:
     """`out/records.jsonl`: the LLM's answers to the calibration and test items."""
-    from corea_jax.cascade import evaluate, records, CostModel
+    from corea_jax.cascade import evaluate, loading, records, CostModel
 
     calibration, test = evaluate.load_splits(cascade_cfg)
-    backend = evaluate.make_backend(cascade_cfg.llm, "llm")
+    backend = loading.make_backend(cascade_cfg.llm, "llm")
     cost = CostModel(cascade_cfg.cost_model, params={"llm": backend.non_embedding_params})
 
     def cost_fn(record):
@@ -129,7 +127,7 @@ def run_sampled_cascade(cascade_cfg, llm_records: Path, sizes: dict[str, int], *
     """The cascade job of one SLM on the sampled splits in `out` (`sampled_splits`): the SLM
     answers every row at `temperature` (one PRNG stream per row, from `seed`); row j * N + i
     of the LLM is its greedy record of question i. Returns the cascade's report.json."""
-    from corea_jax.cascade import evaluate, records, LocalBackend, CostModel
+    from corea_jax.cascade import evaluate, loading, records, LocalBackend, CostModel
 
     store = records.RecordStore(out / RECORDS)
     if not all(store.done(f"{split}/{j * n + i}", "llm") for split, n in sizes.items()
@@ -139,7 +137,7 @@ def run_sampled_cascade(cascade_cfg, llm_records: Path, sizes: dict[str, int], *
                       for split, n in sizes.items() for j in range(samples) for i in range(n)])
     calibration, test = evaluate.load_splits(cascade_cfg)
     spec = cascade_cfg.slm
-    backend = LocalBackend(evaluate.load_model(spec), name=f"slm:{spec.name}", mode="one_turn", prompt=spec.prompt,
+    backend = LocalBackend(loading.load_model(spec), name=f"slm:{spec.name}", mode="one_turn", prompt=spec.prompt,
                            max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size,
                            temperature=temperature, seed=seed, progress=True)
     cost = CostModel(cascade_cfg.cost_model, params={"slm": backend.non_embedding_params})

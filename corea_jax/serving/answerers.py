@@ -227,17 +227,17 @@ def build_answerer(spec, role: str, *, task: str, workdir: Path, metrics=None, s
     """The answerer config.<role> (a validated `serving.config.model_spec`) describes: backend
     "local" (a registry name, a path, or "random" for `random_model`) or "http" (the cascade's
     HTTPBackend)."""
-    from corea_jax.cascade import evaluate
+    from corea_jax.cascade import loading
 
     if spec.backend == "http":
-        backend = evaluate.make_backend(spec, role, progress=False)
+        backend = loading.make_backend(spec, role, progress=False)
         if spec.non_embedding_params:
             backend.non_embedding_params = int(spec.non_embedding_params)
         return HTTPAnswerer(backend, task, max_queued=max_queued)
     if spec.name == "random":
         model = random_model(spec, workdir / "models" / role, seed=seed)
     else:
-        model = evaluate.load_model(spec)
+        model = loading.load_model(spec)
     batcher = EngineBatcher(model, name=role, slots=spec.slots, max_prompt_tokens=spec.max_prompt_tokens,
                             max_new_tokens=spec.max_new_tokens, temperature=spec.temperature, seed=seed,
                             metrics=metrics)
