@@ -68,7 +68,8 @@ def test_the_loss_stream_sees_confidence_that_stopped_meaning_what_it_did():
     losses = drift.update_many(losses, [drift.calibration_loss(c, y) for c, y in zip(conf_new, right_new)])
     confidences = drift.update_many(drift.reset(conf_ref, alpha=0.01), conf_new)
     assert drift.alarm(losses) and not drift.alarm(confidences)
-    assert drift.calibration_loss(0.8, True) == pytest.approx(0.04) and drift.calibration_loss(0.8, False) == pytest.approx(0.64)
+    assert drift.calibration_loss(0.8, True) == pytest.approx(0.04)
+    assert drift.calibration_loss(0.8, False) == pytest.approx(0.64)
 
 
 def test_seeded_runs_repeat_and_the_alarm_stays_until_reset():

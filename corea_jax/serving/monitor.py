@@ -29,6 +29,7 @@ import math
 from typing import Mapping, Sequence
 
 import numpy as np
+from scipy import special
 
 from corea_jax import calibration
 from corea_jax.cascade import CostModel, tau_from_json, thresholds
@@ -200,7 +201,7 @@ def _call_amounts(record: dict | None) -> tuple[float, int] | None:
     return float(record["cost"]), int(record["prompt_tokens"]) + int(record["generated_tokens"])
 
 
-def savings_summary(answered: Sequence[dict]) -> dict:
+def savings_summary(answered: Sequence[dict], level: float = 0.95) -> dict:
     """Realised savings of corea decisions (`decisions`' lines): what the cascade spent against
     what the LLM alone would have spent on the same requests, in cost (the records' cost model,
     `unit`) and in tokens (prompt + generated).
@@ -215,9 +216,9 @@ def savings_summary(answered: Sequence[dict]) -> dict:
                         tokens: the SLM's), and `estimate` says which;
       not_as_planned    deferred requests the LLM failed (degraded): their spend, no saving
                         claimed (as the server's `corea_cost` counts them).
-    saved_fraction = 1 - spent / llm_alone, with an interval of +-1.96 standard errors of the
-    estimate; saved_fraction_modelled: the same with the cost model's estimate for every kept
-    request the LLM did not answer (the sum of the lines' own `llm_only_cost`, as the server's
+    saved_fraction = 1 - spent / llm_alone, with a normal `level` interval from the estimate's
+    standard error (+-1.96 of them at 0.95); saved_fraction_modelled: the same with the cost
+    model's estimate for every kept request the LLM did not answer (the sum of the lines' own `llm_only_cost`, as the server's
     `corea_cost_saved_fraction` counts; None where a line lacks it). Fractions None (and counts
     0) without decisions."""
     units = {r.get("cost_model") for r in answered}
@@ -272,7 +273,8 @@ def savings_summary(answered: Sequence[dict]) -> dict:
 
     interval = None
     if alone_cost > 0:
-        low_alone, high_alone = alone_cost - 1.96 * standard_error, alone_cost + 1.96 * standard_error
+        half_width = float(special.ndtri((1 + level) / 2)) * standard_error
+        low_alone, high_alone = alone_cost - half_width, alone_cost + half_width
         interval = [saved(spent_cost, low_alone) if low_alone > 0 else None, saved(spent_cost, high_alone)]
     return dict(requests=len(answered), unit=unit, parts=parts, spent_cost=spent_cost, llm_alone_cost=alone_cost,
                 llm_alone_cost_standard_error=standard_error, spent_tokens=spent_tokens,
@@ -294,9 +296,10 @@ def snapshot(records: Sequence[dict], labels: Mapping[str, bool], window: int, e
 
     Returns a JSON-able dict: "window", "decisions" (answered corea decisions in `records`, and
     the lines left out by reason), "labels" (used, by source, unlabelled in the window's span),
-    "taus" ({tau as JSON text: labelled decisions in the window}), "calibration"
-    (`calibration_summary`), "risk" (`risk_summary`, with "under_current_tau" and that "tau",
-    None for defer everything), "savings" (`savings_summary`).
+    "taus" ({a decision's tau as text, "None" for defer everything: labelled decisions in the
+    window made under it}), "calibration" (`calibration_summary`), "risk" (`risk_summary`, with
+    "under_current_tau" and that "tau", None for defer everything), "savings" (`savings_summary`
+    at `level`).
     """
     picked = labelled_window(records, labels, window)
     labelled = picked["decisions"]
@@ -314,4 +317,4 @@ def snapshot(records: Sequence[dict], labels: Mapping[str, bool], window: int, e
                 decisions=dict(answered=len(answered), left_out=picked["left_out"]),
                 labels=dict(used=len(labelled), **picked["sources"], unlabelled=picked["unlabelled"]),
                 taus=taus, calibration=calibration_summary(labelled, n_bins), risk=risk,
-                savings=savings_summary(answered[-window:]))
+                savings=savings_summary(answered[-window:], level))
