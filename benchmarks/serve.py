@@ -21,7 +21,6 @@ import logging
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,22 +43,9 @@ _START_TIMEOUT = flags.DEFINE_float("start_timeout_s", 900, "Seconds to wait for
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=60) as response:
         return response.read().decode()
-
-
-def _metric(text: str, name: str, **labels) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def questions(n: int) -> list[str]:
@@ -99,15 +85,17 @@ async def _phase(client, model: str, work: list[list[str]], max_tokens: int) -> 
 async def _run(url: str, qs: list[str]) -> list[dict]:
     import openai
 
+    from tests.serving_helpers import metric
+
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", timeout=600, max_retries=0)
     n, k = _CLIENTS.value, _REQUESTS.value
     split = [[qs[(c * k + j) % len(qs)] for j in range(k)] for c in range(n)]
     # Warm-up until a pass compiles nothing new (batch and prompt-length shapes compile once each).
     for _ in range(4):
-        compiled = _metric(_get(f"{url}/metrics"), "corea_compiled_programs")
+        compiled = metric(_get(f"{url}/metrics"), "corea_compiled_programs")
         await _phase(client, "corea", split, _MAX_TOKENS.value)
         await _phase(client, "corea-slm", split[:1], _MAX_TOKENS.value)
-        if _metric(_get(f"{url}/metrics"), "corea_compiled_programs") == compiled:
+        if metric(_get(f"{url}/metrics"), "corea_compiled_programs") == compiled:
             break
     results = []
     for model, work in (("corea", [qs[:_BASELINE.value]]), ("corea", split), ("corea-slm", split)):
@@ -115,18 +103,18 @@ async def _run(url: str, qs: list[str]) -> list[dict]:
         result = await _phase(client, model, work, _MAX_TOKENS.value)
         after = _get(f"{url}/metrics")
         for engine in ("slm", "llm"):
-            chunks = (_metric(after, "corea_batch_occupancy_count", engine=engine)
-                      - _metric(before, "corea_batch_occupancy_count", engine=engine))
-            rows = (_metric(after, "corea_batch_occupancy_sum", engine=engine)
-                    - _metric(before, "corea_batch_occupancy_sum", engine=engine))
+            chunks = (metric(after, "corea_batch_occupancy_count", engine=engine)
+                      - metric(before, "corea_batch_occupancy_count", engine=engine))
+            rows = (metric(after, "corea_batch_occupancy_sum", engine=engine)
+                    - metric(before, "corea_batch_occupancy_sum", engine=engine))
             result[f"occupancy_{engine}"] = rows / chunks if chunks else None
-        answered = (_metric(after, "corea_answers_total", model=model)
-                    - _metric(before, "corea_answers_total", model=model))
-        by_llm = (_metric(after, "corea_answers_total", model=model, answered_by="llm")
-                  - _metric(before, "corea_answers_total", model=model, answered_by="llm"))
+        answered = (metric(after, "corea_answers_total", model=model)
+                    - metric(before, "corea_answers_total", model=model))
+        by_llm = (metric(after, "corea_answers_total", model=model, answered_by="llm")
+                  - metric(before, "corea_answers_total", model=model, answered_by="llm"))
         result["llm_share"] = by_llm / answered if answered else None
-        result["compiled_during"] = (_metric(after, "corea_compiled_programs")
-                                     - _metric(before, "corea_compiled_programs"))
+        result["compiled_during"] = (metric(after, "corea_compiled_programs")
+                                     - metric(before, "corea_compiled_programs"))
         results.append(result)
         print(f"{model:10s} clients {len(work):3d}: {result['requests_per_s']:.2f} req/s, "
               f"p50 {result['p50_s']:.3f} s, p99 {result['p99_s']:.3f} s, failed {result['failed']}", flush=True)
@@ -138,8 +126,11 @@ def main(argv):
     del argv
     for name in ("httpx", "httpx2", "openai"):  # one line per request otherwise
         logging.getLogger(name).setLevel(logging.WARNING)
+    sys.path.insert(0, str(REPO))
+    from tests.serving_helpers import free_port, wait_until_healthy
+
     workdir = Path(tempfile.mkdtemp(prefix="serve_bench_"))
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "launch.serve", f"--config={_CONFIG.value}", f"--workdir={workdir}",
            f"--port={port}", *[f"--config.{o}" for o in _OVERRIDES.value]]
@@ -147,16 +138,7 @@ def main(argv):
     log = open(workdir / "server.log", "w")
     server = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + _START_TIMEOUT.value
-        while True:
-            try:
-                if json.loads(_get(f"{url}/health"))["status"] == "ok":
-                    break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start; see {workdir / 'server.log'}")
-            time.sleep(1)
+        wait_until_healthy(url, server, _START_TIMEOUT.value, workdir / "server.log")
         qs = questions(max(_CLIENTS.value * _REQUESTS.value, _BASELINE.value))
         results = asyncio.run(_run(url, qs))
     finally:

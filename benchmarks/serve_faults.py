@@ -52,7 +52,7 @@ def main(argv):
     import openai
 
     sys.path.insert(0, str(REPO))
-    from tests.serving_helpers import FakeLLM, free_port, metric
+    from tests.serving_helpers import FakeLLM, free_port, metric, wait_until_healthy
 
     fake = FakeLLM()
     port = free_port()
@@ -69,16 +69,7 @@ def main(argv):
                             stderr=subprocess.STDOUT)
     results = {"phases": {}}
     try:
-        deadline = time.monotonic() + 900
-        while True:
-            try:
-                if json.loads(_get(f"{url}/health"))["status"] == "ok":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start; see {workdir / 'server.log'}")
-            time.sleep(0.5)
+        wait_until_healthy(url, proc, 900, workdir / "server.log")
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", timeout=300, max_retries=0)
 
         def one(i: int):

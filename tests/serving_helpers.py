@@ -3,9 +3,11 @@ in-process under uvicorn on 127.0.0.1 and a free port, stopped at the end."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
+import urllib.request
 
 from configs.serve import tiny
 
@@ -17,6 +19,22 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+
+
+def wait_until_healthy(url: str, proc, timeout_s: float, log_path) -> None:
+    """Polls `url`/health until the server at `url` (started as subprocess `proc`) says "ok";
+    raises RuntimeError pointing at `log_path` if `proc` exits or `timeout_s` passes first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=60) as response:
+                if json.loads(response.read().decode())["status"] == "ok":
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not start; see {log_path}")
+        time.sleep(0.5)
 
 def tiny_config(**overrides):
     """configs/serve/tiny.py at test size: 4 slots, 32 new tokens (few programs to compile)."""
