@@ -48,3 +48,19 @@ def test_an_unknown_field_is_refused_with_the_closest_known_one():
     with pytest.raises(ValueError, match=r"config.limits.max_queue: unknown config field .*did you mean "
                                          r"config.limits.max_queued\?"):
         serving_config.validate(config)
+
+
+def test_the_reproduction_config_serves_a_reproduce_workdir(tmp_path):
+    import json
+
+    from configs.serve import reproduction
+    from corea_jax.serving import config as serving_config
+
+    config = reproduction.get_config(str(tmp_path))
+    serving_config.validate(config)
+    assert config.slm.name == str(tmp_path / "slm_rlcc" / "hf") and config.llm.name == str(tmp_path / "llm_sft" / "hf")
+    assert (config.slm.prompt, config.confidence_source, config.task) == ("question", "verbal", "gsm8k")
+    assert config.threshold.tau == reproduction.PAPER_TAU  # no report yet
+    (tmp_path / "report.json").write_text(json.dumps({"systems": {"COREA": {"tau": 0.9}}}))
+    assert reproduction.get_config(str(tmp_path)).threshold.tau == 0.9
+    assert reproduction.get_config().slm.name == "runs/corea/slm_rlcc/hf"

@@ -25,6 +25,17 @@ LM_HEAD_PARAMS = {"qwen2.5-coder-0.5b-instruct": 896 * 151_936,
                   "Qwen/Qwen2.5-32B-Instruct": 5120 * 152_064}
 
 
+def head_params_from_dir(model_dir) -> int:
+    """hidden_size x vocab_size from an HF directory's config.json (0 when it has none): the LM
+    head the flops cost counts for a local model."""
+    import json
+    from pathlib import Path
+
+    path = Path(model_dir) / "config.json"
+    hf = json.loads(path.read_text()) if path.is_file() else {}
+    return int(hf["hidden_size"]) * int(hf["vocab_size"]) if "hidden_size" in hf and "vocab_size" in hf else 0
+
+
 def model_spec(name: str, prompt: str = "corea", probe_hidden: bool = False) -> ml_collections.ConfigDict:
     """A cascade model (config.slm / config.llm): every field with its default."""
     spec = ml_collections.ConfigDict()

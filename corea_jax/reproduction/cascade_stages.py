@@ -29,11 +29,9 @@ def _model_spec(name: Path, c) -> ml_collections.ConfigDict:
     """The cascade's model entry for a local HF directory: greedy, one turn, the static schedule,
     the whole prompt read by no probe; its LM head (hidden x vocab, counted by the FLOPs cost)
     from the directory's config.json."""
-    hf = json.loads((Path(name) / "config.json").read_text()) if (Path(name) / "config.json").exists() else {}
     spec = cascade.config.model_spec(str(name), c.prompt)
     spec.update(dict(max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, schedule="static", probe_window=0,
-                     lm_head_params=int(hf["hidden_size"]) * int(hf["vocab_size"])
-                     if "hidden_size" in hf and "vocab_size" in hf else 0))
+                     lm_head_params=cascade.config.head_params_from_dir(name)))
     return spec
 
 

@@ -118,7 +118,8 @@ class ChatService:
         self.cost_model = CostModel(config.cost_model,
                                     params={r: a.non_embedding_params for r, a in self.answerers.items()},
                                     prices={r: tuple(config[r].price_per_million) or None
-                                            for r in self.answerers})
+                                            for r in self.answerers},
+                                    head_params={r: config[r].lm_head_params or None for r in self.answerers})
         self._random = random.Random(config.seed)
         self._background: set[asyncio.Task] = set()
         self.draining = False
