@@ -16,6 +16,7 @@ from tests.helpers import REPO
 pytestmark = pytest.mark.slow  # servers, subprocesses, notebooks, training runs: `pytest -m slow`
 
 FIELDS = ("pass_at_1", "avg_cost", "llm_usage", "ece", "auroc", "brier", "tau")
+RUNS = ("sft", "rlvr", "rlcc", "brier")  # the SLM runs: SFT and the three RL runs
 
 
 def _quick_config():
@@ -52,7 +53,7 @@ def test_report_has_every_system_and_file(quick_run):
     for name in ("report.md", "table.png", "reliability.png", "learning_curves.png", "frontier.png"):
         assert (workdir / name).stat().st_size > 1000, name
     assert "| COREA |" in (workdir / "report.md").read_text()
-    for run in ("sft", "rlvr", "rlcc", "brier"):
+    for run in RUNS:
         assert (workdir / f"cascade_{run}" / "report.json").exists()
         assert (workdir / f"slm_{run}" / "hf" / "config.json").exists() or run == "sft"
     assert (workdir / "slm_sft" / "hf" / "model.safetensors").exists()
@@ -73,7 +74,7 @@ def test_the_sampled_protocol_scores_every_sample_and_keeps_greedy_alongside(qui
     samples = _quick_config().cascade.samples
     assert report["protocol"].startswith(f"sampled: each SLM answers every question {samples} times")
     assert report["n_test_items"] == samples * report["n_test"]
-    for run in ("sft", "rlvr", "rlcc", "brier"):
+    for run in RUNS:
         cascade = json.loads((workdir / f"sampled_{run}" / "report.json").read_text())
         assert cascade["n_test"] == samples * 96 and cascade["n_calibration"] == samples * 64
     # the LLM's greedy answer stands for each sample: its pass@1 is the greedy one
@@ -102,24 +103,18 @@ def test_rerun_rebuilds_nothing_and_gives_the_same_report(quick_run):
     assert sum("cached" in m for m in messages) >= 14
 
 
-def test_launch_reproduce_names_a_bad_task_field_without_a_traceback(tmp_path):
+@pytest.mark.parametrize("flag, message", [
+    ("--config.task.max_ops=0", "task.max_ops: expected 1 <= max_ops < 26, found 0"),
+    ("--config.cascade.samples=-1", "cascade.samples: expected an integer >= 0 (0: greedy only), found -1"),
+], ids=["bad_task_field", "negative_samples"])
+def test_launch_reproduce_refuses_a_bad_field_without_a_traceback(tmp_path, flag, message):
     proc = subprocess.run(
-        [sys.executable, "-m", "launch.reproduce", f"--workdir={tmp_path}", "--config.task.max_ops=0"],
+        [sys.executable, "-m", "launch.reproduce", f"--workdir={tmp_path}", flag],
         cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode != 0
-    assert "task.max_ops: expected 1 <= max_ops < 26, found 0" in proc.stderr
+    assert message in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "task").exists()
-
-
-def test_launch_reproduce_refuses_negative_samples_without_a_traceback(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "launch.reproduce", f"--workdir={tmp_path}", "--config.cascade.samples=-1"],
-        cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert proc.returncode != 0
-    assert "cascade.samples: expected an integer >= 0 (0: greedy only), found -1" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "task").exists()
+    assert not (tmp_path / "task").exists()  # refused before any stage runs
 
 
 def test_summary_over_runs_names_the_cpu_and_every_claim(quick_run):
