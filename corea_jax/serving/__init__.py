@@ -9,17 +9,19 @@ Modules, one job each (vLLM's split: wire format, logic, routes):
   metrics    Prometheus metrics (GET /metrics, the dashboard)
   log        DIR/records.jsonl (mode 0600), one fsynced line per request (cascade record schema)
   refit      tau re-fitted from the live log (DIR/threshold.json, read again on SIGHUP)
+  replay     traffic replayed at a server as a client sends it, graded, fed back (launch.replay)
   routes     the HTTP routes;  app  the app factory and `serve` (uvicorn)
 """
 
 from corea_jax.serving.app import create_app, serve
 from corea_jax.serving.auth import parse_keys
-from corea_jax.serving import app, refit  # modules other packages use
+from corea_jax.serving import app, refit, replay  # modules other packages use
 
 __all__ = [
     "app",
     "create_app",
     "parse_keys",
     "refit",
+    "replay",
     "serve",
 ]
