@@ -192,4 +192,5 @@ def http_llm_config(url: str, **overrides):
     configures it (`--config.llm.backend=http`)."""
     return tiny_config(**{"llm.backend": "http", "llm.http.base_url": url, "llm.http.model": "fake-llm",
                           "llm.http.max_retries": 0, "llm.http.timeout_s": 60.0, "llm.http.logprobs": False,
-                          "llm.non_embedding_params": 1_000_000, "llm.max_new_tokens": 32, **overrides})
+                          "llm.non_embedding_params": 1_000_000, "llm.lm_head_params": 0, "llm.max_new_tokens": 32,
+                          **overrides})

@@ -14,11 +14,13 @@ import asyncio
 import concurrent.futures
 import http.client
 import json
+import math
 import shutil
 import socket
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import openai
@@ -497,3 +499,54 @@ def test_dashboard_with_keys_set_shows_no_numbers_without_a_key(server, state, t
     assert 'data-needs-key="true"' in dom and 'data-loaded="true"' not in dom
     assert '<form id="key-form">' in dom or '<form id="key-form" hidden="">' not in dom
     assert 'id="requests" data-value="' not in dom  # not one number reached the page
+
+
+def _post(url: str, body: dict, key: str | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json",
+                                              **({"Authorization": f"Bearer {key}"} if key else {})})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_feedback_labels_responses_and_the_live_gauges_and_health_show_them(server, state):
+    from corea_jax.serving.auth import KeyRing
+
+    c = client(server.url)
+    state.service.set_tau(0.0)  # every corea request kept: feedback labels the SLM directly
+    ids = [_ask(c, q, max_tokens=4).id for q in QUESTIONS[:3]]
+    answer = _ask(c, QUESTIONS[0], max_tokens=4)
+    assert _corea(answer)["threshold_version"] == 0  # the config's tau
+    url = f"{server.url}/v1/corea/feedback"
+    for rid, correct in zip(ids, (True, False, True)):
+        assert _post(url, {"id": rid, "correct": correct}) == (200, {"id": rid, "correct": correct,
+                                                                    "status": "recorded"})
+    assert _post(url, {"id": ids[0], "correct": True})[1]["status"] == "unchanged"
+    status, body = _post(url, {"id": ids[0], "correct": False})
+    assert status == 409 and body["error"]["param"] == "correct"
+    status, body = _post(url, {"id": "chatcmpl-never", "correct": True})
+    assert status == 404 and body["error"]["code"] == "unknown_id"
+    for bad, param in (({"id": ids[1], "correct": "yes"}, "correct"), ({"id": 5, "correct": True}, "id"),
+                       ({"id": ids[1], "correct": True, "gold": "4"}, "gold")):
+        status, body = _post(url, bad)
+        assert status == 400 and body["error"]["param"] == param
+    text = _get(f"{server.url}/metrics")
+    assert metric(text, "corea_feedback_total", result="recorded") >= 3
+    assert metric(text, "corea_live_labels", source="feedback") >= 3
+    assert metric(text, "corea_live_risk_labels") >= 3
+    assert metric(text, "corea_threshold_version") == 0
+    assert "corea_drift_statistic" in text and "corea_live_saved_fraction" in text
+    health = json.loads(_get(f"{server.url}/health"))
+    assert health["threshold_version"] == 0 and health["drift_alarm"] is False
+    assert health["monitor"]["labels"]["feedback"] >= 3
+    state.keys = KeyRing(["k-one"])
+    status, body = _post(url, {"id": ids[1], "correct": True})
+    assert status == 401
+    assert _post(url, {"id": ids[1], "correct": False}, key="k-one")[1]["status"] == "unchanged"
+    assert "monitor" not in json.loads(_get(f"{server.url}/health"))  # the details need a key
+    state.service.set_tau(math.inf)
+    health = json.loads(_get(f"{server.url}/health"))
+    assert health["defer_everything"] and health["defer_reason"]

@@ -301,7 +301,8 @@ def test_keys_guard_every_surface_and_a_keyless_server_refuses_cross_origin(serv
         assert "corea_requests_total" in _metrics(server, "scrape-key")
         assert "corea_requests_total" in _metrics(server, "api-key")
         with urllib.request.urlopen(f"{server.url}/health", timeout=30) as response:
-            assert set(json.loads(response.read())) == {"status", "tau", "defer_everything", "draining"}
+            assert set(json.loads(response.read())) == {"status", "tau", "defer_everything", "draining",
+                                                        "threshold_version", "drift_alarm"}
         with pytest.raises(openai.AuthenticationError):  # a metrics key cannot ask questions
             _ask(client(server.url, key="scrape-key"), QUESTIONS[0])
     finally:

@@ -15,7 +15,6 @@ at the paper's rule as the reproduction fitted it (the LLM's calibration pass@1,
 import json
 from pathlib import Path
 
-from corea_jax.cascade import config as cascade_config
 from corea_jax.serving.config import defaults
 
 DEFAULT_WORKDIR = "runs/corea"
@@ -41,7 +40,6 @@ def get_config(workdir: str = ""):
         spec = config[role]
         spec.name = str(workdir / stage / "hf")
         spec.prompt = "question"  # the question alone as the user turn, as the toy was trained
-        spec.lm_head_params = cascade_config.head_params_from_dir(spec.name)  # as the reproduction's cost counts it
         spec.slots = 32
         # the toy's positions are 128: a prompt of at most 48 tokens and 72 new ones (its answers
         # take about 30)

@@ -15,6 +15,7 @@ from configs.serve import qwen_coder_cpu
 
 def _random(spec, hidden: int, layers: int, seed_scale: float) -> None:
     spec.name = "random"
+    spec.lm_head_params = 0  # not the default model's: counted from the random model as loaded
     spec.arch.hidden_size = hidden
     spec.arch.intermediate_size = 2 * hidden
     spec.arch.num_layers = layers

@@ -16,7 +16,7 @@ Modules, one job each:
 from corea_jax.cascade.thresholds import risk_controlled_threshold
 from corea_jax.cascade.backends import (Answer, LocalBackend, MODES, failed_answer, messages_for,
                                         non_embedding_params)
-from corea_jax.cascade.costs import CostModel
+from corea_jax.cascade.costs import CostModel, lm_head_params
 from corea_jax.cascade.datasets import Item
 from corea_jax.cascade.records import make_record
 from corea_jax.cascade.thresholds import check_tau, keeps, tau_from_json, tau_to_json
@@ -33,6 +33,7 @@ __all__ = [
     "evaluate",
     "failed_answer",
     "keeps",
+    "lm_head_params",
     "loading",
     "make_record",
     "messages_for",

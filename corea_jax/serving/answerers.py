@@ -25,7 +25,7 @@ from typing import Callable
 
 from corea_jax import confidence as confidence_lib
 from corea_jax import grading, prompts
-from corea_jax.cascade import Answer, failed_answer, messages_for, non_embedding_params, Item
+from corea_jax.cascade import Answer, failed_answer, lm_head_params, messages_for, non_embedding_params, Item
 from corea_jax.serving.batcher import EngineBatcher, EngineStopped
 
 # A gold the cascade's HTTPBackend can grade against (it always grades); the verdict is dropped.
@@ -92,6 +92,7 @@ class LocalAnswerer:
         self.prompt, self.system_prompt, self.worked_example = prompt, system_prompt, worked_example
         self._chat_ids = chat_token_ids
         self.non_embedding_params = non_embedding_params(model.config)
+        self.lm_head_params = lm_head_params(model.config)  # the flops cost's head, from the loaded model
         self.max_new_tokens = batcher.max_new_tokens
         self.capacity = batcher.slots + max_queued
 

@@ -41,11 +41,12 @@ from corea_jax import grading
 from corea_jax.cascade import (failed_answer, CostModel, Item, make_record, check_tau, keeps,
                                tau_from_json, tau_to_json)
 from corea_jax.serving.answerers import Overloaded
+from corea_jax.serving.live import LiveMonitor
+from corea_jax.serving.refit import THRESHOLD_FILE
 from corea_jax.serving.log import RequestLog
 from corea_jax.serving.protocol import (SERVED_MODELS, APIError, ChatCompletionRequest, bad_request,
                                         new_id, now, shown, unavailable)
 
-THRESHOLD_FILE = "threshold.json"
 RETRY_AFTER_S = 5  # what a 503 / 429 refusal asks the client to wait
 MAX_THRESHOLD_BYTES = 1_000_000
 log = logging.getLogger(__name__)
@@ -119,7 +120,9 @@ class ChatService:
                                     params={r: a.non_embedding_params for r, a in self.answerers.items()},
                                     prices={r: tuple(config[r].price_per_million) or None
                                             for r in self.answerers},
-                                    head_params={r: config[r].lm_head_params or None for r in self.answerers})
+                                    # a local model's head as loaded; an HTTP model's as configured
+                                    head_params={r: getattr(a, "lm_head_params", None) or config[r].lm_head_params
+                                                 or None for r, a in self.answerers.items()})
         self._random = random.Random(config.seed)
         self._background: set[asyncio.Task] = set()
         self.draining = False
@@ -130,13 +133,17 @@ class ChatService:
         self.set_tau(check_tau(config.threshold.tau, "threshold.tau"), rule="config")
         fitted = read_threshold(self.workdir, config.confidence_source)  # a bad file stops the start
         if fitted is not None:
-            self._apply(fitted)
+            self.apply_threshold(fitted)
+        self.monitor = LiveMonitor(config, self.workdir, self.apply_threshold)
 
     # ------------------------------------------------------------------ threshold
 
-    def _apply(self, fitted: dict) -> None:
-        self.tau, self.threshold_info = fitted["tau"], {**fitted, "tau": tau_to_json(fitted["tau"])}
-        self.metrics.set_tau(self.tau)
+    def apply_threshold(self, fitted: dict) -> None:
+        """Makes a threshold (threshold.json's content, tau as a float; math.inf: defer everything)
+        the one requests are routed by from now on."""
+        self.tau = check_tau(fitted["tau"], "threshold.json: tau")
+        self.threshold_info = {**fitted, "tau": tau_to_json(self.tau), "version": int(fitted.get("version", 0))}
+        self.metrics.set_tau(self.tau, self.threshold_info["version"])
         log.info("tau = %s (%s)", self.tau if math.isfinite(self.tau) else "defer everything",
                  fitted.get("rule"))
 
@@ -170,14 +177,16 @@ class ChatService:
             return self.tau
         self.threshold_error = None
         if fitted is not None:
-            self._apply(fitted)
+            self.apply_threshold(fitted)
+            if hasattr(self, "monitor"):
+                self.monitor.restart_drift(None)  # a tau fitted elsewhere: the next decisions are the reference
         return self.tau
 
     def set_tau(self, tau: float, rule: str = "set") -> None:
         self.tau = check_tau(tau)
         self.threshold_info = {"rule": rule, "tau": tau_to_json(self.tau),
-                               "defer_everything": self.tau == math.inf}
-        self.metrics.set_tau(self.tau)
+                               "defer_everything": self.tau == math.inf, "version": 0}
+        self.metrics.set_tau(self.tau, 0)
 
     # ------------------------------------------------------------------ validation
 
@@ -255,7 +264,8 @@ class ChatService:
                     question=question if self.config.log_questions else None,
                     turns=len(request.messages), confidence_source=self.config.confidence_source,
                     tau=None, deferred=None, answered_by=None, degraded=False, audit=False, shadow=False,
-                    agree=None, llm=None, threshold_rule=self.threshold_info.get("rule"))
+                    agree=None, llm=None, threshold_rule=self.threshold_info.get("rule"),
+                    threshold_version=self.threshold_info["version"])
         state = {"head": None, "written": False}
         try:
             return await self._route(request, item, history, budget, prompts, line, state, started, on_text)
@@ -309,6 +319,7 @@ class ChatService:
         record = {**head, **line}
         outcome = self._outcome(rid, model, text, finish, record)
         record["latency_s"] = round(time.perf_counter() - started, 4)  # the answer's, not a shadow's
+        self.monitor.expect(rid)  # feedback may name it from now on
         if shadow:
             state["written"] = True  # the shadow task writes it
             self.metrics.answered(model, answered_by, bool(line["deferred"]))
@@ -350,6 +361,7 @@ class ChatService:
         state["written"] = True
         self._count_calls(record)
         self._count_costs(record)
+        self.monitor.observe(record)
         self._spawn(self.log.append_async(record))
 
     async def _finish(self, record: dict, state: dict) -> None:
@@ -358,6 +370,7 @@ class ChatService:
         self._count_costs(record, publish=False)
         await self.log.append_async(record)
         state["written"] = True
+        self.monitor.observe(record)
         self.metrics.answered(record["served_model"], record["answered_by"], bool(record["deferred"]))
         self._count_calls(record)
         self.metrics.costs(record["request_cost"], record["llm_only_cost"])
@@ -419,6 +432,7 @@ class ChatService:
             self.metrics.model_call("llm", llm_reply.prompt_tokens, llm_reply.generated_tokens)
         self._count_costs(record)
         await self.log.append_async(record)
+        self.monitor.observe(record)
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -442,6 +456,7 @@ class ChatService:
         corea = dict(answered_by=record["answered_by"], confidence=confidence,
                      confidence_source=self.config.confidence_source,
                      tau=record["tau"], threshold_rule=record["threshold_rule"],
+                     threshold_version=record["threshold_version"],
                      deferred=record["deferred"], degraded=record["degraded"], shadow=record["shadow"],
                      cost=cost, cost_model=self.config.cost_model, llm_only_cost=costs[1], tokens=tokens)
         return Outcome(rid, record["created"], model, text, finish, usage, corea)
@@ -497,3 +512,4 @@ class ChatService:
             if hasattr(answerer, "close"):
                 answerer.close()
         self.log.close()
+        self.monitor.close()

@@ -12,6 +12,8 @@ from corea_jax.cascade import config as cascade_config
 from corea_jax.settings import check_choice, check_fields, check_int, expect, is_number
 
 ON_LLM_FAILURE = ("degraded", "error")
+REFIT_RULES = ("risk", "usage")
+DRIFT_POLICIES = ("keep", "defer", "refit")
 CONVERSATION = ("pass", "refuse")
 
 
@@ -56,6 +58,32 @@ def defaults() -> ml_collections.ConfigDict:
     config.limits.max_queued = 64  # per model, beyond its slots (HTTP: max_concurrency); then refused
     config.limits.queue_full_status = 503  # 503 or 429, with Retry-After
     config.limits.max_tokens_policy = "refuse"  # max_tokens above a model's limit: "refuse" (400) or "clamp"
+    # The live view of the server's own decisions (serving.live, /metrics, the dashboard): labels
+    # from POST /v1/corea/feedback where present, SLM-LLM agreement on audited requests otherwise.
+    config.monitor = ml_collections.ConfigDict()
+    config.monitor.window = 500  # the latest labelled decisions behind ECE, AUROC and the risk
+    config.monitor.epsilon = 0.05  # the risk a tau promises when its fit states none (e.g. config)
+    config.monitor.level = 0.95  # of every interval shown
+    config.monitor.bins = 10  # of the reliability diagram
+    config.monitor.keep = 20000  # log lines (and response ids accepting feedback) held in memory
+    # Automatic re-fit of tau from the live labels (off at 0): every `every_labels` new labels,
+    # the risk rule on the latest `monitor.window` labelled decisions; each fit is versioned in
+    # DIR/threshold_history.jsonl and written to DIR/threshold.json.
+    config.refit = ml_collections.ConfigDict()
+    config.refit.every_labels = 0
+    config.refit.rule = "risk"  # "risk" (a guarantee) or "usage"
+    config.refit.epsilon = 0.05  # risk: at most this share of requests kept with a wrong SLM answer ...
+    config.refit.delta = 0.1  # ... with probability >= 1 - delta
+    config.refit.target_usage = 0.3  # usage: the LLM's share
+    config.refit.min_items = 100  # labelled decisions a fit needs
+    # Drift: conformal test martingales on the SLM's confidences and on the labelled calibration
+    # loss, against the decisions tau was fitted on (alarm at 1 / (alpha / 2) each: a false alarm
+    # with probability <= alpha over the whole stream). On an alarm: "keep" (say so), "defer"
+    # (defer everything until a new tau is loaded) or "refit" (re-fit on post-alarm labels only).
+    config.drift = ml_collections.ConfigDict()
+    config.drift.alpha = 0.01
+    config.drift.reference = 200  # decisions a test starts from when no fit gave it a reference
+    config.drift.policy = "keep"
     return config
 
 
@@ -98,3 +126,16 @@ def validate(config) -> None:
     check_choice(limits.max_tokens_policy, "limits.max_tokens_policy", ("refuse", "clamp"))
     expect(is_number(config.drain_timeout_s) and config.drain_timeout_s >= 0, "drain_timeout_s",
            "a number >= 0 (seconds)", config.drain_timeout_s)
+    for key, low in (("window", 1), ("bins", 1), ("keep", 1)):
+        check_int(config.monitor[key], f"monitor.{key}", low)
+    for field, value in (("monitor.epsilon", config.monitor.epsilon), ("monitor.level", config.monitor.level),
+                         ("refit.epsilon", config.refit.epsilon), ("refit.delta", config.refit.delta),
+                         ("drift.alpha", config.drift.alpha)):
+        expect(is_number(value) and 0 < value < 1, field, "a number in (0, 1)", value)
+    expect(is_number(config.refit.target_usage) and 0 <= config.refit.target_usage <= 1, "refit.target_usage",
+           "a number in [0, 1]", config.refit.target_usage)
+    check_int(config.refit.every_labels, "refit.every_labels", 0)
+    check_int(config.refit.min_items, "refit.min_items", 1)
+    check_choice(config.refit.rule, "refit.rule", REFIT_RULES)
+    check_int(config.drift.reference, "drift.reference", 1)
+    check_choice(config.drift.policy, "drift.policy", DRIFT_POLICIES)

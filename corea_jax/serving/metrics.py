@@ -34,6 +34,8 @@ class ServerMetrics:
         self.tau = Gauge("corea_tau", "The current deferral threshold (+Inf: defer everything).", registry=r)
         self.defer_everything = Gauge("corea_defer_everything", "1 while tau is the defer-everything "
                                       "state (no tau certified), else 0.", registry=r)
+        self.threshold_version = Gauge("corea_threshold_version", "The version of the current tau "
+                                       "(DIR/threshold_history.jsonl; 0: the config's).", registry=r)
         self.threshold_refused = Counter("corea_threshold_refused", "threshold.json reloads refused "
                                          "(the old tau kept; /health names the reason).", registry=r)
         self.confidence = Histogram("corea_confidence", "The SLM's confidence per answered request.",
@@ -70,6 +72,45 @@ class ServerMetrics:
         self.compiled = Gauge("corea_compiled_programs", "Generation programs compiled so far (a new batch "
                               "or prompt shape compiles once).", registry=r)
         self.rate_limited = Counter("corea_rate_limited", "Requests refused with 429.", registry=r)
+        # The live view (serving.live), set from its snapshot on every scrape; NaN where a number is
+        # undefined (no labels yet, one class only)
+        self.feedback = Counter("corea_feedback", "POST /v1/corea/feedback by result (recorded, unchanged, "
+                                "unknown_id, conflict, invalid).", ["result"], registry=r)
+        self.live_labels = Gauge("corea_live_labels", "Labelled decisions in the live window by label source "
+                                 "(feedback, agreement), and decisions in its span without a label (unlabelled).",
+                                 ["source"], registry=r)
+        self.live_ece = Gauge("corea_live_ece", "ECE of the SLM's confidence over the live window.", registry=r)
+        self.live_auroc = Gauge("corea_live_auroc", "AUROC of the SLM's confidence over the live window.",
+                                registry=r)
+        self.live_bin = Gauge("corea_live_reliability", "The live reliability diagram: per confidence bin "
+                              "(its lower edge), the count, mean confidence and accuracy.", ["bin", "value"],
+                              registry=r)
+        self.live_risk = Gauge("corea_live_kept_error_share", "Share of labelled decisions under the current "
+                               "tau kept with a wrong SLM answer (what the risk rule's epsilon bounds).", registry=r)
+        self.live_risk_upper = Gauge("corea_live_kept_error_upper", "Upper end of its Clopper-Pearson interval "
+                                     "(monitor.level).", registry=r)
+        self.live_risk_lower = Gauge("corea_live_kept_error_lower", "Lower end of that interval.", registry=r)
+        self.live_risk_labels = Gauge("corea_live_risk_labels", "Labelled decisions under the current tau "
+                                      "behind the kept error share.", registry=r)
+        self.live_kept_error_rate = Gauge("corea_live_kept_error_rate", "Error rate among the kept labelled "
+                                          "decisions under the current tau.", registry=r)
+        self.live_epsilon = Gauge("corea_live_epsilon", "The risk the current tau promises (its fit's epsilon, "
+                                  "else config.monitor.epsilon).", registry=r)
+        self.live_risk_exceeded = Gauge("corea_live_risk_exceeded", "1 when the kept error share's interval lies "
+                                        "above epsilon.", registry=r)
+        self.live_saved = Gauge("corea_live_saved_fraction", "Measured saving over the live window: 1 - spent / "
+                                "the LLM alone on the same requests (kind: measured, lower, upper; modelled: "
+                                "the server's own estimate).", ["kind"], registry=r)
+        self.live_requests = Gauge("corea_live_window_requests", "corea decisions behind the savings.",
+                                   registry=r)
+        self.drift_statistic = Gauge("corea_drift_statistic", "log10 of the drift test's martingale per stream "
+                                     "(confidence, loss); the alarm is at corea_drift_alarm_level.", ["stream"],
+                                     registry=r)
+        self.drift_level = Gauge("corea_drift_alarm_level", "log10(1 / (alpha / 2)) per stream.", ["stream"],
+                                 registry=r)
+        self.drift_alarm = Gauge("corea_drift_alarm", "1 once a drift test alarmed (until tau is re-fitted or "
+                                 "reloaded), else 0.", registry=r)
+        self.refit_pending = Gauge("corea_refit_labels_since_fit", "New labels since the last fit.", registry=r)
         self._lock = threading.Lock()
         self._latencies: collections.deque[float] = collections.deque(maxlen=window)
         self._corea = [0, 0]  # corea requests answered, of them by the LLM
@@ -113,11 +154,50 @@ class ServerMetrics:
             if self._costs[1] > 0:
                 self.cost_saved.set(1.0 - self._costs[0] / self._costs[1])
 
-    def set_tau(self, tau: float) -> None:
+    def set_tau(self, tau: float, version: int = 0) -> None:
         self.tau.set(tau)  # +Inf in the text format when deferring everything
         self.defer_everything.set(float(tau == float("inf")))
+        self.threshold_version.set(version)
 
     def model_call(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
         self.calls.labels(model).inc()
         self.tokens.labels(model, "prompt").inc(prompt_tokens)
         self.tokens.labels(model, "completion").inc(completion_tokens)
+
+    def live(self, snap: dict) -> None:
+        """The live gauges from `serving.live.LiveMonitor.snapshot`."""
+        def num(x):
+            return math.nan if x is None else float(x)
+
+        labels = snap["labels"]
+        for source in ("feedback", "agreement", "unlabelled"):
+            self.live_labels.labels(source).set(labels[source])
+        calibration = snap["calibration"]
+        self.live_ece.set(num(calibration["ece"]))
+        self.live_auroc.set(num(calibration["auroc"]))
+        for b in calibration["bins"]:
+            edge = f"{b['lower']:.2f}"
+            self.live_bin.labels(edge, "count").set(b["count"])
+            self.live_bin.labels(edge, "confidence").set(num(b["mean_confidence"]))
+            self.live_bin.labels(edge, "accuracy").set(num(b["accuracy"]))
+        risk = snap["risk"]
+        share = risk["kept_error_share"]
+        self.live_risk.set(num(share["value"]))
+        lower, upper = share["interval"] if share["interval"] else (None, None)
+        self.live_risk_lower.set(num(lower))
+        self.live_risk_upper.set(num(upper))
+        self.live_risk_labels.set(risk["labels"])
+        self.live_kept_error_rate.set(num(risk["kept_error_rate"]["value"]))
+        self.live_epsilon.set(num(risk["epsilon"]))
+        self.live_risk_exceeded.set(float(risk["versus_epsilon"] == "exceeded"))
+        savings = snap["savings"]
+        interval = savings.get("saved_fraction_interval") or (None, None)
+        for kind, value in (("measured", savings["saved_fraction"]), ("lower", interval[0]),
+                            ("upper", interval[1]), ("modelled", savings["saved_fraction_modelled"])):
+            self.live_saved.labels(kind).set(num(value))
+        self.live_requests.set(savings["requests"])
+        for stream, test in snap["drift"].items():
+            self.drift_statistic.labels(stream).set(num(test.get("statistic", 0.0)))
+            self.drift_level.labels(stream).set(num(test.get("alarm_level")))
+        self.drift_alarm.set(float(snap["drift_alarm"]))
+        self.refit_pending.set(snap["refit"]["labels_since_fit"])

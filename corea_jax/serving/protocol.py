@@ -150,6 +150,30 @@ def parse_body(body: bytes) -> "ChatCompletionRequest":
         raise bad_request(param, f"{param}: {first['msg']}") from None
 
 
+FEEDBACK_FIELDS = ("id", "correct")
+MAX_FEEDBACK_BYTES = 4096
+
+
+def parse_feedback(body: bytes) -> tuple[str, bool]:
+    """POST /v1/corea/feedback's body {"id": a response id, "correct": true | false} as
+    (id, correct), or APIError 400 naming the field."""
+    try:
+        data = json.loads(body, parse_constant=_refuse_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise bad_request(None, f"the request body is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise bad_request(None, 'the request body must be a JSON object {"id": ..., "correct": true | false}')
+    for name in data:
+        if name not in FEEDBACK_FIELDS:
+            raise bad_request(str(name)[:80], f"{shown(name)}: unknown field; expected only {list(FEEDBACK_FIELDS)}")
+    rid, correct = data.get("id"), data.get("correct")
+    if not isinstance(rid, str) or not 0 < len(rid) <= 100:
+        raise bad_request("id", f"id: expected the id of a response of this server (a string), found {shown(rid)}")
+    if not isinstance(correct, bool):
+        raise bad_request("correct", f"correct: expected true or false, found {shown(correct)}")
+    return rid, correct
+
+
 def param_name(loc: tuple) -> str | None:
     """A pydantic error location ('body', 'messages', 0, 'role') as 'messages[0].role'."""
     name = ""

@@ -1,5 +1,7 @@
 """tau re-fitted from a server's live log (DIR/records.jsonl) by one of the cascade's rules, written
-with its evidence to DIR/threshold.json, which the server loads at start and on SIGHUP.
+with its evidence to DIR/threshold.json, which the server loads at start and on SIGHUP, and
+appended with its version to DIR/threshold_history.jsonl (the server's automatic re-fit,
+`serving.live`, writes both the same way).
 
 Rules (`cascade.thresholds`):
   usage  the LLM answers `target_usage` of the logged SLM answers (corea and corea-slm requests).
@@ -22,10 +24,11 @@ from pathlib import Path
 
 from corea_jax.cascade import thresholds
 from corea_jax.files import write_atomic
-from corea_jax.serving.chat import THRESHOLD_FILE
 from corea_jax.serving.log import read_lines
 
 RULES = ("usage", "risk", "paper", "fixed")
+THRESHOLD_FILE = "threshold.json"  # the tau the server routes by (read at start and on SIGHUP)
+HISTORY_FILE = "threshold_history.jsonl"  # every fit, one line each, with its version
 
 
 def _slm_confidence(record: dict, source: str) -> float | None:
@@ -89,14 +92,45 @@ def refit(workdir: str | os.PathLike, rule: str, *, confidence_source: str | Non
     confidences = [_slm_confidence(r, confidence_source) for r in answered]
     if confidences:
         evidence["llm_share_at_tau"] = float(1 - thresholds.keeps(confidences, fitted).mean())
+    result = threshold_result(fitted, rule, items=len(used), confidence_source=confidence_source,
+                              epsilon=epsilon if rule == "risk" else None, delta=delta if rule == "risk" else None,
+                              guarantee=guarantee, evidence=evidence, fitted_by="launch.refit")
+    return write_threshold(workdir, result)
+
+
+def threshold_result(fitted: float, rule: str, *, items: int, confidence_source: str, epsilon: float | None,
+                     delta: float | None, guarantee: str | None, evidence: dict, fitted_by: str,
+                     reason: str | None = None) -> dict:
+    """threshold.json's content for a tau fitted by `rule` on `items` labelled requests
+    (math.inf: defer everything, with its reason)."""
     result = dict(tau=thresholds.tau_to_json(fitted), defer_everything=fitted == math.inf, rule=rule,
-                  items=len(used), confidence_source=confidence_source,
-                  epsilon=epsilon if rule == "risk" else None, delta=delta if rule == "risk" else None,
-                  guarantee=guarantee, evidence=evidence,
+                  items=items, confidence_source=confidence_source, epsilon=epsilon, delta=delta,
+                  guarantee=guarantee, evidence=evidence, fitted_by=fitted_by,
                   fitted_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     if fitted == math.inf:
-        result["reason"] = ("no tau is certified on this log: every request goes to the LLM" if rule == "risk"
-                            else "deferring everything is the closest to the target")
+        result["reason"] = reason or ("no tau is certified on this log: every request goes to the LLM"
+                                      if rule == "risk" else "deferring everything is the closest to the target")
+    return result
+
+
+def last_version(workdir: str | os.PathLike) -> int:
+    """The version of the latest fit in DIR/threshold_history.jsonl (0: none yet)."""
+    lines = read_lines(Path(workdir) / HISTORY_FILE)
+    return max((int(line.get("version", 0)) for line in lines), default=0)
+
+
+def write_threshold(workdir: str | os.PathLike, result: dict) -> dict:
+    """Gives `result` the next version, appends it to DIR/threshold_history.jsonl and writes it as
+    DIR/threshold.json (atomically: a server reading it never sees half); returns it."""
+    workdir = Path(workdir)
+    result = dict(result, version=last_version(workdir) + 1)
+    line = (json.dumps(result, allow_nan=False) + "\n").encode()
+    fd = os.open(workdir / HISTORY_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     write_atomic(workdir / THRESHOLD_FILE, json.dumps(result, indent=2, allow_nan=False) + "\n")
     return result
 

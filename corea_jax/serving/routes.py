@@ -2,6 +2,7 @@
 OpenAI's schema). No cascade logic lives here.
 
   POST /v1/chat/completions   non-streaming, or `stream: true` as server-sent events
+  POST /v1/corea/feedback     {id, correct}: whether a response's answer was right (live calibration)
   GET  /v1/models, /v1/models/{id}   corea, corea-slm, corea-llm
   GET  /health                liveness for anyone (ok / not ok, tau); the details with a key
   GET  /metrics               Prometheus text (prometheus_client); a key when keys are set
@@ -228,6 +229,36 @@ async def _stream(request: Request, state, chat: ChatCompletionRequest, client: 
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Request-Id": rid})
 
 
+@router.post("/v1/corea/feedback")
+async def feedback(request: Request):
+    """A label for one response of this server: {"id": its id, "correct": true | false}. 200
+    {"id", "correct", "status": "recorded" | "unchanged"}; 404 for an id this server did not answer
+    (or no longer holds); 409 for a label contradicting the one recorded. One log line each."""
+    state = request.app.state.corea
+    rid, result = None, "invalid"
+    try:
+        client = state.keys.client(request.headers.get("authorization"))
+        rid, correct = protocol.parse_feedback(await read_body(request, protocol.MAX_FEEDBACK_BYTES, 10.0))
+        try:
+            status = state.service.monitor.label(rid, correct, client)
+        except KeyError:
+            result = "unknown_id"
+            raise APIError(404, f"id: no response {protocol.shown(rid)} of this server is held for feedback",
+                           type="not_found_error", param="id", code="unknown_id") from None
+        except ValueError as err:
+            result = "conflict"
+            raise APIError(409, str(err), param="correct", code="conflicting_label") from None
+    except APIError as err:
+        state.metrics.feedback.labels(result if err.status != 401 else "unauthorized").inc()
+        log.info("POST /v1/corea/feedback %s status=%d: %s", protocol.shown(rid, 40), err.status, err.message)
+        return error_response(err)
+    except ClientGone:
+        return Response(status_code=499)
+    state.metrics.feedback.labels(status).inc()
+    log.info("POST /v1/corea/feedback %s status=200 %s correct=%s", rid, status, str(correct).lower())
+    return JSONResponse({"id": rid, "correct": correct, "status": status})
+
+
 @router.get("/v1/models")
 async def models(request: Request):
     state = request.app.state.corea
@@ -269,9 +300,14 @@ async def health(request: Request):
         status = "unhealthy"
     tau = service.tau
     body = {"status": status, "tau": tau if tau != float("inf") else None,
-            "defer_everything": tau == float("inf"), "draining": service.draining}
+            "defer_everything": tau == float("inf"), "draining": service.draining,
+            "threshold_version": service.threshold_info["version"], "drift_alarm": service.monitor.drift_alarm()}
+    if tau == float("inf"):
+        body["defer_reason"] = service.threshold_info.get("reason") or "tau is the defer-everything state"
     if state.keys.allows(request.headers.get("authorization")):
-        body.update(engines=engines, threshold=service.threshold_info, threshold_error=service.threshold_error)
+        snap = service.monitor.snapshot(service.tau, service.threshold_info)
+        body.update(engines=engines, threshold=service.threshold_info, threshold_error=service.threshold_error,
+                    monitor={key: snap[key] for key in ("labels", "risk", "drift", "drift_policy", "refit")})
     return JSONResponse(body, status_code=200 if status != "unhealthy" and not service.draining else 503)
 
 
@@ -282,6 +318,8 @@ async def metrics(request: Request):
         state.keys.metrics_client(request.headers.get("authorization"))
     except APIError as err:
         return error_response(err)
+    service = state.service
+    state.metrics.live(service.monitor.snapshot(service.tau, service.threshold_info))
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
