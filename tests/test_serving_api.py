@@ -15,6 +15,7 @@ import concurrent.futures
 import http.client
 import json
 import math
+import re
 import shutil
 import socket
 import subprocess
@@ -458,12 +459,9 @@ def _dump_dom(url: str, tmp_path):
         capture_output=True, text=True, timeout=120)
 
 
-def test_dashboard_shows_the_metrics_without_console_errors(server, tmp_path):
-    c = client(server.url)
-    for q in QUESTIONS[:2]:
-        _ask(c, q, max_tokens=4)
-    metrics = _get(f"{server.url}/metrics")
-    run = _dump_dom(f"{server.url}/", tmp_path)
+def _loaded_dom(url: str, tmp_path) -> str:
+    """The dashboard's DOM after its scrapes, checked to have loaded without a console error."""
+    run = _dump_dom(url, tmp_path)
     dom = run.stdout
     assert run.returncode == 0, run.stderr[-2000:]
     assert 'data-loaded="true"' in dom, dom[:2000]
@@ -471,11 +469,39 @@ def test_dashboard_shows_the_metrics_without_console_errors(server, tmp_path):
     console_errors = [line for line in run.stderr.splitlines() if "CONSOLE" in line and
                       ("Uncaught" in line or "rror" in line)]
     assert not console_errors, console_errors
+    return dom
+
+
+def _tag(dom: str, element_id: str) -> str:
+    match = re.search(rf'<[^>]*\bid="{re.escape(element_id)}"[^>]*>', dom)
+    assert match, element_id
+    return match.group(0)
+
+
+def _shown(dom: str, element_id: str) -> float:
+    """The number an element shows (its data-value; NaN where it shows the dash)."""
+    value = re.search(r'data-value="([^"]*)"', _tag(dom, element_id)).group(1)
+    return float(value) if value else math.nan
+
+
+def _text(dom: str, element_id: str) -> str:
+    start = dom.index(_tag(dom, element_id)) + len(_tag(dom, element_id))
+    return dom[start:dom.index("<", start)]
+
+
+def _same(shown: float, expected: float) -> bool:
+    return (math.isnan(shown) and math.isnan(expected)) or shown == pytest.approx(expected)
+
+
+def test_dashboard_shows_the_metrics_without_console_errors(server, tmp_path):
+    c = client(server.url)
+    for q in QUESTIONS[:2]:
+        _ask(c, q, max_tokens=4)
+    metrics = _get(f"{server.url}/metrics")
+    dom = _loaded_dom(f"{server.url}/", tmp_path)
 
     def shown(element_id: str) -> float:
-        marker = f'id="{element_id}" data-value="'
-        start = dom.index(marker) + len(marker)
-        return float(dom[start:dom.index('"', start)])
+        return _shown(dom, element_id)
 
     assert shown("llm-share") == pytest.approx(metric(metrics, "corea_llm_share"))
     assert shown("tau") == pytest.approx(metric(metrics, "corea_tau"))
@@ -489,6 +515,84 @@ def test_dashboard_shows_the_metrics_without_console_errors(server, tmp_path):
     assert shown("roi-llm") > 0 and shown("roi-cascade") > 0
     bars = dom.count('data-count="')
     assert bars == 10
+
+
+def test_dashboard_live_panels_show_the_live_gauges_after_feedback(server, state, tmp_path):
+    """Corea requests, then feedback on them: every live panel shows /metrics' gauges as they
+    are (the dash where one is NaN), each with the labels behind it."""
+    c = client(server.url)
+    state.service.set_tau(0.0)  # every corea request kept: its label counts for the risk under this tau
+    ids = [_ask(c, q, max_tokens=4).id for q in QUESTIONS + QUESTIONS[:2]]
+    for rid, correct in zip(ids, (True, False, True, True, False, True)):
+        assert _post(f"{server.url}/v1/corea/feedback", {"id": rid, "correct": correct})[0] == 200
+    metrics = _get(f"{server.url}/metrics")
+    dom = _loaded_dom(f"{server.url}/", tmp_path)
+
+    def agrees(element_id: str, name: str, **labels) -> None:
+        shown, expected = _shown(dom, element_id), metric(metrics, name, **labels)
+        assert _same(shown, expected), (element_id, shown, expected)
+        if math.isnan(expected):
+            assert _text(dom, element_id) == "\u2013", element_id
+
+    # live calibration: ECE, AUROC, the labels behind them and the reliability diagram
+    assert metric(metrics, "corea_live_labels", source="feedback") >= 6
+    for source in ("feedback", "agreement", "unlabelled"):
+        agrees(f"labels-{source}", "corea_live_labels", source=source)
+    agrees("live-ece", "corea_live_ece")
+    agrees("live-auroc", "corea_live_auroc")
+    assert not math.isnan(_shown(dom, "live-ece"))
+    bins = re.findall(r'data-bin="([\d.]+)" data-n="(\d+)" data-accuracy="([^"]*)"', dom)
+    assert [b for b, _, _ in bins] == [f"{0.1 * k:.2f}" for k in range(10)]
+    for edge, count, accuracy in bins:
+        assert int(count) == metric(metrics, "corea_live_reliability", bin=edge, value="count")
+        expected = metric(metrics, "corea_live_reliability", bin=edge, value="accuracy")
+        assert _same(float(accuracy) if accuracy else math.nan, expected), edge
+    assert sum(int(n) for _, n, _ in bins) >= 6
+
+    # risk vs promise
+    agrees("risk-labels", "corea_live_risk_labels")
+    assert _shown(dom, "risk-labels") >= 6
+    for element_id, name in (("kept-error", "corea_live_kept_error_share"),
+                             ("kept-error-lower", "corea_live_kept_error_lower"),
+                             ("kept-error-upper", "corea_live_kept_error_upper"),
+                             ("kept-error-rate", "corea_live_kept_error_rate"), ("epsilon", "corea_live_epsilon")):
+        agrees(element_id, name)
+    exceeded = metric(metrics, "corea_live_risk_exceeded") == 1
+    assert f'data-exceeded="{str(exceeded).lower()}"' in _tag(dom, "panel-risk")
+    assert ("exceeded" in _tag(dom, "panel-risk").split('class="')[1].split('"')[0]) == exceeded
+    assert 'id="risk-bar"' in dom
+
+    # savings: measured with its interval vs modelled, over the window's requests
+    agrees("window-requests", "corea_live_window_requests")
+    for element_id, kind in (("saved-measured", "measured"), ("saved-lower", "lower"), ("saved-upper", "upper"),
+                             ("saved-modelled", "modelled")):
+        agrees(element_id, "corea_live_saved_fraction", kind=kind)
+
+    # threshold: tau, its version, the history of scraped values
+    agrees("threshold-tau", "corea_tau")
+    agrees("threshold-version", "corea_threshold_version")
+    agrees("refit-pending", "corea_refit_labels_since_fit")
+    assert int(re.search(r'id="tau-chart"[^>]*data-points="(\d+)"', dom).group(1)) >= 2  # a scrape every 2 s
+    version = int(metric(metrics, "corea_threshold_version"))
+    assert f'<tr data-version="{version}">' in dom
+
+    # drift: each stream's statistic and alarm level; no alarm banner without an alarm
+    for stream in ("confidence", "loss"):
+        agrees(f"drift-{stream}-stat", "corea_drift_statistic", stream=stream)
+        agrees(f"drift-{stream}-level", "corea_drift_alarm_level", stream=stream)
+        assert int(re.search(rf'id="drift-{stream}-chart"[^>]*data-points="(\d+)"', dom).group(1)) >= 2
+    assert metric(metrics, "corea_drift_alarm") == 0
+    assert 'data-drift-alarm="false"' in dom and '<div class="banner" id="drift-alarm" hidden="">' in dom
+    assert '<div class="banner defer" id="defer-banner" hidden="">' in dom
+
+
+def test_dashboard_names_defer_everything_with_the_reason(server, state, tmp_path):
+    state.service.set_tau(math.inf)
+    health = json.loads(_get(f"{server.url}/health"))
+    dom = _loaded_dom(f"{server.url}/", tmp_path)
+    assert math.isinf(_shown(dom, "threshold-tau")) and _text(dom, "threshold-tau") == "defer everything"
+    assert '<div class="banner defer" id="defer-banner">' in dom
+    assert health["defer_reason"] in _text(dom, "defer-banner")
 
 
 def test_dashboard_with_keys_set_shows_no_numbers_without_a_key(server, state, tmp_path):
