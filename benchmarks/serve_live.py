@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -47,6 +50,10 @@ _DELTA = flags.DEFINE_float("delta", 0.1, "refit.delta.")
 _POLICY = flags.DEFINE_string("drift_policy", "refit", "drift.policy.")
 _SHADOW = flags.DEFINE_float("shadow_rate", 0.1, "shadow_rate.")
 _BLOCK = flags.DEFINE_integer("block", 200, "Requests per row of timeline.md.")
+_ANALYZE = flags.DEFINE_bool("analyze_only", False, "Only (re)write checks.json / timeline.* from OUT's files.")
+_SHOTS = flags.DEFINE_list("screenshots_at", ["1500", "1750", "2400"],
+                           "Requests done at which headless Chromium photographs the dashboard "
+                           "(OUT/dashboard_<n>.png; none without chromium).")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,7 +94,8 @@ def slm_outcomes(server: Path, replayed: list[dict]) -> dict[str, dict]:
             confidence=(record.get("confidence") or {}).get("verbal"), kept=not record["deferred"],
             slm_correct=right, index=line["index"], phase=line["phase"], correct=line["correct"],
             version=record.get("threshold_version", 0), tau=record.get("tau"),
-            cost=record.get("request_cost"), llm_only_cost=record.get("llm_only_cost"))
+            cost=record.get("request_cost"), llm_only_cost=record.get("llm_only_cost"),
+            shadow_cost=(record["llm"] or {}).get("cost") or 0.0 if record.get("shadow") else 0.0)
     return out
 
 
@@ -137,12 +145,19 @@ def checks(workdir: Path, outcomes: dict[str, dict], timeline: list[dict], shift
                                   within_epsilon=bool(wrong / len(under) <= epsilon),
                                   llm_share=1 - sum(o["kept"] for o in under) / len(under))
     result["fits_before_shift"] = fits
-    paper = [o for o in before if o["version"] == 0 and o["cost"] is not None and o["llm_only_cost"]]
-    spent, alone = sum(o["cost"] for o in paper), sum(o["llm_only_cost"] for o in paper)
-    result["savings_under_the_papers_tau"] = dict(
-        requests=len(paper), measured=1 - spent / alone if alone else None,
+    result["savings_before_shift"] = dict(
         offline=offline["cost_saving"]["COREA"], offline_interval=offline["intervals"]["COREA"]["cost_saving"],
-        live_gauge_at_request=live.get("corea_live_saved_fraction{kind=measured}"))
+        live_gauge_at_request=live.get("corea_live_saved_fraction{kind=measured}"),
+        live_gauge_interval=[live.get("corea_live_saved_fraction{kind=lower}"),
+                             live.get("corea_live_saved_fraction{kind=upper}")])
+    # under the paper's tau (version 0) and under every pre-shift tau (the fits keep the same
+    # questions: RLCC states 1.0 or 0.0); with the shadow calls (the audit's price) and without
+    for name, part in (("papers_tau", [o for o in before if o["version"] == 0]), ("all_taus", before)):
+        part = [o for o in part if o["cost"] is not None and o["llm_only_cost"]]
+        spent, alone = sum(o["cost"] for o in part), sum(o["llm_only_cost"] for o in part)
+        shadow = sum(o["shadow_cost"] for o in part)
+        result["savings_before_shift"][name] = dict(requests=len(part), measured=1 - spent / alone,
+                                                    without_shadow_calls=1 - (spent - shadow) / alone)
     return result
 
 
@@ -239,13 +254,48 @@ def plot(outcomes: dict[str, dict], timeline: list[dict], shift_at: int, epsilon
     plt.close(fig)
 
 
+class Photographer(threading.Thread):
+    """Takes a headless-Chromium screenshot of the dashboard as the replay passes each count of
+    requests done (the lines of replay.jsonl)."""
+
+    def __init__(self, url: str, replay_file: Path, counts: list[int], out: Path):
+        super().__init__(daemon=True)
+        self.url, self.replay_file, self.counts, self.out = url, replay_file, sorted(counts), out
+        self.browser = shutil.which("chromium") or shutil.which("chromium-browser")
+        self.stop = threading.Event()
+        self.taken: list[str] = []
+
+    def shoot(self, count: int) -> None:
+        path = self.out / f"dashboard_{count}.png"
+        with tempfile.TemporaryDirectory() as profile:
+            subprocess.run([self.browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                            f"--user-data-dir={profile}", "--virtual-time-budget=8000", "--window-size=1280,2300",
+                            f"--screenshot={path}", self.url], capture_output=True, timeout=120)
+        if path.exists():
+            self.taken.append(path.name)
+
+    def run(self) -> None:
+        pending = list(self.counts)
+        while pending and self.browser and not self.stop.is_set():
+            done = sum(1 for _ in self.replay_file.open()) if self.replay_file.exists() else 0
+            if done >= pending[0]:
+                self.shoot(pending.pop(0))
+            else:
+                time.sleep(0.2)
+
+
 def main(argv):
     del argv
-    from corea_jax.files import write_atomic
+    import logging
+
+    for name in ("httpx", "openai"):  # a line per request otherwise
+        logging.getLogger(name).setLevel(logging.WARNING)
     from corea_jax.serving import replay
     from tests.serving_helpers import free_port, wait_until_healthy
 
     workdir, out = Path(_WORKDIR.value).resolve(), Path(_OUT.value)
+    if _ANALYZE.value:
+        return analyze(workdir, out, {}, [])
     if out.exists():
         raise app.UsageError(f"out: {out} exists; choose a new directory")
     if not (workdir / "slm_rlcc" / "hf").is_dir():
@@ -255,28 +305,47 @@ def main(argv):
     started = time.time()
     try:
         wait_until_healthy(f"http://127.0.0.1:{port}", server, 600, out / "server" / "server.log")
+        photographer = Photographer(f"http://127.0.0.1:{port}/", out / "replay" / "replay.jsonl",
+                                    [int(n) for n in _SHOTS.value if int(n) < _REQUESTS.value], out)
+        photographer.start()
         settings = replay.Settings(base_url=f"http://127.0.0.1:{port}/v1", rate=0.0,
                                    concurrency=_CONCURRENCY.value, scrape_every=_SCRAPE.value)
         planned = replay.plan(str(workdir / "task" / "test.jsonl"), _REQUESTS.value, seed=0,
                               shift_at=_SHIFT_AT.value, shift_to=_SHIFT_TO.value)
         summary = replay.replay(settings, planned, out / "replay")
+        photographer.stop.set()
+        photographer.join(180)
+        if _REQUESTS.value in [int(n) for n in _SHOTS.value]:
+            time.sleep(2)  # the last feedback counted
+            photographer.shoot(_REQUESTS.value)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(180)
     print(replay.describe(summary))
+    analyze(workdir, out, dict(seconds=round(time.time() - started, 1), cpu=_cpu(), date=time.strftime("%Y-%m-%d")),
+            photographer.taken)
+
+
+def analyze(workdir: Path, out: Path, run: dict, screenshots: list[str]) -> None:
+    """checks.json, timeline.md and timeline.png from OUT's server/ and replay/ files."""
+    from corea_jax.files import write_atomic
+
+    if not run and (out / "checks.json").exists():  # re-analysis keeps the run's own facts
+        old = json.loads((out / "checks.json").read_text())
+        run = {k: old[k] for k in ("seconds", "cpu", "date") if k in old}
+        screenshots = old.get("screenshots", [])
     replayed = _jsonl(out / "replay" / "replay.jsonl")
     timeline = _jsonl(out / "replay" / "timeline.jsonl")
     outcomes = slm_outcomes(out / "server", replayed)
     result = checks(workdir, outcomes, timeline, _SHIFT_AT.value, _EPSILON.value)
-    result.update(requests=len(replayed), seconds=round(time.time() - started, 1), cpu=_cpu(),
-                  date=time.strftime("%Y-%m-%d"), flags={f.name: f.value for f in (
+    result.update(requests=len(replayed), **run, flags={f.name: f.value for f in (
                       _REQUESTS, _SHIFT_AT, _SHIFT_TO, _CONCURRENCY, _EVERY, _MIN_ITEMS, _EPSILON, _DELTA,
                       _POLICY, _SHADOW)},
-                  history=_jsonl(out / "server" / "threshold_history.jsonl"))
+                  history=_jsonl(out / "server" / "threshold_history.jsonl"), screenshots=screenshots)
     write_atomic(out / "checks.json", json.dumps(result, indent=2) + "\n")
     write_atomic(out / "timeline.md", table(blocks(outcomes, timeline, _BLOCK.value)))
     plot(outcomes, timeline, _SHIFT_AT.value, _EPSILON.value, out / "timeline.png")
-    print(json.dumps({k: result[k] for k in ("calibration", "fits_before_shift", "savings_under_the_papers_tau")},
+    print(json.dumps({k: result[k] for k in ("calibration", "fits_before_shift", "savings_before_shift")},
                      indent=1))
     print(f"wrote {out}/checks.json, timeline.md, timeline.png")
 
