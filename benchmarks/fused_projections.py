@@ -24,6 +24,7 @@ from pathlib import Path
 from absl import app, flags
 
 from benchmarks.peaks import best_seconds
+from corea_jax.files import write_atomic
 
 _ARCHITECTURES = flags.DEFINE_list("architectures", ["smollm2-135m-instruct", "qwen2.5-0.5b-instruct"],
                                    "corea_jax.models.architectures names")
@@ -101,9 +102,7 @@ def main(argv):
     if _OUT.value:
         path = Path(_OUT.value)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(out, indent=1))
-        tmp.replace(path)
+        write_atomic(path, json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

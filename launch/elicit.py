@@ -14,6 +14,7 @@ from ml_collections import config_flags
 import corea_jax
 from corea_jax import elicitation
 from corea_jax.confidence import SOURCES
+from corea_jax.files import write_atomic
 from corea_jax.models import fetch
 from launch import quiet_logs
 
@@ -48,13 +49,9 @@ def main(argv):
         records = elicitation.elicit(model, rows[config.question_field], rows[config.answer_field],
                                     task=config.task, mode=mode, max_new_tokens=config.max_new_tokens,
                                     followup_tokens=config.followup_tokens, batch_size=config.batch_size)
-        tmp = workdir / f"{mode}.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        tmp.replace(workdir / f"{mode}.jsonl")
+        write_atomic(workdir / f"{mode}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
         summary[mode] = elicitation.summarize(records)
-    tmp = workdir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(workdir / "summary.json")
+    write_atomic(workdir / "summary.json", json.dumps(summary, indent=2))
 
     print(f"\n{config.model} ({config.dtype}) on {config.data}, first {len(rows)} questions, greedy")
     print(f"{'mode':9} {'acc':>5} {'answer parsed':>13} " + " ".join(f"{s + ' (cov/AUROC/ECE)':>34}" for s in SOURCES))
