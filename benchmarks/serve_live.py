@@ -50,6 +50,7 @@ _DELTA = flags.DEFINE_float("delta", 0.1, "refit.delta.")
 _POLICY = flags.DEFINE_string("drift_policy", "refit", "drift.policy.")
 _SHADOW = flags.DEFINE_float("shadow_rate", 0.1, "shadow_rate.")
 _BLOCK = flags.DEFINE_integer("block", 200, "Requests per row of timeline.md.")
+_SEED = flags.DEFINE_integer("seed", 0, "The replay's order of questions (and the server's seed).")
 _ANALYZE = flags.DEFINE_bool("analyze_only", False, "Only (re)write checks.json / timeline.* from OUT's files.")
 _SHOTS = flags.DEFINE_list("screenshots_at", ["1500", "1750", "2400"],
                            "Requests done at which headless Chromium photographs the dashboard "
@@ -63,7 +64,7 @@ def start_server(workdir: Path, out: Path, port: int) -> subprocess.Popen:
               f"--config.shadow_rate={_SHADOW.value}", f"--config.refit.every_labels={_EVERY.value}",
               f"--config.refit.min_items={_MIN_ITEMS.value}", f"--config.refit.epsilon={_EPSILON.value}",
               f"--config.refit.delta={_DELTA.value}", f"--config.drift.policy={_POLICY.value}",
-              f"--config.monitor.epsilon={_EPSILON.value}"]
+              f"--config.monitor.epsilon={_EPSILON.value}", f"--config.seed={_SEED.value}"]
     out.mkdir(parents=True)
     log = open(out / "server.log", "w")
     return subprocess.Popen([sys.executable, "-m", "launch.serve", *flags_], cwd=REPO, stdout=log,
@@ -145,6 +146,12 @@ def checks(workdir: Path, outcomes: dict[str, dict], timeline: list[dict], shift
                                   within_epsilon=bool(wrong / len(under) <= epsilon),
                                   llm_share=1 - sum(o["kept"] for o in under) / len(under))
     result["fits_before_shift"] = fits
+    alarmed = [row["requests_done"] for row in timeline if row["samples"].get("corea_drift_alarm") == 1]
+    result["drift"] = dict(first_alarm_at_request=min(alarmed) if alarmed else None,
+                           alarm_before_shift=any(n <= shift_at for n in alarmed),
+                           max_statistic={stream: max((row["samples"].get(f"corea_drift_statistic{{stream={stream}}}", 0.0)
+                                                       for row in timeline if row["requests_done"] <= shift_at), default=None)
+                                          for stream in ("confidence", "loss")})
     result["savings_before_shift"] = dict(
         offline=offline["cost_saving"]["COREA"], offline_interval=offline["intervals"]["COREA"]["cost_saving"],
         live_gauge_at_request=live.get("corea_live_saved_fraction{kind=measured}"),
@@ -310,7 +317,7 @@ def main(argv):
         photographer.start()
         settings = replay.Settings(base_url=f"http://127.0.0.1:{port}/v1", rate=0.0,
                                    concurrency=_CONCURRENCY.value, scrape_every=_SCRAPE.value)
-        planned = replay.plan(str(workdir / "task" / "test.jsonl"), _REQUESTS.value, seed=0,
+        planned = replay.plan(str(workdir / "task" / "test.jsonl"), _REQUESTS.value, seed=_SEED.value,
                               shift_at=_SHIFT_AT.value, shift_to=_SHIFT_TO.value)
         summary = replay.replay(settings, planned, out / "replay")
         photographer.stop.set()
@@ -339,7 +346,7 @@ def analyze(workdir: Path, out: Path, run: dict, screenshots: list[str]) -> None
     outcomes = slm_outcomes(out / "server", replayed)
     result = checks(workdir, outcomes, timeline, _SHIFT_AT.value, _EPSILON.value)
     result.update(requests=len(replayed), **run, flags={f.name: f.value for f in (
-                      _REQUESTS, _SHIFT_AT, _SHIFT_TO, _CONCURRENCY, _EVERY, _MIN_ITEMS, _EPSILON, _DELTA,
+                      _REQUESTS, _SHIFT_AT, _SHIFT_TO, _SEED, _CONCURRENCY, _EVERY, _MIN_ITEMS, _EPSILON, _DELTA,
                       _POLICY, _SHADOW)},
                   history=_jsonl(out / "server" / "threshold_history.jsonl"), screenshots=screenshots)
     write_atomic(out / "checks.json", json.dumps(result, indent=2) + "\n")

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 
@@ -139,3 +140,33 @@ def test_claim_margins_figure(quick_run, tmp_path):
     _, report, _ = quick_run
     path = plot_claim_margins({"seed0": report, "seed1": report}, tmp_path / "margins.png")
     assert path.stat().st_size > 1000
+
+
+def test_serving_what_the_quick_run_trained_with_replayed_feedback_and_a_refit(quick_run, tmp_path):
+    """launch.reproduce, then the server on its workdir (configs/serve/reproduction.py), then the
+    replayer with feedback: every answer labelled, live gauges fed, an automatic re-fit versioned."""
+    from configs.serve import reproduction
+    from corea_jax.serving import create_app, replay
+    from tests.serving_helpers import InProcessServer, metric
+
+    workdir, report, _ = quick_run
+    config = reproduction.get_config(str(workdir))
+    assert config.threshold.tau == report["systems"]["COREA"]["tau"]  # the paper's rule, as the report fitted it
+    config.refit.every_labels, config.refit.min_items = 10, 10
+    config.drift.reference = 10
+    server = InProcessServer(create_app(config, tmp_path / "serve"))
+    try:
+        settings = replay.Settings(base_url=f"{server.url}/v1", rate=0.0, concurrency=4, scrape_every=10)
+        summary = replay.replay(settings, replay.plan(str(workdir / "task" / "test.jsonl"), 24, seed=0),
+                                tmp_path / "replay")
+        assert summary["ok"] == 24 and summary["feedback"] == {"200:recorded": 24}
+        service = server.service
+        assert service.threshold_info["version"] >= 2  # fits at 10 and 20 labels
+        history = (tmp_path / "serve" / "threshold_history.jsonl").read_text().splitlines()
+        assert [json.loads(line)["version"] for line in history] == list(range(1, len(history) + 1))
+        text = urllib.request.urlopen(f"{server.url}/metrics", timeout=60).read().decode()
+        assert metric(text, "corea_live_labels", source="feedback") + metric(text, "corea_live_labels",
+                                                                            source="agreement") >= 20
+        assert metric(text, "corea_threshold_version") == service.threshold_info["version"]
+    finally:
+        server.stop()
