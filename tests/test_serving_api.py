@@ -654,3 +654,25 @@ def test_feedback_labels_responses_and_the_live_gauges_and_health_show_them(serv
     state.service.set_tau(math.inf)
     health = json.loads(_get(f"{server.url}/health"))
     assert health["defer_everything"] and health["defer_reason"]
+
+
+def test_health_and_the_dashboard_list_the_fits_made_before_the_page_opened(server, state, tmp_path):
+    from corea_jax.serving import refit
+
+    workdir = state.service.workdir
+    written = refit.write_threshold(workdir, refit.threshold_result(
+        0.3, "usage", items=40, confidence_source=state.service.config.confidence_source, epsilon=None,
+        delta=None, guarantee=None, evidence={"llm_share_at_tau": 0.25}, fitted_by="test"))
+    try:
+        state.service.reload_threshold()  # what SIGHUP does
+        history = json.loads(_get(f"{server.url}/health"))["threshold_history"]
+        assert history[0]["version"] == 0 and history[0]["rule"] == "config"
+        assert history[-1]["version"] == written["version"] and history[-1]["tau"] == 0.3
+        assert history[-1]["llm_share"] == 0.25
+        dom = _loaded_dom(f"{server.url}/", tmp_path)
+        for version in (0, written["version"]):
+            assert f'<tr data-version="{version}">' in dom
+    finally:
+        (workdir / refit.THRESHOLD_FILE).unlink()
+        (workdir / refit.HISTORY_FILE).unlink()
+        state.service.monitor.reload_history()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import json
 import logging
 import math
@@ -131,6 +132,7 @@ class ChatService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reload_pending = False
         self.set_tau(check_tau(config.threshold.tau, "threshold.tau"), rule="config")
+        self.started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         fitted = read_threshold(self.workdir, config.confidence_source)  # a bad file stops the start
         if fitted is not None:
             self.apply_threshold(fitted)
@@ -180,7 +182,21 @@ class ChatService:
             self.apply_threshold(fitted)
             if hasattr(self, "monitor"):
                 self.monitor.restart_drift(None)  # a tau fitted elsewhere: the next decisions are the reference
+                self.monitor.reload_history()
         return self.tau
+
+    def threshold_history(self) -> list[dict]:
+        """The config's tau (version 0, from the server's start) and the latest fits, oldest first:
+        version, tau (None: defer everything), rule, items, guarantee or reason, fitted_at, the LLM
+        share the fit expected."""
+        keep = ("version", "tau", "rule", "items", "guarantee", "reason", "fitted_at", "fitted_by")
+        config_tau = check_tau(self.config.threshold.tau, "threshold.tau")
+        fits = [dict(version=0, tau=tau_to_json(config_tau), rule="config", items=None, guarantee=None,
+                     reason=None, fitted_at=self.started_at, fitted_by="config")]
+        for fit in self.monitor.history:
+            fits.append({**{k: fit.get(k) for k in keep},
+                         "llm_share": (fit.get("evidence") or {}).get("llm_share_at_tau")})
+        return fits
 
     def set_tau(self, tau: float, rule: str = "set") -> None:
         self.tau = check_tau(tau)

@@ -41,6 +41,7 @@ from corea_jax.serving.log import RequestLog, read_lines
 FEEDBACK_FILE = "feedback.jsonl"
 STREAMS = ("confidence", "loss")
 SNAPSHOT_TTL_S = 1.0  # scrapes within this reuse the last snapshot
+HISTORY_SHOWN = 20  # fits /health lists (the dashboard's tau history)
 log = logging.getLogger(__name__)
 
 
@@ -63,6 +64,7 @@ class LiveMonitor:
         self._warmup = {stream: [] for stream in STREAMS}
         self.tests: dict[str, drift.DriftState | None] = {stream: None for stream in STREAMS}
         self.alarm_logged = False
+        self.history: collections.deque[dict] = collections.deque(maxlen=HISTORY_SHOWN)  # the latest fits
         self._load()
 
     # ------------------------------------------------------------------ inputs
@@ -74,6 +76,13 @@ class LiveMonitor:
         for line in read_lines(self.workdir / FEEDBACK_FILE):
             if line.get("id") in self.known:
                 self.labels[line["id"]] = bool(line["correct"])
+        self.reload_history()
+
+    def reload_history(self) -> None:
+        """The latest fits from DIR/threshold_history.jsonl (at start, and after a SIGHUP reload:
+        `launch.refit` appends there too)."""
+        self.history.clear()
+        self.history.extend(read_lines(self.workdir / refit.HISTORY_FILE)[-HISTORY_SHOWN:])
 
     def _remember(self, request_id: str | None) -> None:
         if request_id is None:
@@ -232,6 +241,7 @@ class LiveMonitor:
 
     def _write_fit(self, result: dict, used: list | None) -> dict:
         written = refit.write_threshold(self.workdir, result)
+        self.history.append(written)
         self.labels_since_fit, self.fit_error = 0, None
         self.apply_fit({**written, "tau": thresholds.tau_from_json(written["tau"], "tau",
                                                                    defer_everything=written["defer_everything"])})

@@ -307,7 +307,8 @@ async def health(request: Request):
     if state.keys.allows(request.headers.get("authorization")):
         snap = service.monitor.snapshot(service.tau, service.threshold_info)
         body.update(engines=engines, threshold=service.threshold_info, threshold_error=service.threshold_error,
-                    monitor={key: snap[key] for key in ("labels", "risk", "drift", "drift_policy", "refit")})
+                    monitor={key: snap[key] for key in ("labels", "risk", "drift", "drift_policy", "refit")},
+                    threshold_history=service.threshold_history())
     return JSONResponse(body, status_code=200 if status != "unhealthy" and not service.draining else 503)
 
 
