@@ -297,7 +297,7 @@ def main(argv):
 
     for name in ("httpx", "openai"):  # a line per request otherwise
         logging.getLogger(name).setLevel(logging.WARNING)
-    from corea_jax.serving import replay
+    from corea_jax.serving import replay, traffic
     from tests.serving_helpers import free_port, wait_until_healthy
 
     workdir, out = Path(_WORKDIR.value).resolve(), Path(_OUT.value)
@@ -317,7 +317,7 @@ def main(argv):
         photographer.start()
         settings = replay.Settings(base_url=f"http://127.0.0.1:{port}/v1", rate=0.0,
                                    concurrency=_CONCURRENCY.value, scrape_every=_SCRAPE.value)
-        planned = replay.plan(str(workdir / "task" / "test.jsonl"), _REQUESTS.value, seed=_SEED.value,
+        planned = traffic.plan(str(workdir / "task" / "test.jsonl"), _REQUESTS.value, seed=_SEED.value,
                               shift_at=_SHIFT_AT.value, shift_to=_SHIFT_TO.value)
         summary = replay.replay(settings, planned, out / "replay")
         photographer.stop.set()

@@ -14,7 +14,7 @@ import os
 
 from absl import app, flags
 
-from corea_jax.serving import replay
+from corea_jax.serving import replay, traffic
 from launch import quiet_logs, usage_errors
 
 _BASE_URL = flags.DEFINE_string("base_url", "http://127.0.0.1:8000/v1", "The server's OpenAI base URL.")
@@ -44,7 +44,7 @@ def main(argv):
             base_url=_BASE_URL.value, api_key=os.environ.get(_API_KEY_ENV.value) or "none", rate=_RATE.value,
             concurrency=_CONCURRENCY.value, timeout_s=_TIMEOUT.value, retries=_RETRIES.value,
             scrape_every=_SCRAPE_EVERY.value)
-        planned = replay.plan(_DATA.value, _LIMIT.value, seed=_SEED.value, shift_at=_SHIFT_AT.value,
+        planned = traffic.plan(_DATA.value, _LIMIT.value, seed=_SEED.value, shift_at=_SHIFT_AT.value,
                               shift_to=_SHIFT_TO.value)
         summary = replay.replay(settings, planned, _OUT.value)
     print(replay.describe(summary))

@@ -146,7 +146,7 @@ def test_serving_what_the_quick_run_trained_with_replayed_feedback_and_a_refit(q
     """launch.reproduce, then the server on its workdir (configs/serve/reproduction.py), then the
     replayer with feedback: every answer labelled, live gauges fed, an automatic re-fit versioned."""
     from configs.serve import reproduction
-    from corea_jax.serving import create_app, replay
+    from corea_jax.serving import create_app, replay, traffic
     from tests.serving_helpers import InProcessServer, metric
 
     workdir, report, _ = quick_run
@@ -157,7 +157,7 @@ def test_serving_what_the_quick_run_trained_with_replayed_feedback_and_a_refit(q
     server = InProcessServer(create_app(config, tmp_path / "serve"))
     try:
         settings = replay.Settings(base_url=f"{server.url}/v1", rate=0.0, concurrency=4, scrape_every=10)
-        summary = replay.replay(settings, replay.plan(str(workdir / "task" / "test.jsonl"), 24, seed=0),
+        summary = replay.replay(settings, traffic.plan(str(workdir / "task" / "test.jsonl"), 24, seed=0),
                                 tmp_path / "replay")
         assert summary["ok"] == 24 and summary["feedback"] == {"200:recorded": 24}
         service = server.service

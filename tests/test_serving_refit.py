@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from corea_jax.cascade import thresholds
-from corea_jax.serving.chat import read_threshold
+from corea_jax.serving.refit import read_threshold
 from corea_jax.serving.refit import describe, refit
 
 

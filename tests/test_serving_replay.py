@@ -12,7 +12,7 @@ import time
 import pytest
 
 from corea_jax.data import chains
-from corea_jax.serving import replay
+from corea_jax.serving import replay, traffic
 from tests.serving_helpers import free_port
 
 KEY = "sk-replay-test"
@@ -41,14 +41,14 @@ def _operands(question: str) -> list[int]:
 # --- items -------------------------------------------------------------------------------------
 
 def test_gold_is_what_follows_the_last_marker_else_the_whole_answer():
-    assert replay.gold_of("a=4\nb=a+3=4+3=7\n#### 7") == "7"
-    assert replay.gold_of("She pays 3 * 4 = 12.\n#### 1,234 ") == "1,234"
-    assert replay.gold_of("  42 ") == "42"
+    assert traffic.gold_of("a=4\nb=a+3=4+3=7\n#### 7") == "7"
+    assert traffic.gold_of("She pays 3 * 4 = 12.\n#### 1,234 ") == "1,234"
+    assert traffic.gold_of("  42 ") == "42"
 
 
 def test_read_items_takes_the_split_files_golds_and_ids(tmp_path):
     path = _toy_split(tmp_path / "test.jsonl", n=5)
-    items = replay.read_items(path)
+    items = traffic.read_items(path)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [i.id for i in items] == [r["id"] for r in rows]
     assert [i.gold for i in items] == [str(_value(r["question"])) for r in rows]
@@ -56,7 +56,7 @@ def test_read_items_takes_the_split_files_golds_and_ids(tmp_path):
 
     other = tmp_path / "gsm.jsonl"
     other.write_text('{"question": "q1", "answer": "so 3\\n#### 3"}\n\n{"question": "q2"}\n')
-    got = replay.read_items(other)
+    got = traffic.read_items(other)
     assert [(i.id, i.gold) for i in got] == [("gsm-1", "3"), ("gsm-3", None)]
 
 
@@ -70,31 +70,31 @@ def test_read_items_refuses_a_bad_file_naming_the_line(tmp_path, text, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(text)
     with pytest.raises(ValueError, match=re.escape(message)):
-        replay.read_items(path)
+        traffic.read_items(path)
     with pytest.raises(FileNotFoundError, match="data: no file"):
-        replay.read_items(tmp_path / "missing.jsonl")
+        traffic.read_items(tmp_path / "missing.jsonl")
 
 
 def test_items_are_cycled_in_a_seeded_order_each_pass_whole(tmp_path):
-    items = replay.read_items(_toy_split(tmp_path / "test.jsonl", n=7))
-    stream = replay.cycled(items, seed=3)
+    items = traffic.read_items(_toy_split(tmp_path / "test.jsonl", n=7))
+    stream = traffic.cycled(items, seed=3)
     first, second = [next(stream) for _ in items], [next(stream) for _ in items]
     assert sorted(i.id for i in first) == sorted(i.id for i in second) == sorted(i.id for i in items)
     assert [i.id for i in first] != [i.id for i in second]  # reshuffled (7! orders: a tie is unlikely)
-    again = replay.cycled(items, seed=3)
+    again = traffic.cycled(items, seed=3)
     assert [next(again).id for _ in range(14)] == [i.id for i in first + second]
-    other = replay.cycled(items, seed=4)
+    other = traffic.cycled(items, seed=4)
     assert [next(other).id for _ in items] != [i.id for i in first]
 
 
 # --- the shift source --------------------------------------------------------------------------
 
 def test_chain_specs_parse_to_ranges():
-    assert replay.parse_chains_spec("chains:") == replay.ChainSpec(1, 2, 1, 2, False)
-    assert replay.parse_chains_spec("chains:digits=3") == replay.ChainSpec(1, 2, 3, 3, False)
-    assert replay.parse_chains_spec("chains:max_ops=4") == replay.ChainSpec(1, 4, 1, 2, False)
-    assert replay.parse_chains_spec("chains: ops=3-4 , digits=2, random_names=1") == replay.ChainSpec(3, 4, 2, 2, True)
-    assert replay.parse_chains_spec("chains:min_digits=2,max_digits=3") == replay.ChainSpec(1, 2, 2, 3, False)
+    assert traffic.parse_chains_spec("chains:") == traffic.ChainSpec(1, 2, 1, 2, False)
+    assert traffic.parse_chains_spec("chains:digits=3") == traffic.ChainSpec(1, 2, 3, 3, False)
+    assert traffic.parse_chains_spec("chains:max_ops=4") == traffic.ChainSpec(1, 4, 1, 2, False)
+    assert traffic.parse_chains_spec("chains: ops=3-4 , digits=2, random_names=1") == traffic.ChainSpec(3, 4, 2, 2, True)
+    assert traffic.parse_chains_spec("chains:min_digits=2,max_digits=3") == traffic.ChainSpec(1, 2, 2, 3, False)
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -110,25 +110,25 @@ def test_chain_specs_parse_to_ranges():
 ])
 def test_bad_chain_specs_are_refused_naming_the_key(spec, message):
     with pytest.raises(ValueError, match=re.escape(message)):
-        replay.parse_chains_spec(spec)
+        traffic.parse_chains_spec(spec)
 
 
 def test_the_shift_brings_items_the_toy_never_trained_on(tmp_path):
     data = _toy_split(tmp_path / "test.jsonl", n=30)
-    planned = list(replay.plan(str(data), 60, seed=1, shift_at=20, shift_to="chains:digits=3"))
+    planned = list(traffic.plan(str(data), 60, seed=1, shift_at=20, shift_to="chains:digits=3"))
     before, after = planned[:20], planned[20:]
     assert [p.index for p in planned] == list(range(60))
     assert {p.phase for p in before} == {"before"} and {p.phase for p in after} == {"after"}
     assert all(max(_operands(p.item.question)) < 100 for p in before)
     assert all(p.item.source == "chains:digits=3" for p in after)
     assert sum(max(_operands(p.item.question)) >= 100 for p in after) >= 35  # three-digit operands
-    assert all(len(p.item.question) <= replay.MAX_CHAIN_QUESTION_CHARS for p in after)
+    assert all(len(p.item.question) <= traffic.MAX_CHAIN_QUESTION_CHARS for p in after)
     assert all(p.item.gold == str(_value(p.item.question)) for p in after)
     assert len({p.item.question for p in after}) == 40  # drawn, not cycled
 
-    longer = list(replay.plan(str(data), 30, shift_at=0, shift_to="chains:ops=3-4"))
+    longer = list(traffic.plan(str(data), 30, shift_at=0, shift_to="chains:ops=3-4"))
     assert {p.item.question.count(";") - 1 for p in longer} <= {3, 4} and all(p.phase == "after" for p in longer)
-    shifted = list(replay.plan(str(data), 5, shift_at=2, shift_to=str(data)))
+    shifted = list(traffic.plan(str(data), 5, shift_at=2, shift_to=str(data)))
     assert [p.phase for p in shifted] == ["before"] * 2 + ["after"] * 3
 
 
@@ -141,7 +141,7 @@ def test_the_shift_brings_items_the_toy_never_trained_on(tmp_path):
 def test_plan_checks_its_arguments_before_sending(tmp_path, kwargs, message):
     data = _toy_split(tmp_path / "test.jsonl", n=3)
     with pytest.raises(ValueError, match=message):
-        replay.plan(str(data), **kwargs)
+        traffic.plan(str(data), **kwargs)
 
 
 # --- pieces ------------------------------------------------------------------------------------
@@ -341,7 +341,7 @@ def test_a_replay_writes_a_line_per_request_and_feeds_back_each_verdict(tmp_path
     data = _toy_split(tmp_path / "test.jsonl", n=10)
     settings = replay.Settings(base_url=server.base_url, api_key=KEY, rate=50.0, concurrency=4, scrape_every=5,
                                timeout_s=10)
-    summary = replay.replay(settings, replay.plan(str(data), 12, shift_at=8, shift_to="chains:digits=3"),
+    summary = replay.replay(settings, traffic.plan(str(data), 12, shift_at=8, shift_to="chains:digits=3"),
                             tmp_path / "out")
     lines = _read(tmp_path / "out" / "replay.jsonl")
     assert sorted(r["index"] for r in lines) == list(range(12)) and all(r["status"] == 200 for r in lines)
@@ -380,7 +380,7 @@ def test_a_replay_writes_a_line_per_request_and_feeds_back_each_verdict(tmp_path
         sum(r["corea"]["answered_by"] == "llm" for r in lines) / 12)
 
     with pytest.raises(ValueError, match="already holds replay.jsonl"):
-        replay.replay(settings, replay.plan(str(data), 1), tmp_path / "out")
+        replay.replay(settings, traffic.plan(str(data), 1), tmp_path / "out")
 
 
 def test_refusals_and_errors_each_end_in_one_line(tmp_path, fake):
@@ -388,7 +388,7 @@ def test_refusals_and_errors_each_end_in_one_line(tmp_path, fake):
     data = _toy_split(tmp_path / "test.jsonl", n=5)
     settings = replay.Settings(base_url=server.base_url, rate=0, concurrency=1, retries=1, scrape_every=0,
                                timeout_s=10)
-    summary = replay.replay(settings, replay.plan(str(data), 5), tmp_path / "out")
+    summary = replay.replay(settings, traffic.plan(str(data), 5), tmp_path / "out")
     lines = sorted(_read(tmp_path / "out" / "replay.jsonl"), key=lambda r: r["index"])
     assert [(r["status"], r["attempts"]) for r in lines] == [(429, 2), (400, 1), (500, 1), (200, 1), (200, 1)]
     assert all(r["error"] and r["feedback"] is None and r["correct"] is None for r in lines[:3])
@@ -397,7 +397,7 @@ def test_refusals_and_errors_each_end_in_one_line(tmp_path, fake):
 
     # No server at all: every request still has its line, and so has the scrape.
     server.stop()
-    replay.replay(settings, replay.plan(str(data), 2), tmp_path / "gone")
+    replay.replay(settings, traffic.plan(str(data), 2), tmp_path / "gone")
     gone = _read(tmp_path / "gone" / "replay.jsonl")
     assert len(gone) == 2 and all(r["status"] is None and r["error"] for r in gone)
     assert _read(tmp_path / "gone" / "timeline.jsonl")[0]["error"]
@@ -426,7 +426,7 @@ def test_a_replay_against_the_tiny_server(tmp_path):
     running = InProcessServer(create_app(tiny_config(**{"threshold.tau": 0.2}), tmp_path / "serve"))
     try:
         settings = replay.Settings(base_url=f"{running.url}/v1", rate=0, concurrency=2, scrape_every=2)
-        summary = replay.replay(settings, replay.plan(str(data), 4), tmp_path / "out")
+        summary = replay.replay(settings, traffic.plan(str(data), 4), tmp_path / "out")
     finally:
         running.stop()
     lines = _read(tmp_path / "out" / "replay.jsonl")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from corea_jax.cascade.costs import COST_MODELS
+from corea_jax.cascade.costs import COST_MODELS, lm_head_params
 from corea_jax.settings import check_choice, check_fields, check_int
 
 LLM_ON = ("all", "deferred")
@@ -29,11 +29,12 @@ def head_params_from_dir(model_dir) -> int:
     """hidden_size x vocab_size from an HF directory's config.json (0 when it has none): the LM
     head the flops cost counts for a local model."""
     import json
+    import types
     from pathlib import Path
 
     path = Path(model_dir) / "config.json"
     hf = json.loads(path.read_text()) if path.is_file() else {}
-    return int(hf["hidden_size"]) * int(hf["vocab_size"]) if "hidden_size" in hf and "vocab_size" in hf else 0
+    return lm_head_params(types.SimpleNamespace(**hf)) if "hidden_size" in hf and "vocab_size" in hf else 0
 
 
 def model_spec(name: str, prompt: str = "corea", probe_hidden: bool = False) -> ml_collections.ConfigDict:
@@ -150,8 +151,8 @@ def resolve(config) -> ml_collections.ConfigDict:
     """The cascade config `config` describes with every field present: unknown fields refused
     (naming the closest known one), missing ones taken from `defaults()` (a model's LM head
     from its name); `threshold.fixed_tau`, the earlier name, sets `threshold.tau`."""
-    check_fields(config, defaults(), "config")
     out = defaults()
+    check_fields(config, out, "config")
     for role in ("slm", "llm"):
         if role in config and "name" in config[role]:
             out[role].lm_head_params = LM_HEAD_PARAMS.get(config[role].name, 0)

@@ -10,12 +10,13 @@ Modules, one job each (vLLM's split: wire format, logic, routes):
   log        DIR/records.jsonl (mode 0600), one fsynced line per request (cascade record schema)
   refit      tau re-fitted from the live log (DIR/threshold.json, read again on SIGHUP)
   replay     traffic replayed at a server as a client sends it, graded, fed back (launch.replay)
+  traffic    what the replay sends: items with gold answers, toy chains, a shift part way
   routes     the HTTP routes;  app  the app factory and `serve` (uvicorn)
 """
 
 from corea_jax.serving.app import create_app, serve
 from corea_jax.serving.auth import parse_keys
-from corea_jax.serving import app, refit, replay  # modules other packages use
+from corea_jax.serving import app, refit, replay, traffic  # modules other packages use
 
 __all__ = [
     "app",
@@ -23,5 +24,6 @@ __all__ = [
     "parse_keys",
     "refit",
     "replay",
+    "traffic",
     "serve",
 ]

@@ -52,7 +52,7 @@ def validate_config(config) -> None:
 def create_app(config, workdir, api_keys=(), *, metrics_keys=(), warmup: bool = True) -> FastAPI:
     """The ASGI app serving config.slm / config.llm; DIR/records.jsonl logs every request.
     Without api_keys it answers loopback callers only (`auth.LoopbackGuard`)."""
-    from corea_jax.serving.chat import read_threshold
+    from corea_jax.serving.refit import read_threshold
 
     validate_config(config)
     workdir = Path(workdir)

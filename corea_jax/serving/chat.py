@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
-import json
 import logging
 import math
 import random
@@ -40,16 +39,15 @@ from typing import Callable
 
 from corea_jax import grading
 from corea_jax.cascade import (failed_answer, CostModel, Item, make_record, check_tau, keeps,
-                               tau_from_json, tau_to_json)
+                               tau_to_json)
 from corea_jax.serving.answerers import Overloaded
 from corea_jax.serving.live import LiveMonitor
-from corea_jax.serving.refit import THRESHOLD_FILE
+from corea_jax.serving.refit import read_threshold
 from corea_jax.serving.log import RequestLog
 from corea_jax.serving.protocol import (SERVED_MODELS, APIError, ChatCompletionRequest, bad_request,
                                         new_id, now, shown, unavailable)
 
 RETRY_AFTER_S = 5  # what a 503 / 429 refusal asks the client to wait
-MAX_THRESHOLD_BYTES = 1_000_000
 log = logging.getLogger(__name__)
 
 
@@ -64,49 +62,6 @@ class Outcome:
     finish_reason: str
     usage: dict
     corea: dict
-
-
-def read_threshold(workdir: Path, confidence_source: str | None = None) -> dict | None:
-    """DIR/threshold.json (written by `refit`) with "tau" as a float (math.inf: defer
-    everything), or None when there is none. ValueError naming the file and the field for a
-    file that is not a JSON object with a valid tau, or that was fitted on another confidence
-    source than `confidence_source`."""
-    path = Path(workdir) / THRESHOLD_FILE
-    if not path.exists() and not path.is_symlink():
-        return None
-    if not path.is_file():  # a directory, a FIFO (a read would block the server), a dangling link
-        raise ValueError(f"{path}: expected a regular file, found something else")
-    if path.stat().st_size > MAX_THRESHOLD_BYTES:
-        raise ValueError(f"{path}: {path.stat().st_size} bytes, more than a threshold file's "
-                         f"{MAX_THRESHOLD_BYTES}")
-
-    def finite(text: str) -> float:
-        value = float(text)
-        if not math.isfinite(value):
-            raise ValueError(f"{path}: the number {text} is not finite (defer everything is written "
-                             "\"tau\": null, \"defer_everything\": true)")
-        return value
-
-    def constant(name: str):
-        raise ValueError(f"{path}: {name} is not JSON (defer everything is written \"tau\": null, "
-                         "\"defer_everything\": true)")
-
-    try:
-        fitted = json.loads(path.read_text(encoding="utf-8"), parse_float=finite, parse_constant=constant)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(fitted, dict) or "tau" not in fitted:
-        raise ValueError(f"{path}: expected a JSON object with a tau field (as launch.refit writes), "
-                         f"found {type(fitted).__name__} {str(fitted)[:60]}")
-    defer = fitted.get("defer_everything", False)
-    if not isinstance(defer, bool):
-        raise ValueError(f"{path}: defer_everything: expected true or false, found {defer!r}")
-    tau = tau_from_json(fitted["tau"], f"{path}: tau", defer_everything=defer)
-    fitted_source = fitted.get("confidence_source")
-    if confidence_source is not None and fitted_source not in (None, confidence_source):
-        raise ValueError(f"{path}: confidence_source: tau was fitted on {fitted_source!r}, but this server "
-                         f"defers on {confidence_source!r}; refit with --confidence_source={confidence_source}")
-    return {**fitted, "tau": tau}
 
 
 class ChatService:

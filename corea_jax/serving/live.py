@@ -27,7 +27,6 @@ next fit uses post-alarm decisions only, and fits as soon as it has refit.min_it
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import math
 import time
@@ -53,7 +52,9 @@ class LiveMonitor:
         keep = config.monitor.keep
         self.lines: collections.deque[dict] = collections.deque(maxlen=keep)
         self.seqs: collections.deque[int] = collections.deque(maxlen=keep)  # each line's arrival number
-        self.known: collections.OrderedDict[str, None] = collections.OrderedDict()  # ids feedback may name
+        # ids feedback may name -> their log line (None until written: a shadowed request's line
+        # comes when the shadow call ends)
+        self.known: collections.OrderedDict[str, dict | None] = collections.OrderedDict()
         self.labels: dict[str, bool] = {}
         self.feedback_log = RequestLog(self.workdir / FEEDBACK_FILE)
         self.labels_since_fit = 0
@@ -84,10 +85,10 @@ class LiveMonitor:
         self.history.clear()
         self.history.extend(read_lines(self.workdir / refit.HISTORY_FILE)[-HISTORY_SHOWN:])
 
-    def _remember(self, request_id: str | None) -> None:
+    def _remember(self, request_id: str | None, line: dict | None = None) -> None:
         if request_id is None:
             return
-        self.known[request_id] = None
+        self.known[request_id] = line if line is not None else self.known.get(request_id)
         self.known.move_to_end(request_id)
         while len(self.known) > self.lines.maxlen:
             old, _ = self.known.popitem(last=False)
@@ -97,7 +98,7 @@ class LiveMonitor:
         self._seq += 1
         self.lines.append(line)
         self.seqs.append(self._seq)
-        self._remember(line.get("request_id"))
+        self._remember(line.get("request_id"), line)
 
     def expect(self, request_id: str) -> None:
         """A response id that feedback may name (before its log line: a shadowed request's line is
@@ -125,7 +126,7 @@ class LiveMonitor:
         self.labels[request_id] = correct
         self.feedback_log.append(dict(id=request_id, correct=correct, client=client, time=time.time()))
         self._snapshot = None
-        line = next((x for x in reversed(self.lines) if x.get("request_id") == request_id), None)
+        line = self.known[request_id]
         if line is not None:
             self._test_loss(line)
         self.labels_since_fit += 1
@@ -276,7 +277,3 @@ class LiveMonitor:
 
     def close(self) -> None:
         self.feedback_log.close()
-
-
-def feedback_line(request_id: str, correct: bool) -> str:
-    return json.dumps({"id": request_id, "correct": correct})

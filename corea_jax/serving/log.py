@@ -37,14 +37,8 @@ class RequestLog:
         self.written = 0
 
     def append(self, record: dict) -> None:
-        line = (json.dumps(record, allow_nan=False) + "\n").encode()
         with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-            try:
-                os.write(fd, line)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            append_line(self.path, record)
             self.written += 1
 
     async def append_async(self, record: dict) -> None:
@@ -53,6 +47,23 @@ class RequestLog:
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)
+
+
+def append_line(path: str | os.PathLike, record: dict, mode: int = 0o600, *, sync: bool = True,
+                allow_nan: bool = False) -> None:
+    """`record` as one JSON line appended to `path` in one write (O_APPEND: a reader never sees
+    part of it; a symlink is refused), fsynced unless `sync` is False. A new file gets `mode`;
+    NaN is refused unless `allow_nan` (Python's JSON reads it back, strict readers do not)."""
+    line = (json.dumps(record, allow_nan=allow_nan) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, mode)
+    try:
+        view = memoryview(line)
+        while view:
+            view = view[os.write(fd, view):]
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_lines(path: str | os.PathLike) -> list[dict]:

@@ -22,13 +22,57 @@ import math
 import os
 from pathlib import Path
 
-from corea_jax.cascade import thresholds
+from corea_jax.cascade import tau_from_json, thresholds
 from corea_jax.files import write_atomic
-from corea_jax.serving.log import read_lines
+from corea_jax.serving.log import append_line, read_lines
 
 RULES = ("usage", "risk", "paper", "fixed")
 THRESHOLD_FILE = "threshold.json"  # the tau the server routes by (read at start and on SIGHUP)
+MAX_THRESHOLD_BYTES = 1_000_000
 HISTORY_FILE = "threshold_history.jsonl"  # every fit, one line each, with its version
+
+
+def read_threshold(workdir: Path, confidence_source: str | None = None) -> dict | None:
+    """DIR/threshold.json (written by `refit`) with "tau" as a float (math.inf: defer
+    everything), or None when there is none. ValueError naming the file and the field for a
+    file that is not a JSON object with a valid tau, or that was fitted on another confidence
+    source than `confidence_source`."""
+    path = Path(workdir) / THRESHOLD_FILE
+    if not path.exists() and not path.is_symlink():
+        return None
+    if not path.is_file():  # a directory, a FIFO (a read would block the server), a dangling link
+        raise ValueError(f"{path}: expected a regular file, found something else")
+    if path.stat().st_size > MAX_THRESHOLD_BYTES:
+        raise ValueError(f"{path}: {path.stat().st_size} bytes, more than a threshold file's "
+                         f"{MAX_THRESHOLD_BYTES}")
+
+    def finite(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"{path}: the number {text} is not finite (defer everything is written "
+                             "\"tau\": null, \"defer_everything\": true)")
+        return value
+
+    def constant(name: str):
+        raise ValueError(f"{path}: {name} is not JSON (defer everything is written \"tau\": null, "
+                         "\"defer_everything\": true)")
+
+    try:
+        fitted = json.loads(path.read_text(encoding="utf-8"), parse_float=finite, parse_constant=constant)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(fitted, dict) or "tau" not in fitted:
+        raise ValueError(f"{path}: expected a JSON object with a tau field (as launch.refit writes), "
+                         f"found {type(fitted).__name__} {str(fitted)[:60]}")
+    defer = fitted.get("defer_everything", False)
+    if not isinstance(defer, bool):
+        raise ValueError(f"{path}: defer_everything: expected true or false, found {defer!r}")
+    tau = tau_from_json(fitted["tau"], f"{path}: tau", defer_everything=defer)
+    fitted_source = fitted.get("confidence_source")
+    if confidence_source is not None and fitted_source not in (None, confidence_source):
+        raise ValueError(f"{path}: confidence_source: tau was fitted on {fitted_source!r}, but this server "
+                         f"defers on {confidence_source!r}; refit with --confidence_source={confidence_source}")
+    return {**fitted, "tau": tau}
 
 
 def _slm_confidence(record: dict, source: str) -> float | None:
@@ -124,13 +168,7 @@ def write_threshold(workdir: str | os.PathLike, result: dict) -> dict:
     DIR/threshold.json (atomically: a server reading it never sees half); returns it."""
     workdir = Path(workdir)
     result = dict(result, version=last_version(workdir) + 1)
-    line = (json.dumps(result, allow_nan=False) + "\n").encode()
-    fd = os.open(workdir / HISTORY_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    append_line(workdir / HISTORY_FILE, result, 0o644)
     write_atomic(workdir / THRESHOLD_FILE, json.dumps(result, indent=2, allow_nan=False) + "\n")
     return result
 
