@@ -80,7 +80,11 @@ def get_config(variant: str = ""):
                 # most of them here) and pushes every stated confidence up (docs/reproduce/TUNING.md).
                 grpo=dict(micro_batch_size=128, advantage="mean"),
                 optim=dict(learning_rate=1e-4, warmup_steps=5, schedule="constant"))
-    c.rl_runs = dict(rlvr="rlvr", rlcc="rlcc_l1", brier="rlcc_brier")
+    # Each run's reward: a preset of corea_jax.rewards.PRESETS and, where set, its own weight of
+    # the calibration term (None: the preset's 1.0).
+    c.rl_runs = dict(rlvr=dict(preset="rlvr"),
+                     rlcc=dict(preset="rlcc_l1", calibration_weight=ml_collections.config_dict.placeholder(float)),
+                     brier=dict(preset="rlcc_brier", calibration_weight=ml_collections.config_dict.placeholder(float)))
 
     # The cascade on the test split (thresholds and probe on the calibration split).
     # samples: the protocol of the report and its claims. k > 0: each SLM answers every

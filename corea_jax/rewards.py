@@ -25,6 +25,7 @@ import numpy as np
 from corea_jax import grading
 
 DISTANCES = ("l1", "brier", "kl")
+WEIGHTS = ("correctness_weight", "format_weight", "calibration_weight")
 TARGETS = ("group_accuracy", "self")
 
 
@@ -100,6 +101,18 @@ def get_preset(name: str) -> RewardConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown reward preset name={name!r}; valid: {sorted(PRESETS)}")
     return PRESETS[name]
+
+
+def reward_config(preset: str, **weights: float | None) -> RewardConfig:
+    """The preset `name` with each weight in `weights` (WEIGHTS) that is not None in place of
+    the preset's, e.g. reward_config("rlcc_l1", calibration_weight=0.5)."""
+    unknown = sorted(set(weights) - set(WEIGHTS))
+    if unknown:
+        raise ValueError(f"unknown reward weights {unknown}; valid: {list(WEIGHTS)}")
+    for name, value in weights.items():
+        if value is not None and not 0 <= value < float("inf"):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return dataclasses.replace(get_preset(preset), **{k: float(v) for k, v in weights.items() if v is not None})
 
 
 def group_accuracy(correct: np.ndarray) -> np.ndarray:

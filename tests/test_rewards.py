@@ -146,6 +146,23 @@ def test_config_validation_and_preset_lookup():
     assert rewards.get_preset("rlcc_l1").requires_confidence
 
 
+def test_a_preset_with_its_own_weights():
+    """reward_config replaces the weights given (None keeps the preset's), and the total
+    follows them: a calibration term at half weight costs half as much."""
+    half = rewards.reward_config("rlcc_l1", calibration_weight=0.5, correctness_weight=None)
+    assert half == dataclasses.replace(rewards.get_preset("rlcc_l1"), calibration_weight=0.5)
+    assert rewards.reward_config("rlvr") == rewards.get_preset("rlvr")
+    correct, confidence, format_ok = np.array([[1, 0]]), np.array([[1.0, 1.0]]), np.array([[1, 1]])
+    full = rewards.compute_rewards(correct, confidence, format_ok, rewards.get_preset("rlcc_l1"))
+    halved = rewards.compute_rewards(correct, confidence, format_ok, half)
+    # group accuracy 0.5: |1 - 0.5| = 0.5 off each, 0.25 at half weight
+    np.testing.assert_allclose(halved["total"] - full["total"], [[0.25, 0.25]])
+    with pytest.raises(ValueError, match="calibration_weight must be a finite number >= 0, got -1"):
+        rewards.reward_config("rlcc_l1", calibration_weight=-1)
+    with pytest.raises(ValueError, match=r"unknown reward weights \['kl_eps'\]"):
+        rewards.reward_config("rlcc_l1", kl_eps=0.1)
+
+
 def test_rewards_from_texts_on_a_gsm8k_group():
     responses = [
         [

@@ -71,6 +71,18 @@ def test_unknown_reward_preset(tmp_path, no_model):
          lambda c: setattr(c.reward, "preset", "rlcc_l3"))
 
 
+def test_reward_weights(tmp_path, no_model):
+    _bad(tmp_path, no_model, r"config.reward.calibration_weight: expected None \(the preset's\) or a finite "
+                             r"number >= 0, found -0.5", lambda c: setattr(c.reward, "calibration_weight", -0.5))
+
+    def rlvr_with_calibration(c):
+        c.reward.preset = "rlvr"
+        c.reward.calibration_weight = 0.5
+
+    _bad(tmp_path, no_model, r"config.reward.calibration_weight: expected None or 0 with preset 'rlvr'",
+         rlvr_with_calibration)
+
+
 def test_dataset_without_the_answer_column(tmp_path, no_model):
     path = tmp_path / "data.jsonl"
     path.write_text('{"question": "1+1", "solution": "2"}\n')
@@ -115,6 +127,12 @@ def test_the_parameter_layout_may_change_on_resume():
     saved["model"]["scan_layers"] = True
     del saved["model"]["feature_major"]
     assert rl_config.resume_differences(saved, config) == []
+    del saved["reward"]["calibration_weight"]  # a run saved before the reward weights existed
+    assert rl_config.resume_differences(saved, config) == []
+    saved["reward"]["correctness_weight"] = 2.0
+    assert rl_config.resume_differences(saved, config) == [
+        "config.reward.correctness_weight: 2.0 in the workdir, None now"]
+    del saved["reward"]["correctness_weight"]
     saved["model"]["dtype"] = "bfloat16"
     assert rl_config.resume_differences(saved, config) == [
         "config.model.dtype: 'bfloat16' in the workdir, 'float32' now"]

@@ -154,9 +154,12 @@ def train_models(config, workdir: Path, *, log: Callable[[str], None] = print) -
     else:
         stages.update(_shipped_stages(config, workdir, log))
     sft = stages["slm_sft"]
-    for run, preset in config.rl_runs.items():
+    for run, reward in config.rl_runs.items():
         overrides = plain(config.rl)
-        overrides["reward"] = dict(overrides.get("reward", {}), preset=preset)
+        # a preset's name, or {preset, <weight>: value} (a run's own weights; rl.config's reward fields)
+        reward = {"preset": reward} if isinstance(reward, str) else {
+            k: v for k, v in plain(reward).items() if v is not None}  # None: the preset's weight
+        overrides["reward"] = dict(overrides.get("reward", {}), **reward)
         stages[f"slm_{run}"] = train_stage(
             workdir, f"slm_{run}", config, overrides, model_dir=sft.path / "hf", task_dir=task_dir,
             inputs={"sft": sft.key, "task": stages["task"].key, "seed": config.seed}, seed=config.seed, log=log)

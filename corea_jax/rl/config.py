@@ -61,7 +61,10 @@ def defaults() -> ml_collections.ConfigDict:
         ignore_eos=False,  # always generate max_new_tokens (benchmarks)
         batch_size=64))  # rows per generation batch
 
-    c.reward = ml_collections.ConfigDict(dict(preset="rlcc_l1"))
+    # A preset of corea_jax.rewards.PRESETS; a weight set here replaces the preset's (None: keep it)
+    c.reward = ml_collections.ConfigDict(dict(
+        preset="rlcc_l1",
+        **{field: ml_collections.config_dict.placeholder(float) for field in rewards.WEIGHTS}))
 
     c.grpo = ml_collections.ConfigDict(dict(
         advantage="std",  # "std": (r - mean) / (std + eps); "mean": r - mean
@@ -134,6 +137,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     _expect(config.reward.preset in rewards.PRESETS, "reward.preset",
             f"one of {sorted(rewards.PRESETS)}", config.reward.preset)
+    for field in rewards.WEIGHTS:
+        value = config.reward[field]
+        _expect(value is None or (isinstance(value, (int, float)) and 0 <= value < float("inf")),
+                f"reward.{field}", "None (the preset's) or a finite number >= 0", value)
+    if config.reward.preset in rewards.PRESETS:
+        _expect(not (rewards.PRESETS[config.reward.preset].calibration_weight == 0
+                     and config.reward.calibration_weight),
+                "reward.calibration_weight", f"None or 0 with preset {config.reward.preset!r}, which "
+                "asks for no confidence (choose a preset with a calibration term)",
+                config.reward.calibration_weight)
     d = config.data
     _expect(d.task in TASKS, "data.task", f"one of {TASKS}", d.task)
     from corea_jax import prompts
@@ -248,6 +261,8 @@ def resume_differences(saved: dict, config: ml_collections.ConfigDict) -> list[s
             continue
         if field == "total_steps" and not schedule_uses_run_length(config.optim):
             continue
+        if field.startswith("reward.") and before.get(field) is None and now.get(field) is None:
+            continue  # a reward weight left to the preset: absent from configs saved before it existed
         if before.get(field, absent) != now.get(field, absent):
             out.append(f"config.{field}: {before.get(field, absent)!r} in the workdir, "
                        f"{now.get(field, absent)!r} now")

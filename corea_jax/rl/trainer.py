@@ -378,7 +378,8 @@ def train(config, workdir: str | Path, *, log: Callable[[str], None] = logging.i
     workdir = Path(workdir)
     check_resumable(workdir, config)
     check_total_steps(workdir, config)
-    reward_config = rewards.get_preset(config.reward.preset)
+    reward_config = rewards.reward_config(config.reward.preset,
+                                          **{field: config.reward[field] for field in rewards.WEIGHTS})
     records = load_records(config.data)
     primary = jax.process_index() == 0
     if primary:
