@@ -138,6 +138,17 @@ def _shipped_stages(config, workdir: Path, log) -> dict[str, Stage]:
             for role in base_models.ROLES}
 
 
+def rl_overrides(config, run: str) -> dict:
+    """The trainer fields of RL run `run` (a key of config.rl_runs): config.rl with the run's
+    reward, a preset's name or {preset, <weight>: value} (rl.config's reward fields; a weight
+    left None keeps the preset's and stays out of the stage's inputs)."""
+    overrides, reward = plain(config.rl), config.rl_runs[run]
+    reward = {"preset": reward} if isinstance(reward, str) else {
+        k: v for k, v in plain(reward).items() if v is not None}
+    overrides["reward"] = dict(overrides.get("reward", {}), **reward)
+    return overrides
+
+
 def train_models(config, workdir: Path, *, log: Callable[[str], None] = print) -> dict[str, Stage]:
     """Stages task .. slm_brier; returns every stage by name. The base models (slm_sft,
     llm_sft) are the shipped ones unless config.from_scratch; the RL runs use config.seed."""
@@ -154,14 +165,9 @@ def train_models(config, workdir: Path, *, log: Callable[[str], None] = print) -
     else:
         stages.update(_shipped_stages(config, workdir, log))
     sft = stages["slm_sft"]
-    for run, reward in config.rl_runs.items():
-        overrides = plain(config.rl)
-        # a preset's name, or {preset, <weight>: value} (a run's own weights; rl.config's reward fields)
-        reward = {"preset": reward} if isinstance(reward, str) else {
-            k: v for k, v in plain(reward).items() if v is not None}  # None: the preset's weight
-        overrides["reward"] = dict(overrides.get("reward", {}), **reward)
+    for run in config.rl_runs:
         stages[f"slm_{run}"] = train_stage(
-            workdir, f"slm_{run}", config, overrides, model_dir=sft.path / "hf", task_dir=task_dir,
+            workdir, f"slm_{run}", config, rl_overrides(config, run), model_dir=sft.path / "hf", task_dir=task_dir,
             inputs={"sft": sft.key, "task": stages["task"].key, "seed": config.seed}, seed=config.seed, log=log)
     return stages
 
