@@ -633,10 +633,13 @@ def test_feedback_labels_responses_and_the_live_gauges_and_health_show_them(serv
     assert status == 409 and body["error"]["param"] == "correct"
     status, body = _post(url, {"id": "chatcmpl-never", "correct": True})
     assert status == 404 and body["error"]["code"] == "unknown_id"
-    for bad, param in (({"id": ids[1], "correct": "yes"}, "correct"), ({"id": 5, "correct": True}, "id"),
-                       ({"id": ids[1], "correct": True, "gold": "4"}, "gold")):
+    for bad, param, says in (({"id": ids[1], "correct": "yes"}, "correct", 'found "yes"'),
+                             ({"id": 5, "correct": True}, "id", "found 5"),
+                             ({"id": None, "correct": True}, "id", "found null"),
+                             ({"correct": True}, "id", "id: required, missing"),
+                             ({"id": ids[1], "correct": True, "gold": "4"}, "gold", '"gold": unknown field')):
         status, body = _post(url, bad)
-        assert status == 400 and body["error"]["param"] == param
+        assert status == 400 and body["error"]["param"] == param and says in body["error"]["message"], body
     text = _get(f"{server.url}/metrics")
     assert metric(text, "corea_feedback_total", result="recorded") >= 3
     assert metric(text, "corea_live_labels", source="feedback") >= 3

@@ -37,8 +37,12 @@ class APIError(Exception):
 
 
 def shown(value, most: int = 80) -> str:
-    """repr(value) cut to `most` characters: what an error message may echo of a client's input."""
-    text = repr(value)
+    """A client's value as JSON (null, true, "abc"; repr for what JSON cannot write), cut to
+    `most` characters: what an error message may echo of a client's input."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
     return text if len(text) <= most else text[:most] + f"... ({len(text)} characters)"
 
 
@@ -165,8 +169,11 @@ def parse_feedback(body: bytes) -> tuple[str, bool]:
         raise bad_request(None, 'the request body must be a JSON object {"id": ..., "correct": true | false}')
     for name in data:
         if name not in FEEDBACK_FIELDS:
-            raise bad_request(str(name)[:80], f"{shown(name)}: unknown field; expected only {list(FEEDBACK_FIELDS)}")
-    rid, correct = data.get("id"), data.get("correct")
+            raise bad_request(str(name)[:80], f"{shown(name)}: unknown field; expected only {json.dumps(list(FEEDBACK_FIELDS))}")
+    for name in FEEDBACK_FIELDS:
+        if name not in data:
+            raise bad_request(name, f"{name}: required, missing (expected {{\"id\": ..., \"correct\": true | false}})")
+    rid, correct = data["id"], data["correct"]
     if not isinstance(rid, str) or not 0 < len(rid) <= 100:
         raise bad_request("id", f"id: expected the id of a response of this server (a string), found {shown(rid)}")
     if not isinstance(correct, bool):
