@@ -104,7 +104,7 @@ def get_preset(name: str) -> RewardConfig:
 
 
 def reward_config(preset: str, **weights: float | None) -> RewardConfig:
-    """The preset `name` with each weight in `weights` (WEIGHTS) that is not None in place of
+    """The preset `preset` with each weight in `weights` (WEIGHTS) that is not None in place of
     the preset's, e.g. reward_config("rlcc_l1", calibration_weight=0.5)."""
     unknown = sorted(set(weights) - set(WEIGHTS))
     if unknown:
