@@ -55,3 +55,23 @@ def test_a_failed_build_leaves_no_finished_stage_and_resumes_in_place(tmp_path):
 def test_fingerprint_ignores_key_order():
     assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
     assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+
+
+def test_an_rl_runs_reward_weight_left_unset_keeps_the_stage_inputs():
+    """rl_runs takes a preset's name or {preset, calibration_weight}; a weight left None stays out
+    of the RL stage's inputs (workdirs made before the weights existed stay valid), a set one
+    goes in."""
+    import ml_collections
+
+    from configs import reproduce
+    from corea_jax.reproduction.pipeline import rl_overrides
+
+    config = reproduce.get_config()
+    assert rl_overrides(config, "rlcc")["reward"] == {"preset": "rlcc_l1", "calibration_weight": 0.5}
+    assert rl_overrides(config, "rlvr")["reward"] == {"preset": "rlvr"}
+    config = ml_collections.ConfigDict(dict(rl=config.rl, rl_runs=dict(
+        rlvr="rlvr",  # the old form: a preset's name
+        rlcc=dict(preset="rlcc_l1", calibration_weight=ml_collections.config_dict.placeholder(float)))))
+    assert rl_overrides(config, "rlvr")["reward"] == {"preset": "rlvr"}
+    assert rl_overrides(config, "rlcc")["reward"] == {"preset": "rlcc_l1"}
+    assert fingerprint(rl_overrides(config, "rlcc")) == fingerprint(dict(config.rl.to_dict(), reward={"preset": "rlcc_l1"}))
