@@ -67,6 +67,8 @@ def test_an_rl_runs_reward_weight_left_unset_keeps_the_stage_inputs():
     from corea_jax.reproduction.pipeline import rl_overrides
 
     config = reproduce.get_config()
+    assert rl_overrides(config, "rlcc")["reward"] == {"preset": "rlcc_l1"}
+    config.rl_runs.rlcc.calibration_weight = 0.5
     assert rl_overrides(config, "rlcc")["reward"] == {"preset": "rlcc_l1", "calibration_weight": 0.5}
     assert rl_overrides(config, "rlvr")["reward"] == {"preset": "rlvr"}
     config = ml_collections.ConfigDict(dict(rl=config.rl, rl_runs=dict(
